@@ -1,0 +1,6 @@
+"""jina-reranker-v3 on llama.cpp: a plain library, independent of Triton."""
+
+from .engine import EngineConfig, Reranker, RerankRequest, RerankResult
+from .errors import InvalidInputError, ModelLoadError
+
+__all__ = ["EngineConfig", "InvalidInputError", "ModelLoadError", "RerankRequest", "RerankResult", "Reranker"]

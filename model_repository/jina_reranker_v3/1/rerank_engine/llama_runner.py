@@ -1,0 +1,276 @@
+"""llama.cpp through llama-cpp-python's low-level API: tokenise, and decode token
+sequences into last-layer hidden states at chosen positions.
+
+Hidden states are read without embeddings mode. With ``embeddings=True``
+llama.cpp marks every token as an output and runs the LM head over all of them
+(measured ~1.5x slower). Instead we decode in logits mode with outputs only at
+the positions we need and copy the graph tensor ``result_norm`` (the final
+RMSNorm output, whose rows are exactly the output positions) in the scheduler's
+eval callback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import pathlib
+from collections.abc import Sequence
+
+import llama_cpp
+import numpy as np
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+HIDDEN_STATE_TENSOR = b"result_norm"
+KV_CACHE_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+
+_ggml_base = ctypes.CDLL(str(pathlib.Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+_ggml_base.ggml_get_name.argtypes = [ctypes.c_void_p]
+_ggml_base.ggml_get_name.restype = ctypes.c_char_p
+_ggml_base.ggml_nbytes.argtypes = [ctypes.c_void_p]
+_ggml_base.ggml_nbytes.restype = ctypes.c_size_t
+_ggml_base.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+_ggml_base.ggml_backend_tensor_get.restype = None
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _log_to_python(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def _init_llama_once() -> None:
+    """Process-wide llama.cpp set-up: its logs go to Python logging (debug) instead of stderr."""
+    if not getattr(_init_llama_once, "done", False):
+        llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _init_llama_once.done = True  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerOptions:
+    """llama.cpp model and context settings."""
+
+    n_ctx: int = 8192
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_seq_max: int = 16
+    n_threads: int = 0  # 0: one per available core
+    n_gpu_layers: int = 0  # -1: all
+    main_gpu: int = 0
+    # Off by default: on CPU it was no faster (1k-8k tokens) and rounds attention through F16.
+    flash_attn: bool = False
+    kv_cache_type: str = "f16"  # "f32" for exact comparisons; "q8_0" measured 3x slower on CPU
+    # Several requests' passes in one llama.cpp decode. Measured 0.8x on CPU (attention then spans
+    # every sequence's cells); meant for GPUs, where small decodes leave the device idle.
+    share_decodes: bool = False
+
+
+class LlamaRunner:
+    """One model and one context. Not thread-safe: callers serialise access."""
+
+    def __init__(self, model_path: str, options: RunnerOptions) -> None:
+        if options.kv_cache_type not in KV_CACHE_TYPES:
+            raise ValueError(f"kv_cache_type must be one of {sorted(KV_CACHE_TYPES)}, not {options.kv_cache_type!r}")
+        _init_llama_once()
+        self.model_path = model_path
+        self.options = options
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = options.n_gpu_layers
+        mparams.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE  # the whole model on main_gpu
+        mparams.main_gpu = options.main_gpu
+        self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(f"{model_path}: llama.cpp could not load this file as a GGUF model "
+                                 "(enable debug logging to see llama.cpp's reason)")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._ctx = None
+        self._batch = None
+        self._reserved: dict[int, str] = {}
+        self._rows: list[np.ndarray] = []
+        # Kept on the instance: llama.cpp holds a raw pointer to it for the context's lifetime.
+        self._callback = llama_cpp.ggml_backend_sched_eval_callback(self._observe)
+
+    def architecture(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self._model, b"general.architecture", buf, len(buf))
+        return buf.value.decode() if n >= 0 else ""
+
+    def start(self) -> None:
+        """Create the context; separate from loading so that model checks fail before allocating it."""
+        o = self.options
+        threads = o.n_threads or len(os.sched_getaffinity(0))
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = o.n_ctx
+        cparams.n_batch = o.n_batch
+        cparams.n_ubatch = o.n_ubatch
+        cparams.n_seq_max = o.n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if o.flash_attn
+                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.type_k = cparams.type_v = KV_CACHE_TYPES[o.kv_cache_type]
+        cparams.embeddings = False
+        cparams.kv_unified = True  # sequences of one decode share the cache: each may use all of n_ctx
+        cparams.no_perf = True
+        cparams.cb_eval = self._callback
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise ModelLoadError(f"{self.model_path}: llama.cpp could not create a context with n_ctx={o.n_ctx} "
+                                 "(out of memory?)")
+        self._batch = llama_cpp.llama_batch_init(o.n_batch, 0, 1)
+
+    def reserve(self, token_texts: dict[str, int]) -> None:
+        """Token ids user text must never produce (the template's control and marker tokens)."""
+        self._reserved = {token_id: text for text, token_id in token_texts.items()}
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    # -- vocabulary ---------------------------------------------------------------------------
+
+    def _tokenize(self, data: bytes, parse_special: bool) -> list[int]:
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, parse_special)
+        return buf[:n]
+
+    def token_text(self, token_id: int) -> str:
+        return llama_cpp.llama_vocab_get_text(self._vocab, token_id).decode("utf-8", "replace")
+
+    def find_token(self, text: str) -> int | None:
+        """The id of a single vocabulary token spelled ``text``, or None."""
+        ids = self._tokenize(text.encode(), parse_special=True)
+        return ids[0] if len(ids) == 1 and self.token_text(ids[0]) == text else None
+
+    def tokenize(self, text: str) -> list[int]:
+        """Plain-text tokens. Raises UnicodeEncodeError for text that is not valid Unicode.
+
+        Special-token parsing is off, which stops control tokens; a vocabulary may
+        still declare a marker as a user-defined token, which llama.cpp matches in
+        any text. Such a spelling is split after its first character, so it is
+        tokenised as the plain characters it is.
+        """
+        data = text.encode("utf-8")
+        ids = self._tokenize(data, parse_special=False)
+        if not self._reserved or self._reserved.keys().isdisjoint(ids):
+            return ids
+        pieces, start = [], 0
+        for spelling in sorted({s.encode() for s in self._reserved.values()}):
+            at = data.find(spelling)
+            while at >= 0:
+                pieces.append(at + 1)
+                at = data.find(spelling, at + 1)
+        ids = []
+        for end in [*sorted(pieces), len(data)]:
+            ids += self._tokenize(data[start:end], parse_special=False)
+            start = end
+        if not self._reserved.keys().isdisjoint(ids):
+            raise ValueError("text cannot be tokenised without producing a reserved token")
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; a UTF-8 sequence cut at the end is dropped."""
+        arr = (llama_cpp.llama_token * len(ids))(*ids)
+        size = 8 * len(ids) + 16
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, False)
+        if n < 0:
+            size = -n
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, False)
+        return buf.raw[:n].decode("utf-8", "ignore")
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def _observe(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        """Scheduler eval callback: ask for ``result_norm`` only, and copy it when computed."""
+        if _ggml_base.ggml_get_name(tensor) != HIDDEN_STATE_TENSOR:
+            return not ask
+        if ask:
+            return True
+        nbytes = _ggml_base.ggml_nbytes(tensor)
+        rows = np.empty(nbytes // 4, dtype=np.float32)
+        _ggml_base.ggml_backend_tensor_get(tensor, rows.ctypes.data, 0, nbytes)
+        self._rows.append(rows.reshape(-1, self.n_embd))
+        return True
+
+    def hidden_states(self, sequences: Sequence[Sequence[int]],
+                      outputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Hidden states of each sequence at its output positions (in the order given, ascending).
+
+        With ``share_decodes`` sequences are decoded together, as separate llama.cpp
+        sequences sharing decode calls, while they fit the context and ``n_seq_max``;
+        the per-sequence mask keeps them independent, but kernels chosen by batch
+        size may round differently. Otherwise each sequence is decoded alone.
+        """
+        results: list[np.ndarray] = []
+        for group in self._groups([len(s) for s in sequences]):
+            results += self._decode_group([sequences[i] for i in group], [outputs[i] for i in group])
+        return results
+
+    def _groups(self, lengths: Sequence[int]) -> list[list[int]]:
+        n_ctx = self.options.n_ctx
+        n_seq = self.options.n_seq_max if self.options.share_decodes else 1
+        groups: list[list[int]] = []
+        used = n_ctx + 1
+        for i, length in enumerate(lengths):
+            if length > n_ctx:
+                raise ValueError(f"sequence of {length} tokens exceeds the context size {n_ctx}")
+            if used + length > n_ctx or len(groups[-1]) >= n_seq:
+                groups.append([])
+                used = 0
+            groups[-1].append(i)
+            used += length
+        return groups
+
+    def _decode_group(self, sequences: Sequence[Sequence[int]],
+                      outputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        batch, n_batch = self._batch, self.options.n_batch
+        self._rows = []
+        n = 0
+        for seq_id, (ids, wanted) in enumerate(zip(sequences, outputs, strict=True)):
+            marked = set(wanted)
+            for pos, token in enumerate(ids):
+                batch.token[n] = token
+                batch.pos[n] = pos
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq_id
+                batch.logits[n] = pos in marked
+                n += 1
+                if n == n_batch:
+                    self._decode(n)
+                    n = 0
+        if n:
+            self._decode(n)
+        rows = np.concatenate(self._rows) if self._rows else np.empty((0, self.n_embd), np.float32)
+        self._rows = []
+        counts = [len(w) for w in outputs]
+        if rows.shape[0] != sum(counts):
+            raise RuntimeError(f"llama.cpp returned {rows.shape[0]} hidden-state rows, expected {sum(counts)}")
+        return np.split(rows, np.cumsum(counts)[:-1])
+
+    def _decode(self, n_tokens: int) -> None:
+        self._batch.n_tokens = n_tokens
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+

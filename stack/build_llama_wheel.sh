@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build (once) and install the llama-cpp-python wheel for this CPU.
+#
+# pip caches wheels built from an sdist without keying them on CMAKE_ARGS, so a
+# wheel built with the wrong flags would be silently reused. We keep our own
+# wheel folder keyed on the version and the exact flags, and never let pip's
+# cache take part in the build. The sdist is kept too: it carries the real
+# Qwen2 BPE vocabulary that the test-model generator can use.
+set -euo pipefail
+
+PYTHON="${PYTHON:?set PYTHON to the virtualenv interpreter}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:?}"
+CMAKE_ARGS="${LLAMA_CMAKE_ARGS:?}"
+CACHE="${CACHE_DIR:-.cache}"
+
+sdist="$CACHE/sdist/llama_cpp_python-$VERSION.tar.gz"
+if [ ! -f "$sdist" ]; then
+    mkdir -p "$CACHE/sdist"
+    "$PYTHON" -m pip download --no-cache-dir --no-deps --no-binary :all: \
+        "llama-cpp-python==$VERSION" -d "$CACHE/sdist"
+fi
+
+key=$(printf '%s\n%s\n' "$VERSION" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
+wheel_dir="$CACHE/wheels/llama-cpp-python-$VERSION-$key"
+if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $VERSION (flags key $key); this takes several minutes"
+    tmp="$wheel_dir.tmp"
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    CMAKE_ARGS="$CMAKE_ARGS" "$PYTHON" -m pip wheel --no-cache-dir --no-deps "$sdist" -w "$tmp"
+    printf '%s\n' "$CMAKE_ARGS" >"$tmp/CMAKE_ARGS"
+    rm -rf "$wheel_dir" && mv "$tmp" "$wheel_dir"
+fi
+
+wheel=$(ls "$wheel_dir"/llama_cpp_python-*.whl)
+"$PYTHON" -m pip install --no-deps --force-reinstall --no-cache-dir "$wheel"
+"$PYTHON" -m pip install --no-cache-dir "$wheel"

@@ -1,0 +1,83 @@
+"""Shared fixtures: generated models (never downloaded), engines and the NumPy reference."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from models import numpy_reference as ref
+from models.generate_test_model import PRESETS, ModelSpec, generate
+from rerank_engine import EngineConfig, Reranker
+
+ModelFactory = Callable[..., tuple[Path, Path]]
+# llama.cpp options under which an F32 model matches the float64 reference to ~1e-7: the CPU flash-attention
+# kernel rounds through F16 (~1e-3 in hidden states) and so does an F16 KV cache.
+EXACT = {"flash_attn": False, "kv_cache_type": "f32"}
+
+
+@pytest.fixture(scope="session")
+def make_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFactory:
+    """Generate (once per session and spec) a model; returns (gguf path, projector path)."""
+    made: dict[tuple, tuple[Path, Path]] = {}
+
+    def make(dtype: str = "f32", preset: str = "tiny", **overrides) -> tuple[Path, Path]:
+        spec: ModelSpec = dataclasses.replace(PRESETS[preset], **overrides)
+        key = (dtype, spec)
+        if key not in made:
+            made[key] = generate(spec, dtype, tmp_path_factory.mktemp(f"{preset}-{dtype}"))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(make_model: ModelFactory) -> tuple[Path, Path]:
+    return make_model("f32")
+
+
+@pytest.fixture(scope="session")
+def tiny_q8(make_model: ModelFactory) -> tuple[Path, Path]:
+    return make_model("q8_0")
+
+
+def open_engine(paths: tuple[Path, Path], **options) -> Reranker:
+    return Reranker(EngineConfig.from_options(str(paths[0]), str(paths[1]), **options))
+
+
+@pytest.fixture(scope="session")
+def engine_f32(tiny_f32: tuple[Path, Path]) -> Reranker:
+    return open_engine(tiny_f32, n_ctx=8192, **EXACT)
+
+
+@pytest.fixture(scope="session")
+def engine_q8(tiny_q8: tuple[Path, Path]) -> Reranker:
+    return open_engine(tiny_q8, n_ctx=8192)
+
+
+class Reference:
+    """The NumPy reference bound to one model, tokenising with the engine's vocabulary."""
+
+    def __init__(self, paths: tuple[Path, Path], engine: Reranker) -> None:
+        self.model = ref.Qwen3Reference(str(paths[0]))
+        self.projector = ref.load_projector(str(paths[1]))
+        self.engine = engine
+
+    def plain_tokenize(self, text: str) -> list[int]:
+        return self.engine.tokenize(text)
+
+    def rerank(self, query: str, docs: list[str], instruction: str | None = None, **kwargs) -> ref.ReferenceResult:
+        return ref.rerank(self.model, self.projector, self.plain_tokenize, self.engine.detokenize,
+                          self.engine.token_ids, query, docs, instruction, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def reference_f32(tiny_f32: tuple[Path, Path], engine_f32: Reranker) -> Reference:
+    return Reference(tiny_f32, engine_f32)
+
+
+@pytest.fixture(scope="session")
+def reference_q8(tiny_q8: tuple[Path, Path], engine_q8: Reranker) -> Reference:
+    return Reference(tiny_q8, engine_q8)
