@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -144,27 +144,39 @@ class Reranker:
         return result
 
     def rerank_many(self, requests: Sequence[RerankRequest]) -> list[RerankResult | InvalidInputError]:
-        """Score several requests; a bad request yields its InvalidInputError without failing the others.
+        """Score several requests; a bad request yields its InvalidInputError without failing the others."""
+        results: list[RerankResult | InvalidInputError] = [InvalidInputError("not scored")] * len(requests)
+        for index, result in self.rerank_stream(requests):
+            results[index] = result
+        return results
 
-        The blocks of all requests go to llama.cpp in one call; with
-        ``share_decodes`` small ones share decode calls.
+    def rerank_stream(self, requests: Sequence[RerankRequest]
+                      ) -> Iterator[tuple[int, RerankResult | InvalidInputError]]:
+        """Yield ``(index, result)`` for each request as soon as it is scored (invalid ones first).
+
+        The passes of all requests go to llama.cpp in one call; with
+        ``share_decodes`` small ones share decode calls. Consume the iterator to
+        the end (or close it): it holds the engine's lock meanwhile.
         """
         with self._lock:
             plans: list[Plan | InvalidInputError] = []
-            for request in requests:
+            for index, request in enumerate(requests):
                 try:
                     plans.append(self.plan(request))
                 except InvalidInputError as exc:
                     plans.append(exc)
+                    yield index, exc
+            owners = [i for i, plan in enumerate(plans) if isinstance(plan, Plan) for _ in plan.prompts]
             prompts = [p for plan in plans if isinstance(plan, Plan) for p in plan.prompts]
-            states = iter(self._runner.hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts]))
-            results: list[RerankResult | InvalidInputError] = []
-            for request, plan in zip(requests, plans, strict=True):
-                if isinstance(plan, InvalidInputError):
-                    results.append(plan)
-                else:
-                    results.append(self._score(request, plan, [next(states) for _ in plan.prompts]))
-            return results
+            pending: dict[int, list[np.ndarray]] = {}
+            states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts])
+            for owner, hidden in zip(owners, states, strict=True):
+                plan = plans[owner]
+                assert isinstance(plan, Plan)
+                done = pending.setdefault(owner, [])
+                done.append(hidden)
+                if len(done) == len(plan.prompts):
+                    yield owner, self._score(requests[owner], plan, pending.pop(owner))
 
     def plan(self, request: RerankRequest) -> Plan:
         """How a request is split into passes and the token ids of each (raises InvalidInputError)."""

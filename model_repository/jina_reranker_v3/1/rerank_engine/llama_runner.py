@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -214,17 +214,20 @@ class LlamaRunner:
 
     def hidden_states(self, sequences: Sequence[Sequence[int]],
                       outputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Hidden states of each sequence at its output positions (in the order given, ascending).
+        """Hidden states of each sequence at its output positions (ascending), as a list."""
+        return list(self.iter_hidden_states(sequences, outputs))
+
+    def iter_hidden_states(self, sequences: Sequence[Sequence[int]],
+                           outputs: Sequence[Sequence[int]]) -> Iterator[np.ndarray]:
+        """Hidden states of each sequence at its output positions, yielded in order as they are decoded.
 
         With ``share_decodes`` sequences are decoded together, as separate llama.cpp
         sequences sharing decode calls, while they fit the context and ``n_seq_max``;
         the per-sequence mask keeps them independent, but kernels chosen by batch
         size may round differently. Otherwise each sequence is decoded alone.
         """
-        results: list[np.ndarray] = []
         for group in self._groups([len(s) for s in sequences]):
-            results += self._decode_group([sequences[i] for i in group], [outputs[i] for i in group])
-        return results
+            yield from self._decode_group([sequences[i] for i in group], [outputs[i] for i in group])
 
     def _groups(self, lengths: Sequence[int]) -> list[list[int]]:
         n_ctx = self.options.n_ctx

@@ -1,0 +1,66 @@
+"""Triton Python-backend model: adapts Triton tensors to the rerank engine, nothing more.
+
+The contract and its checks live in ``triton_contract``; scoring in ``rerank_engine``.
+Each response is sent as soon as its request is scored (the response sender works
+for non-decoupled models too), so in a dynamic batch the first request does not
+wait for the last.
+"""
+
+from __future__ import annotations
+
+import json
+
+import triton_contract as contract
+import triton_python_backend_utils as pb_utils
+
+from rerank_engine import InvalidInputError, Reranker
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def error_response(message: str, client_error: bool) -> pb_utils.InferenceResponse:
+    code = pb_utils.TritonError.INVALID_ARG if client_error else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def input_array(request: pb_utils.InferenceRequest, name: str):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = contract.engine_config(json.loads(args["model_config"]).get("parameters", {}),
+                                        args["model_instance_kind"], int(args["model_instance_device_id"]))
+        self.engine = Reranker(config)
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: serving {config.model_path} with {config.llama}")
+
+    def execute(self, requests: list) -> None:
+        senders = [request.get_response_sender() for request in requests]
+        batch = contract.Batch()
+        for index, request in enumerate(requests):
+            want = contract.DOC_EMBEDDINGS in request.requested_output_names()
+            try:
+                batch.add(index, contract.rows(input_array(request, contract.QUERY),
+                                               input_array(request, contract.DOCUMENTS),
+                                               input_array(request, contract.INSTRUCTION), want), want)
+            except InvalidInputError as exc:
+                senders[index].send(error_response(str(exc), client_error=True), flags=FINAL)
+        try:
+            for row, result in self.engine.rerank_stream(batch.rows):
+                done = batch.complete(row, result)
+                if done is None:
+                    continue
+                index, answer = done
+                if isinstance(answer, InvalidInputError):
+                    senders[index].send(error_response(str(answer), client_error=True), flags=FINAL)
+                else:
+                    tensors = [pb_utils.Tensor(name, array) for name, array in answer.items()]
+                    senders[index].send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL)
+        except Exception as exc:  # an engine failure must still answer every request and keep the stub alive
+            pb_utils.Logger.log_error(f"rerank failed: {exc!r}")
+            for index in batch.pending():
+                senders[index].send(error_response(f"rerank failed: {exc}", client_error=False), flags=FINAL)
+
+    def finalize(self) -> None:
+        self.engine.close()

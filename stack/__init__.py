@@ -1,0 +1,1 @@
+"""Local tooling: build llama-cpp-python, launch Triton and the adapter, fetch model files."""
