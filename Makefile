@@ -10,7 +10,7 @@ LLAMA_CPP_PYTHON_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
 LLAMA_KEY := $(shell printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
-REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt tests/requirements.txt
+REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt
 
 .PHONY: install test lint serve triton bench clean
 
@@ -25,7 +25,7 @@ $(VENV)/.deps-stamp: $(PY) $(REQUIREMENTS)
 	touch $@
 
 # Keyed on version and flags: changing either rebuilds; nothing changed rebuilds nothing.
-$(VENV)/.llama-$(LLAMA_KEY): $(VENV)/.deps-stamp stack/build_llama_wheel.sh
+$(VENV)/.llama-$(LLAMA_KEY): stack/build_llama_wheel.sh | $(VENV)/.deps-stamp
 	PYTHON=$(PY) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) LLAMA_CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' \
 		stack/build_llama_wheel.sh
 	rm -f $(VENV)/.llama-* && touch $@

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import sysconfig
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from stack.processes import ManagedProcess, http_ok, interrupt_on_sigterm
 from stack.settings import Settings, missing_model_files
 
 MODEL_NAME = "jina_reranker_v3"
@@ -55,17 +51,19 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class TritonServer:
-    """A tritonserver process bound to loopback; a context manager that always stops it."""
+class TritonServer(ManagedProcess):
+    """A tritonserver bound to loopback; as a context manager, started, READY, and always stopped."""
 
     def __init__(self, settings: Settings, repository: Path = REPOSITORY, config_name: str | None = "cpu",
                  log_path: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.repository = repository
         self.config_name = config_name
-        self.log_path = log_path or Path(".cache/triton/server.log")
         self.extra_args = extra_args
-        self.process: subprocess.Popen | None = None
+        env = server_environment()
+        env["RERANKER_MODEL"] = str(Path(settings.model).resolve())
+        env["RERANKER_PROJECTOR"] = str(Path(settings.projector).resolve())
+        super().__init__("tritonserver", self.command(), env, log_path or Path(".cache/triton/server.log"))
 
     @property
     def http_url(self) -> str:
@@ -94,50 +92,11 @@ class TritonServer:
             args.append(f"--model-config-name={self.config_name}")
         return [*args, *self.extra_args]
 
-    def start(self) -> None:
-        env = server_environment()
-        env["RERANKER_MODEL"] = str(Path(self.settings.model).resolve())
-        env["RERANKER_PROJECTOR"] = str(Path(self.settings.projector).resolve())
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        log.close()
-
     def is_ready(self) -> bool:
-        try:
-            url = f"http://{self.http_url}/v2/models/{MODEL_NAME}/ready"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{self.http_url}/v2/models/{MODEL_NAME}/ready")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Poll readiness; fail at once, with the log's tail, if the server exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited before the model was ready:\n{self.log_tail()}")
-            if self.is_ready():
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"model not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.wait_until(self.is_ready, timeout)
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -159,13 +118,15 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 2
     server = TritonServer(settings)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    interrupt_on_sigterm()
     print(f"starting Triton on the CPU config (log: {server.log_path})", flush=True)
     try:
         with server:
             print(f"model {MODEL_NAME} is READY\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n"
                   f"  metrics  {server.metrics_url}\nCtrl-C stops it.", flush=True)
             server.process.wait()
+            print(f"tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         print("stopping Triton", flush=True)
     except (RuntimeError, TimeoutError) as exc:

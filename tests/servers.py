@@ -7,6 +7,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from stack.adapter_server import AdapterServer
 from stack.settings import Settings
 from stack.triton_server import REPOSITORY, TritonServer
 
@@ -43,3 +44,16 @@ def start_triton(paths: tuple[Path, Path], log_path: Path, repository: Path = RE
                           extra_args=("--log-verbose=1",))
     server.__enter__()
     return server
+
+
+def start_adapter(triton_url: str, log_path: Path, protocol: str = "grpc", wait_ready: bool = True,
+                  **env: str) -> AdapterServer:
+    """The adapter as its own process (uvicorn on a free loopback port); env: settings by variable name."""
+    adapter = AdapterServer(free_port(), triton_url, log_path, protocol=protocol, extra_env=env)
+    adapter.start()
+    try:
+        adapter.wait_ready() if wait_ready else adapter.wait_alive()
+    except BaseException:
+        adapter.stop()
+        raise
+    return adapter

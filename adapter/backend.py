@@ -1,0 +1,115 @@
+"""The adapter's only way to Triton: one reused asyncio client (gRPC or HTTP), errors sorted by cause.
+
+Clients never see Triton's details as 500s: an unreachable or not-ready model is a
+503 (and recovers by itself when Triton is back), a missed deadline a 504, a request
+Triton rejects as malformed a 422, anything else Triton reports a 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import aiohttp
+import numpy as np
+import tritonclient.grpc.aio as grpc_aio
+import tritonclient.http.aio as http_aio
+from tritonclient.utils import InferenceServerException
+
+from adapter.settings import AdapterSettings
+
+# Reconnect quickly after Triton restarts (gRPC's default backoff grows to two minutes).
+GRPC_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "unavailable")
+
+
+class BackendError(Exception):
+    status_code = 502
+    kind = "backend_error"
+
+
+class BackendUnavailableError(BackendError):
+    status_code = 503
+    kind = "backend_unavailable"
+
+
+class BackendTimeoutError(BackendError):
+    status_code = 504
+    kind = "timeout"
+
+
+class BackendRejectedError(BackendError):
+    """Triton found the request malformed: the client's mistake."""
+
+    status_code = 422
+    kind = "invalid_request"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    scores: np.ndarray  # input order
+    tokens: int
+
+
+class TritonBackend:
+    """Create inside the running event loop (the asyncio clients bind to it); ``close()`` at shutdown."""
+
+    def __init__(self, settings: AdapterSettings) -> None:
+        self.settings = settings
+        self._protocol = grpc_aio if settings.triton_protocol == "grpc" else http_aio
+        if settings.triton_protocol == "grpc":
+            self._client = grpc_aio.InferenceServerClient(settings.triton_url, channel_args=GRPC_CHANNEL_ARGS)
+        else:
+            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=settings.request_timeout_s)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def is_ready(self, timeout: float = 1.0) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._client.is_model_ready(self.settings.triton_model), timeout))
+        except (asyncio.TimeoutError, InferenceServerException, aiohttp.ClientError, OSError):
+            return False
+
+    def _text_input(self, name: str, texts: list[str]) -> object:
+        array = np.array([[t.encode("utf-8") for t in texts]], dtype=np.object_)
+        tensor = self._protocol.InferInput(name, list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    async def rerank(self, query: str, documents: list[str], instruction: str | None,
+                     timeout: float) -> Scores:
+        inputs = [self._text_input("QUERY", [query]), self._text_input("DOCUMENTS", documents)]
+        if instruction:
+            inputs.append(self._text_input("INSTRUCTION", [instruction]))
+        outputs = [self._protocol.InferRequestedOutput("SCORES"), self._protocol.InferRequestedOutput("TOKENS")]
+        try:
+            result = await asyncio.wait_for(
+                self._client.infer(self.settings.triton_model, inputs, outputs=outputs), timeout)
+        except asyncio.TimeoutError:
+            raise BackendTimeoutError(f"the model did not answer within {timeout:g} s") from None
+        except InferenceServerException as exc:
+            raise classify(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailableError(f"Triton is unreachable at {self.settings.triton_url} ({exc})") from None
+        return Scores(result.as_numpy("SCORES")[0], int(result.as_numpy("TOKENS")[0, 0]))
+
+
+def classify(exc: InferenceServerException) -> BackendError:
+    status, message = str(exc.status() or ""), str(exc.message() or exc)
+    lowered = message.lower()
+    if "UNAVAILABLE" in status or status == "503" or any(m in lowered for m in UNAVAILABLE_MARKERS):
+        return BackendUnavailableError(f"the model is not available: {message}")
+    if "DEADLINE_EXCEEDED" in status:
+        return BackendTimeoutError(f"the model did not answer in time: {message}")
+    if "INVALID_ARGUMENT" in status or status == "400":
+        return BackendRejectedError(message)
+    return BackendError(f"Triton failed: {message}")

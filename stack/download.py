@@ -1,0 +1,79 @@
+"""Make sure the model files exist: download them from the Hugging Face hub, or say how to place them.
+
+    python -m stack.download [--dir models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import urllib.parse
+from pathlib import Path
+
+from stack.settings import MODELS_DIR
+
+REPO_ID = "jinaai/jina-reranker-v3-GGUF"
+MODEL_FILE = "jina-reranker-v3-Q8_0.gguf"
+PROJECTOR_FILE = "projector.safetensors"
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def manual_instructions(directory: Path) -> str:
+    return (f"place {MODEL_FILE} and {PROJECTOR_FILE} from https://huggingface.co/{REPO_ID} in {directory}/ "
+            "(or set RERANKER_MODEL and RERANKER_PROJECTOR to where they are)")
+
+
+def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None; checked up front so that offline fails fast and quietly."""
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as exc:
+        return f"{url.hostname} is unreachable: {exc.strerror or exc}"
+    return None
+
+
+def fetch(directory: Path = MODELS_DIR) -> tuple[Path, Path]:
+    """Download what is missing into ``directory`` (resumable); raise DownloadError with one clear message."""
+    targets = [directory / MODEL_FILE, directory / PROJECTOR_FILE]
+    missing = [t for t in targets if not t.is_file()]
+    if missing:
+        try:
+            from huggingface_hub import constants, hf_hub_download
+            from huggingface_hub.utils import logging as hub_logging
+        except ImportError:
+            raise DownloadError(f"huggingface_hub is not installed; {manual_instructions(directory)}") from None
+        hub_logging.set_verbosity_error()
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
+        if reason:
+            raise DownloadError(f"cannot download the model files ({reason}); {manual_instructions(directory)}")
+        for target in missing:
+            print(f"downloading {target.name} from {REPO_ID} into {directory}/ ...", flush=True)
+            try:
+                hf_hub_download(REPO_ID, target.name, local_dir=directory)
+            except Exception as exc:  # offline, hub down, disk full: all end in the same advice
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DownloadError(f"could not download {target.name} ({type(exc).__name__}: {reason}); "
+                                    f"{manual_instructions(directory)}") from None
+    return targets[0], targets[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=MODELS_DIR, help="where the model files go")
+    args = parser.parse_args()
+    try:
+        model, projector = fetch(args.dir)
+    except DownloadError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"model files ready: {model}, {projector}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

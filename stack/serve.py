@@ -1,0 +1,95 @@
+"""`make serve`: model files, Triton and the adapter, in one command; Ctrl-C stops both.
+
+Reads RERANKER_MODEL, RERANKER_PROJECTOR (default: models/, downloaded when absent),
+TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT, ADAPTER_PORT (8080),
+ADAPTER_HOST (127.0.0.1; 0.0.0.0 to accept other hosts, e.g. LibreChat in Docker) and API_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stack.adapter_server import AdapterServer
+from stack.download import DownloadError, fetch
+from stack.processes import interrupt_on_sigterm
+from stack.settings import MODELS_DIR, Settings, missing_model_files
+from stack.triton_server import TritonServer
+
+
+def gpu_config_usable() -> bool:
+    """The GPU config needs a CUDA build of llama-cpp-python and a visible NVIDIA GPU."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload() or not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def ensure_model_files(settings: Settings) -> None:
+    defaults = Settings()
+    if (settings.model, settings.projector) == (defaults.model, defaults.projector):
+        fetch(MODELS_DIR)
+    problem = missing_model_files(settings)
+    if problem:
+        raise DownloadError(problem)
+
+
+def usage_banner(settings: Settings, adapter: AdapterServer) -> str:
+    key = settings.api_key or "any-non-empty-key"
+    url = f"{adapter.url}/v1/rerank"
+    return f"""
+ready: the reranker answers at {url}
+
+  curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"query": "what is a reranker?", "top_n": 2, "documents": ["A reranker orders passages.", "Bananas."]}}'
+
+LibreChat (.env), reranker type "jina":
+  JINA_API_KEY={key}
+  JINA_API_URL={url}
+
+Triton: http://127.0.0.1:{settings.triton_http_port} (HTTP), 127.0.0.1:{settings.triton_grpc_port} (gRPC),
+        http://127.0.0.1:{settings.triton_metrics_port}/metrics
+Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    settings = Settings.from_environment()
+    try:
+        ensure_model_files(settings)
+    except DownloadError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    config = None if gpu_config_usable() else "cpu"
+    print(f"starting Triton ({'GPU' if config is None else 'CPU'} config) and the adapter ...", flush=True)
+    triton = TritonServer(settings, config_name=config)
+    adapter = AdapterServer(settings.adapter_port, triton.grpc_url, Path(".cache/adapter.log"),
+                            host=os.environ.get("ADAPTER_HOST", "127.0.0.1"),
+                            extra_env={"API_KEY": settings.api_key})
+    interrupt_on_sigterm()
+    try:
+        with triton:
+            adapter.start()
+            adapter.wait_ready()
+            print(usage_banner(settings, adapter), flush=True)
+            while triton.running() and adapter.running():
+                time.sleep(0.5)
+            print("a server exited; stopping (logs: .cache/triton/server.log, .cache/adapter.log)", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        adapter.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
