@@ -80,6 +80,8 @@ def create_app(settings: AdapterSettings) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (not UTF-8, too deep)
+            return fail(422, "invalid_request", "the request body is not valid UTF-8 JSON")
         kind = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return fail(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
 

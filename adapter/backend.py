@@ -28,7 +28,8 @@ GRPC_CHANNEL_ARGS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
-UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "unavailable")
+# "is not healthy": a Python-backend process died; the stub watchdog reloads the model within seconds.
+UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "is not healthy")
 
 
 class BackendError(Exception):
@@ -91,9 +92,12 @@ class TritonBackend:
         if instruction:
             inputs.append(self._text_input("INSTRUCTION", [instruction]))
         outputs = [self._protocol.InferRequestedOutput("SCORES"), self._protocol.InferRequestedOutput("TOKENS")]
+        # Triton gets the deadline too (µs): it drops the request from its queue once the deadline has
+        # passed and the model stops computing it, so abandoned work does not delay other callers.
+        # Over gRPC, giving up here also cancels the call, which the model notices within 50 ms.
         try:
-            result = await asyncio.wait_for(
-                self._client.infer(self.settings.triton_model, inputs, outputs=outputs), timeout)
+            result = await asyncio.wait_for(self._client.infer(
+                self.settings.triton_model, inputs, outputs=outputs, timeout=max(1, int(timeout * 1e6))), timeout)
         except asyncio.TimeoutError:
             raise BackendTimeoutError(f"the model did not answer within {timeout:g} s") from None
         except InferenceServerException as exc:
@@ -106,10 +110,10 @@ class TritonBackend:
 def classify(exc: InferenceServerException) -> BackendError:
     status, message = str(exc.status() or ""), str(exc.message() or exc)
     lowered = message.lower()
+    if "DEADLINE_EXCEEDED" in status or "CANCELLED" in status or "timeout expired" in lowered:
+        return BackendTimeoutError(f"the model did not answer in time: {message}")
     if "UNAVAILABLE" in status or status == "503" or any(m in lowered for m in UNAVAILABLE_MARKERS):
         return BackendUnavailableError(f"the model is not available: {message}")
-    if "DEADLINE_EXCEEDED" in status:
-        return BackendTimeoutError(f"the model did not answer in time: {message}")
     if "INVALID_ARGUMENT" in status or status == "400":
         return BackendRejectedError(message)
     return BackendError(f"Triton failed: {message}")

@@ -7,6 +7,7 @@ ADAPTER_HOST (127.0.0.1; 0.0.0.0 to accept other hosts, e.g. LibreChat in Docker
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -59,6 +60,7 @@ Ctrl-C stops everything.
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_environment()
     try:
         ensure_model_files(settings)

@@ -11,6 +11,7 @@ libpython; and this virtualenv's ``bin/`` first on ``PATH``, because the stub em
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from stack.processes import ManagedProcess, http_ok, interrupt_on_sigterm
 from stack.settings import Settings, missing_model_files
+from stack.stub_watchdog import StubWatchdog
 
 MODEL_NAME = "jina_reranker_v3"
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -60,6 +62,7 @@ class TritonServer(ManagedProcess):
         self.repository = repository
         self.config_name = config_name
         self.extra_args = extra_args
+        self.watchdog: StubWatchdog | None = None
         env = server_environment()
         env["RERANKER_MODEL"] = str(Path(settings.model).resolve())
         env["RERANKER_PROJECTOR"] = str(Path(settings.projector).resolve())
@@ -87,6 +90,8 @@ class TritonServer(ManagedProcess):
             f"--metrics-port={s.triton_metrics_port}",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
             "--exit-timeout-secs=10",
+            # explicit control lets the stub watchdog reload the model when a backend process dies
+            "--model-control-mode=explicit", f"--load-model={MODEL_NAME}",
         ]
         if self.config_name:
             args.append(f"--model-config-name={self.config_name}")
@@ -96,7 +101,27 @@ class TritonServer(ManagedProcess):
         return http_ok(f"http://{self.http_url}/v2/models/{MODEL_NAME}/ready")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait for the model, then watch its backend processes (see stack.stub_watchdog)."""
         self.wait_until(self.is_ready, timeout)
+        if self.watchdog is None:
+            assert self.process is not None
+            self.watchdog = StubWatchdog(self.process.pid, self.http_url, MODEL_NAME)
+            self.watchdog.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Triton's own error lines when it has any (its status tables bury them), else the log's tail."""
+        try:
+            errors = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                      if line.startswith("error:") or "load failed for model" in line]
+        except OSError:
+            errors = []
+        return "\n".join(errors[-5:]) if errors else super().log_tail(lines)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+        super().stop(timeout)
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -112,6 +137,7 @@ class TritonServer(ManagedProcess):
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_environment()
     problem = missing_model_files(settings)
     if problem:

@@ -81,3 +81,20 @@ def reference_f32(tiny_f32: tuple[Path, Path], engine_f32: Reranker) -> Referenc
 @pytest.fixture(scope="session")
 def reference_q8(tiny_q8: tuple[Path, Path], engine_q8: Reranker) -> Reference:
     return Reference(tiny_q8, engine_q8)
+
+
+@pytest.fixture(scope="session")
+def live_stack(tiny_q8, tmp_path_factory):
+    """A real Triton (tiny Q8_0 model, CPU config) and the adapter in front of it over gRPC."""
+    from tests.servers import start_adapter, start_triton
+
+    logs = tmp_path_factory.mktemp("live-stack")
+    triton = start_triton(tiny_q8, logs / "triton.log")
+    try:
+        adapter = start_adapter(triton.grpc_url, logs / "adapter.log")
+    except BaseException:
+        triton.stop()
+        raise
+    yield triton, adapter
+    adapter.stop()
+    triton.stop()

@@ -179,7 +179,7 @@ def test_malformed_request_in_a_dynamic_batch_fails_alone(make_model, tmp_path):
     """With a long queue delay concurrent requests share one execute(); the bad one fails alone."""
     paths = make_model("q8_0")
     repository = repository_copy(tmp_path / "repo", replace={
-        "max_queue_delay_microseconds: 0": "max_queue_delay_microseconds: 1000000\n  preferred_batch_size: [ 6 ]"})
+        "max_queue_delay_microseconds: 0": "max_queue_delay_microseconds: 5000000\n  preferred_batch_size: [ 6 ]"})
     server = start_triton(paths, tmp_path / "server.log", repository=repository)
     try:
         good = [(f"query {i}", [f"document {i}.{d}" for d in range(1 + i)]) for i in range(4)]

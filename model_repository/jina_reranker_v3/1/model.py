@@ -3,29 +3,48 @@
 The contract and its checks live in ``triton_contract``; scoring in ``rerank_engine``.
 Each response is sent as soon as its request is scored (the response sender works
 for non-decoupled models too), so in a dynamic batch the first request does not
-wait for the last.
+wait for the last. A request whose client gave up (gRPC cancellation, or its
+``timeout`` parameter passed) stops being computed.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import triton_contract as contract
 import triton_python_backend_utils as pb_utils
 
-from rerank_engine import InvalidInputError, Reranker
+from rerank_engine import InvalidInputError, RequestCancelledError, Reranker
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def error_response(message: str, client_error: bool) -> pb_utils.InferenceResponse:
-    code = pb_utils.TritonError.INVALID_ARG if client_error else pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+def error_response(error: Exception) -> pb_utils.InferenceResponse:
+    if isinstance(error, InvalidInputError):
+        code = pb_utils.TritonError.INVALID_ARG
+    elif isinstance(error, RequestCancelledError):
+        code = pb_utils.TritonError.CANCELLED
+    else:
+        code = pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
 
 
 def input_array(request: pb_utils.InferenceRequest, name: str):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def cancellation_check(requests: list, batch: contract.Batch):
+    """``cancelled(row)``: the client cancelled, or the request's timeout (µs, counted from now) passed."""
+    now = time.monotonic()
+    deadlines = [now + r.timeout() / 1e6 if r.timeout() else float("inf") for r in requests]
+
+    def cancelled(row: int) -> bool:
+        index = batch.owner(row)
+        return time.monotonic() > deadlines[index] or requests[index].is_cancelled()
+
+    return cancelled
 
 
 class TritonPythonModel:
@@ -45,22 +64,22 @@ class TritonPythonModel:
                                                input_array(request, contract.DOCUMENTS),
                                                input_array(request, contract.INSTRUCTION), want), want)
             except InvalidInputError as exc:
-                senders[index].send(error_response(str(exc), client_error=True), flags=FINAL)
+                senders[index].send(error_response(exc), flags=FINAL)
         try:
-            for row, result in self.engine.rerank_stream(batch.rows):
+            for row, result in self.engine.rerank_stream(batch.rows, cancellation_check(requests, batch)):
                 done = batch.complete(row, result)
                 if done is None:
                     continue
                 index, answer = done
-                if isinstance(answer, InvalidInputError):
-                    senders[index].send(error_response(str(answer), client_error=True), flags=FINAL)
+                if isinstance(answer, Exception):
+                    senders[index].send(error_response(answer), flags=FINAL)
                 else:
                     tensors = [pb_utils.Tensor(name, array) for name, array in answer.items()]
                     senders[index].send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL)
         except Exception as exc:  # an engine failure must still answer every request and keep the stub alive
             pb_utils.Logger.log_error(f"rerank failed: {exc!r}")
             for index in batch.pending():
-                senders[index].send(error_response(f"rerank failed: {exc}", client_error=False), flags=FINAL)
+                senders[index].send(error_response(RuntimeError(f"rerank failed: {exc}")), flags=FINAL)
 
     def finalize(self) -> None:
         self.engine.close()

@@ -99,13 +99,16 @@ class Batch:
         self._results[request_index] = {}
         self.rows += request_rows
 
-    def complete(self, row: int, result: RerankResult | InvalidInputError
-                 ) -> tuple[int, dict[str, np.ndarray] | InvalidInputError] | None:
+    def owner(self, row: int) -> int:
+        return self._owner[row]
+
+    def complete(self, row: int, result: RerankResult | Exception
+                 ) -> tuple[int, dict[str, np.ndarray] | Exception] | None:
         """Record a row's result; return ``(request index, outputs or error)`` once the request is done."""
         owner = self._owner[row]
         if owner not in self._results:  # already answered with an error
             return None
-        if isinstance(result, InvalidInputError):
+        if isinstance(result, Exception):
             del self._results[owner]
             return owner, result
         done = self._results[owner]

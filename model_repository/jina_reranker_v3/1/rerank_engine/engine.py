@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelLoadError
+from .errors import InvalidInputError, ModelLoadError, RequestCancelledError
 from .llama_runner import LlamaRunner, RunnerOptions
 from .projector import load_projector
 from .prompt import TEMPLATE_TOKENS, Block, build_block, plan_blocks
@@ -29,6 +29,8 @@ class EngineConfig:
     max_query_tokens: int = 512  # also the limit for an instruction
     max_doc_tokens: int = 2048
     max_docs_per_block: int = 125
+    # Tokens one request may decode, all passes together; bounds how long one request can hold an instance.
+    max_request_tokens: int = 262_144
 
     @classmethod
     def from_options(cls, model_path: str, projector_path: str, **options: object) -> EngineConfig:
@@ -63,6 +65,10 @@ class Plan:
 
     blocks: list[list[int]]  # document indices per pass
     prompts: list[Block]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(p.ids) for p in self.prompts)
 
 
 class Reranker:
@@ -147,36 +153,50 @@ class Reranker:
         """Score several requests; a bad request yields its InvalidInputError without failing the others."""
         results: list[RerankResult | InvalidInputError] = [InvalidInputError("not scored")] * len(requests)
         for index, result in self.rerank_stream(requests):
+            assert not isinstance(result, RequestCancelledError)
             results[index] = result
         return results
 
-    def rerank_stream(self, requests: Sequence[RerankRequest]
-                      ) -> Iterator[tuple[int, RerankResult | InvalidInputError]]:
-        """Yield ``(index, result)`` for each request as soon as it is scored (invalid ones first).
+    def rerank_stream(self, requests: Sequence[RerankRequest], cancelled: Callable[[int], bool] | None = None
+                      ) -> Iterator[tuple[int, RerankResult | InvalidInputError | RequestCancelledError]]:
+        """Yield ``(index, result)`` for each request as soon as it is scored.
 
-        The passes of all requests go to llama.cpp in one call; with
-        ``share_decodes`` small ones share decode calls. Consume the iterator to
-        the end (or close it): it holds the engine's lock meanwhile.
+        Invalid requests come first, then the rest smallest first, so a large request
+        delays small ones of the same batch as little as possible. ``cancelled(index)``
+        is polled while decoding: a request nobody waits for any more stops early and
+        yields RequestCancelledError. With ``share_decodes`` small requests share decode
+        calls. Consume the iterator to the end (or close it): it holds the engine's lock.
         """
         with self._lock:
-            plans: list[Plan | InvalidInputError] = []
+            plans: dict[int, Plan] = {}
             for index, request in enumerate(requests):
+                if cancelled is not None and cancelled(index):
+                    yield index, RequestCancelledError("cancelled before it was scored")
+                    continue
                 try:
-                    plans.append(self.plan(request))
+                    plans[index] = self.plan(request)
                 except InvalidInputError as exc:
-                    plans.append(exc)
                     yield index, exc
-            owners = [i for i, plan in enumerate(plans) if isinstance(plan, Plan) for _ in plan.prompts]
-            prompts = [p for plan in plans if isinstance(plan, Plan) for p in plan.prompts]
+            order = sorted(plans, key=lambda i: plans[i].tokens)
+            owners = [i for i in order for _ in plans[i].prompts]
+            prompts = [p for i in order for p in plans[i].prompts]
+            sequence_cancelled = None if cancelled is None else (lambda seq: cancelled(owners[seq]))
+            states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
+                                                     sequence_cancelled)
             pending: dict[int, list[np.ndarray]] = {}
-            states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts])
+            dropped: set[int] = set()
             for owner, hidden in zip(owners, states, strict=True):
-                plan = plans[owner]
-                assert isinstance(plan, Plan)
+                if owner in dropped:
+                    continue
+                if hidden is None:
+                    dropped.add(owner)
+                    pending.pop(owner, None)
+                    yield owner, RequestCancelledError("cancelled while it was being scored")
+                    continue
                 done = pending.setdefault(owner, [])
                 done.append(hidden)
-                if len(done) == len(plan.prompts):
-                    yield owner, self._score(requests[owner], plan, pending.pop(owner))
+                if len(done) == len(plans[owner].prompts):
+                    yield owner, self._score(requests[owner], plans[owner], pending.pop(owner))
 
     def plan(self, request: RerankRequest) -> Plan:
         """How a request is split into passes and the token ids of each (raises InvalidInputError)."""
@@ -203,7 +223,11 @@ class Reranker:
             if len(prompt.ids) > c.llama.n_ctx:
                 raise RuntimeError(f"block of {len(prompt.ids)} tokens exceeds n_ctx={c.llama.n_ctx}; "
                                    "the length estimate is wrong")
-        return Plan(blocks, prompts)
+        plan = Plan(blocks, prompts)
+        if plan.tokens > c.max_request_tokens:
+            raise InvalidInputError(f"the request needs {plan.tokens} tokens after truncation, more than the "
+                                    f"limit of {c.max_request_tokens}; send fewer or shorter documents")
+        return plan
 
     def _prepare(self, text: object, what: str, limit: int) -> tuple[str, int]:
         """Check a text field and truncate it to ``limit`` tokens as the model's reference does."""

@@ -7,3 +7,7 @@ class ModelLoadError(RuntimeError):
 
 class InvalidInputError(ValueError):
     """The caller's query, documents or instruction cannot be scored (a client error)."""
+
+
+class RequestCancelledError(Exception):
+    """The caller gave up on the request (cancelled it or passed its deadline) before it was scored."""

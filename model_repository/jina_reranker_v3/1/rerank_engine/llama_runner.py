@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -26,6 +28,9 @@ from .errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 HIDDEN_STATE_TENSOR = b"result_norm"
+# How often ggml's abort callback (run between graph nodes on the CPU) may ask whether to stop.
+ABORT_CHECK_INTERVAL_S = 0.05
+DECODE_ABORTED = 2  # llama_decode's status when the abort callback stopped it
 KV_CACHE_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 
 _ggml_base = ctypes.CDLL(str(pathlib.Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
@@ -69,6 +74,10 @@ class RunnerOptions:
     share_decodes: bool = False
 
 
+class DecodeAbortedError(Exception):
+    """llama_decode stopped early because every sequence of the decode was cancelled."""
+
+
 class LlamaRunner:
     """One model and one context. Not thread-safe: callers serialise access."""
 
@@ -93,8 +102,11 @@ class LlamaRunner:
         self._batch = None
         self._reserved: dict[int, str] = {}
         self._rows: list[np.ndarray] = []
-        # Kept on the instance: llama.cpp holds a raw pointer to it for the context's lifetime.
+        self._stop: Callable[[], bool] | None = None
+        self._next_stop_check = 0.0
+        # Kept on the instance: llama.cpp holds raw pointers to them for the context's lifetime.
         self._callback = llama_cpp.ggml_backend_sched_eval_callback(self._observe)
+        self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
 
     def architecture(self) -> str:
         buf = ctypes.create_string_buffer(256)
@@ -119,6 +131,7 @@ class LlamaRunner:
         cparams.kv_unified = True  # sequences of one decode share the cache: each may use all of n_ctx
         cparams.no_perf = True
         cparams.cb_eval = self._callback
+        cparams.abort_callback = self._abort_callback
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ModelLoadError(f"{self.model_path}: llama.cpp could not create a context with n_ctx={o.n_ctx} "
@@ -212,22 +225,47 @@ class LlamaRunner:
         self._rows.append(rows.reshape(-1, self.n_embd))
         return True
 
+    def _should_abort(self, _data: int) -> bool:
+        """ggml's abort callback, called between graph nodes on the CPU: stops a decode nobody waits for."""
+        if self._stop is None:
+            return False
+        now = time.monotonic()
+        if now < self._next_stop_check:
+            return False
+        self._next_stop_check = now + ABORT_CHECK_INTERVAL_S
+        try:
+            return self._stop()
+        except Exception:  # an exception cannot cross into C; keep decoding
+            log.exception("cancellation check failed")
+            return False
+
     def hidden_states(self, sequences: Sequence[Sequence[int]],
                       outputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Hidden states of each sequence at its output positions (ascending), as a list."""
-        return list(self.iter_hidden_states(sequences, outputs))
+        return [states for states in self.iter_hidden_states(sequences, outputs) if states is not None]
 
-    def iter_hidden_states(self, sequences: Sequence[Sequence[int]],
-                           outputs: Sequence[Sequence[int]]) -> Iterator[np.ndarray]:
+    def iter_hidden_states(self, sequences: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
+                           cancelled: Callable[[int], bool] | None = None) -> Iterator[np.ndarray | None]:
         """Hidden states of each sequence at its output positions, yielded in order as they are decoded.
 
         With ``share_decodes`` sequences are decoded together, as separate llama.cpp
         sequences sharing decode calls, while they fit the context and ``n_seq_max``;
         the per-sequence mask keeps them independent, but kernels chosen by batch
         size may round differently. Otherwise each sequence is decoded alone.
+
+        ``cancelled(i)`` is polled before and during each decode; when it holds for
+        every sequence of a decode, the decode stops (within a graph node on the
+        CPU) and those sequences yield None.
         """
         for group in self._groups([len(s) for s in sequences]):
-            yield from self._decode_group([sequences[i] for i in group], [outputs[i] for i in group])
+            stop = None if cancelled is None else functools.partial(_all_cancelled, cancelled, group)
+            if stop is not None and stop():
+                yield from [None] * len(group)
+                continue
+            try:
+                yield from self._decode_group([sequences[i] for i in group], [outputs[i] for i in group], stop)
+            except DecodeAbortedError:
+                yield from [None] * len(group)
 
     def _groups(self, lengths: Sequence[int]) -> list[list[int]]:
         n_ctx = self.options.n_ctx
@@ -244,26 +282,30 @@ class LlamaRunner:
             used += length
         return groups
 
-    def _decode_group(self, sequences: Sequence[Sequence[int]],
-                      outputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def _decode_group(self, sequences: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
+                      stop: Callable[[], bool] | None) -> list[np.ndarray]:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
         batch, n_batch = self._batch, self.options.n_batch
         self._rows = []
-        n = 0
-        for seq_id, (ids, wanted) in enumerate(zip(sequences, outputs, strict=True)):
-            marked = set(wanted)
-            for pos, token in enumerate(ids):
-                batch.token[n] = token
-                batch.pos[n] = pos
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq_id
-                batch.logits[n] = pos in marked
-                n += 1
-                if n == n_batch:
-                    self._decode(n)
-                    n = 0
-        if n:
-            self._decode(n)
+        self._stop, self._next_stop_check = stop, time.monotonic() + ABORT_CHECK_INTERVAL_S
+        try:
+            n = 0
+            for seq_id, (ids, wanted) in enumerate(zip(sequences, outputs, strict=True)):
+                marked = set(wanted)
+                for pos, token in enumerate(ids):
+                    batch.token[n] = token
+                    batch.pos[n] = pos
+                    batch.n_seq_id[n] = 1
+                    batch.seq_id[n][0] = seq_id
+                    batch.logits[n] = pos in marked
+                    n += 1
+                    if n == n_batch:
+                        self._decode(n, stop)
+                        n = 0
+            if n:
+                self._decode(n, stop)
+        finally:
+            self._stop = None
         rows = np.concatenate(self._rows) if self._rows else np.empty((0, self.n_embd), np.float32)
         self._rows = []
         counts = [len(w) for w in outputs]
@@ -271,9 +313,17 @@ class LlamaRunner:
             raise RuntimeError(f"llama.cpp returned {rows.shape[0]} hidden-state rows, expected {sum(counts)}")
         return np.split(rows, np.cumsum(counts)[:-1])
 
-    def _decode(self, n_tokens: int) -> None:
+    def _decode(self, n_tokens: int, stop: Callable[[], bool] | None) -> None:
+        if stop is not None and stop():  # between calls too: GPU backends ignore the abort callback
+            raise DecodeAbortedError
         self._batch.n_tokens = n_tokens
         status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status == DECODE_ABORTED:
+            raise DecodeAbortedError
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+
+
+def _all_cancelled(cancelled: Callable[[int], bool], group: Sequence[int]) -> bool:
+    return all(cancelled(i) for i in group)
 

@@ -1,0 +1,139 @@
+"""No input makes the adapter answer 5xx: generated, schema-driven and hand-picked strange requests,
+sent over real HTTP to the adapter with the real Triton behind it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CLIENT_ERRORS = {413, 422}
+
+json_scalars = st.none() | st.booleans() | st.integers(-(10**40), 10**40) | st.floats(allow_nan=False) | st.text()
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+# Lone surrogates, control characters, NUL, right-to-left marks and emoji, as JSON can carry them.
+odd_text = st.text(st.characters(codec=None, categories=None, exclude_categories=()), max_size=40)
+documents = st.lists(odd_text | st.fixed_dictionaries({"text": odd_text}) | json_values, max_size=12)
+bodies = st.fixed_dictionaries({}, optional={
+    "query": odd_text | json_values, "documents": documents | json_values,
+    "top_n": st.integers(-(10**30), 10**30) | json_values, "return_documents": st.booleans() | json_values,
+    "model": odd_text | json_values, "batch_size": json_values, "instruction": odd_text | json_values,
+}) | json_values
+
+
+@pytest.fixture(scope="module")
+def client(live_stack):
+    _, adapter = live_stack
+    with httpx.Client(base_url=adapter.url, timeout=30) as http:
+        yield http
+
+
+def check_answer(response: httpx.Response, body: object) -> None:
+    assert response.status_code < 500, response.text
+    payload = response.json()
+    if response.status_code != 200:
+        assert response.status_code in CLIENT_ERRORS
+        assert isinstance(payload["detail"], str)
+        assert payload["detail"]
+        return
+    docs = body["documents"]
+    indices = [r["index"] for r in payload["results"]]
+    assert len(set(indices)) == len(indices)
+    assert all(0 <= i < len(docs) for i in indices)
+    top_n = body.get("top_n")
+    assert len(indices) == (len(docs) if top_n is None else min(top_n, len(docs)))
+    scores = [r["relevance_score"] for r in payload["results"]]
+    assert all(math.isfinite(s) and -1.0001 <= s <= 1.0001 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(body=bodies)
+def test_generated_bodies_never_get_a_server_error(client, body):
+    response = client.post("/v1/rerank", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    check_answer(response, body)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200))
+def test_arbitrary_bytes_never_get_a_server_error(client, raw):
+    response = client.post("/rerank", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code in CLIENT_ERRORS
+    assert response.json()["detail"]
+
+
+STRANGE = {
+    "deep array": b"[" * 200_000 + b"]" * 200_000,
+    "deep object": b'{"query": ' * 50_000 + b"1" + b"}" * 50_000,
+    "deep inside documents": b'{"query": "q", "documents": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+    "huge top_n": b'{"query": "q", "documents": ["a", "b"], "top_n": ' + b"9" * 5000 + b"}",
+    "float overflow": b'{"query": "q", "documents": ["a"], "top_n": 1e400}',
+    "invalid utf-8": b'{"query": "\xff\xfe", "documents": ["a"]}',
+    "lone surrogate": b'{"query": "q", "documents": ["a\\udc80"]}',
+    "nul and controls": b'{"query": "q\\u0000\\u001b[31m", "documents": ["\\u0000", "\\u0007\\u0008"]}',
+    "10,000 tiny documents": json.dumps({"query": "q", "documents": ["x"] * 10_000}).encode(),
+    "duplicate keys": b'{"query": "a", "query": "b", "documents": ["a"]}',
+    "wrong content type": b"query=q&documents=a",
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRANGE))
+def test_strange_requests_get_a_clear_answer(client, case):
+    response = client.post("/v1/rerank", content=STRANGE[case], headers={"Content-Type": "application/json"})
+    assert response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    if response.status_code != 200:
+        assert response.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_request_over_the_token_limit_is_422_and_long_documents_are_truncated(client):
+    # 1,000 documents of ~100 tokens pass every adapter limit but exceed the CPU config's 65,536 tokens.
+    many = client.post("/v1/rerank", json={"query": "q", "documents": ["rivers and lakes " * 40] * 1000})
+    assert many.status_code == 422
+    assert "tokens" in many.json()["detail"]
+    assert "65536" in many.json()["detail"]
+    # A 90,000-character document is under the character limit: truncated by the model, not rejected.
+    long = client.post("/v1/rerank", json={"query": "q", "documents": ["word " * 18_000, "short"]})
+    assert long.status_code == 200
+    assert long.json()["usage"]["total_tokens"] < 2048 + 400
+
+
+def operations(adapter_url: str) -> list:
+    schema = schemathesis.openapi.from_url(f"{adapter_url}/openapi.json")
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_openapi_schema_fuzzing(live_stack, mode):
+    """Requests generated from the adapter's own OpenAPI schema, fitting it and violating it, on every
+    route: never a 5xx, and every response (errors included) is one the schema documents."""
+    _, adapter = live_stack
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    tried = []
+    for operation in operations(adapter.url):
+        if mode == GenerationMode.NEGATIVE and operation.method.upper() != "POST":
+            continue  # a route without parameters or body has nothing to violate
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def call(case) -> None:
+            case.call_and_validate(base_url=adapter.url, checks=checks, timeout=30)
+
+        call()
+        tried.append(f"{operation.method.upper()} {operation.path}")
+    assert {"POST /v1/rerank", "POST /rerank"} <= set(tried)
+    assert mode == GenerationMode.NEGATIVE or {"GET /ready", "GET /info", "GET /metrics"} <= set(tried)
