@@ -6,11 +6,14 @@ PY := $(VENV)/bin/python
 
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
 # The default -march=native build uses AMX tile instructions that some virtual machines forbid
-# (SIGILL at the first Q8_0 matmul), so the CPU build names its instruction sets explicitly.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
-LLAMA_KEY := $(shell printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
-REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt
+# (SIGILL at the first Q8_0 matmul), so the CPU build names its instruction sets explicitly, as this
+# CPU has them; AMX only where the kernel permits it, and then with our patch of ggml's AMX code.
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) stack/cpu_features.py cmake-args)
+LLAMA_PATCH ?= $(shell $(PYTHON) stack/cpu_features.py patch)
+LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)'; \
+	$(if $(LLAMA_PATCH),cat $(LLAMA_PATCH);) } | sha256sum | cut -c1-16)
+REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt \
+	perf/requirements.txt
 
 .PHONY: install test lint serve triton bench clean
 
@@ -27,7 +30,7 @@ $(VENV)/.deps-stamp: $(PY) $(REQUIREMENTS)
 # Keyed on version and flags: changing either rebuilds; nothing changed rebuilds nothing.
 $(VENV)/.llama-$(LLAMA_KEY): stack/build_llama_wheel.sh | $(VENV)/.deps-stamp
 	PYTHON=$(PY) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) LLAMA_CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' \
-		stack/build_llama_wheel.sh
+		LLAMA_PATCH='$(LLAMA_PATCH)' stack/build_llama_wheel.sh
 	rm -f $(VENV)/.llama-* && touch $@
 
 lint: install
@@ -42,8 +45,10 @@ serve: install
 triton: install
 	$(PY) -m stack.triton_server
 
+# BENCH=quick (default, under 5 minutes on 2 cores) or BENCH=full (every workload; hours on 2 cores).
+BENCH ?= quick
 bench: install
-	$(PY) -m perf.bench
+	$(PY) -m perf.bench --mode $(BENCH)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -3,14 +3,14 @@
 # on to tritonserver. TRITON_MODEL_CONFIG names a config in the model's configs/ folder ("cpu":
 # configs/cpu.pbtxt); empty or unset, Triton reads the GPU config, config.pbtxt.
 #
-# Triton's Python backend does not restart a backend process that died and keeps reporting READY, so the
-# model runs under explicit model control and stub_watchdog.py reloads it when that happens.
+# Triton's Python backend does not replace a backend process that died and keeps reporting READY, so
+# stub_watchdog.py stops tritonserver when that happens; this script then exits, and the container's restart
+# policy (compose: restart: unless-stopped; Kubernetes: the Pod's) starts a fresh one.
 set -eu
 
 http_port="${TRITON_HTTP_PORT:-8000}"
 set -- --model-repository="${MODEL_REPOSITORY:?}" --http-port="$http_port" \
-    --grpc-port="${TRITON_GRPC_PORT:-8001}" --metrics-port="${TRITON_METRICS_PORT:-8002}" \
-    --model-control-mode=explicit --load-model=jina_reranker_v3 "$@"
+    --grpc-port="${TRITON_GRPC_PORT:-8001}" --metrics-port="${TRITON_METRICS_PORT:-8002}" "$@"
 if [ -n "${TRITON_MODEL_CONFIG:-}" ]; then
     set -- "$@" --model-config-name="$TRITON_MODEL_CONFIG"
 fi
@@ -27,5 +27,11 @@ while :; do
     wait "$triton" || status=$?
     kill -0 "$triton" 2>/dev/null || break
 done
-kill "$watchdog" 2>/dev/null || true
+# The watchdog ends by itself within a few seconds of tritonserver; status 3 means it stopped tritonserver.
+watchdog_status=0
+wait "$watchdog" || watchdog_status=$?
+if [ "$watchdog_status" -eq 3 ]; then
+    echo "triton-entrypoint: a Python-backend process died; exiting so that the container is restarted" >&2
+    exit 1
+fi
 exit "$status"

@@ -6,11 +6,15 @@
 # wheel folder keyed on the version and the exact flags, and never let pip's
 # cache take part in the build. The sdist is kept too: it carries the real
 # Qwen2 BPE vocabulary that the test-model generator can use.
+#
+# LLAMA_PATCH, when set, names a patch applied to the sdist before building
+# (the AMX fix, see stack/cpu_features.py); it must apply exactly or the build stops.
 set -euo pipefail
 
 PYTHON="${PYTHON:?set PYTHON to the virtualenv interpreter}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:?}"
 CMAKE_ARGS="${LLAMA_CMAKE_ARGS:?}"
+PATCH_FILE="${LLAMA_PATCH:-}"
 CACHE="${CACHE_DIR:-.cache}"
 
 sdist="$CACHE/sdist/llama_cpp_python-$VERSION.tar.gz"
@@ -20,14 +24,25 @@ if [ ! -f "$sdist" ]; then
         "llama-cpp-python==$VERSION" -d "$CACHE/sdist"
 fi
 
-key=$(printf '%s\n%s\n' "$VERSION" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
+key=$( { printf '%s\n%s\n' "$VERSION" "$CMAKE_ARGS"; if [ -n "$PATCH_FILE" ]; then cat "$PATCH_FILE"; fi; } \
+      | sha256sum | cut -c1-16)
 wheel_dir="$CACHE/wheels/llama-cpp-python-$VERSION-$key"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $VERSION (flags key $key); this takes several minutes"
     tmp="$wheel_dir.tmp"
     rm -rf "$tmp" && mkdir -p "$tmp"
-    CMAKE_ARGS="$CMAKE_ARGS" "$PYTHON" -m pip wheel --no-cache-dir --no-deps "$sdist" -w "$tmp"
-    printf '%s\n' "$CMAKE_ARGS" >"$tmp/CMAKE_ARGS"
+    source="$sdist"
+    if [ -n "$PATCH_FILE" ]; then
+        tar -xzf "$sdist" -C "$tmp"
+        source="$tmp/llama_cpp_python-$VERSION"
+        if ! patch -d "$source" -p1 --forward --fuzz=0 --batch --no-backup-if-mismatch <"$PATCH_FILE"; then
+            echo "error: $PATCH_FILE does not apply to llama-cpp-python $VERSION; update the patch" >&2
+            exit 1
+        fi
+    fi
+    CMAKE_ARGS="$CMAKE_ARGS" "$PYTHON" -m pip wheel --no-cache-dir --no-deps "$source" -w "$tmp"
+    rm -rf "$tmp/llama_cpp_python-$VERSION"
+    printf '%s\n%s\n' "$CMAKE_ARGS" "$PATCH_FILE" >"$tmp/BUILD_FLAGS"
     rm -rf "$wheel_dir" && mv "$tmp" "$wheel_dir"
 fi
 

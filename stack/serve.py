@@ -79,9 +79,10 @@ def main() -> int:
             adapter.start()
             adapter.wait_ready()
             print(usage_banner(settings, adapter), flush=True)
-            while triton.running() and adapter.running():
+            while adapter.running():
+                triton.keep_alive()
                 time.sleep(0.5)
-            print("a server exited; stopping (logs: .cache/triton/server.log, .cache/adapter.log)", file=sys.stderr)
+            print("the adapter exited; stopping (log: .cache/adapter.log)", file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         print("stopping", flush=True)

@@ -1,12 +1,16 @@
-"""Reload the model when a Python-backend stub process dies.
+"""Stop Triton when one of its Python-backend processes died, so that its supervisor restarts it.
 
 Since release 24.06 Triton's Python backend no longer restarts a stub that died
 (killed, out of memory, a crash in native code): the model keeps reporting READY
-while every request fails with "Stub process ... is not healthy" (seen here with
-2.51; upstream issues triton-inference-server/server#7230 and #8604). This
-watchdog notices a stub that is gone and reloads the model through Triton's
-repository API (unload, then load), which starts fresh stubs. Triton must run
-with ``--model-control-mode=explicit --load-model=<model>``.
+while the requests that instance gets fail with "Stub process ... is not healthy"
+(seen here with 2.51; upstream issues triton-inference-server/server#7230 and
+#8604). Reloading the model through the repository API was tried and rejected:
+with traffic flowing, the unload of the broken version never finished, and its
+healthy instance lived on beside the new ones. So the watchdog fails loudly
+instead: it stops tritonserver (SIGTERM, then SIGKILL), and whatever supervises
+it starts a fresh one: `make serve` / `make triton`, Docker's restart policy,
+Kubernetes. A READY model has one stub per instance; fewer live stubs means one
+died.
 
 Standard library only, so the Triton image can run it with the system Python:
 
@@ -16,8 +20,12 @@ Standard library only, so the Triton image can run it with the system Python:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,50 +49,64 @@ def live_stubs(triton_pid: int) -> set[int]:
     return stubs
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 class StubWatchdog:
-    def __init__(self, triton_pid: int, http_url: str, model: str, interval: float = 1.0) -> None:
-        self.triton_pid, self.http_url, self.model, self.interval = triton_pid, http_url, model, interval
-        self.reloads = 0
+    def __init__(self, triton_pid: int, http_url: str, model: str, interval: float = 1.0,
+                 grace_s: float = 15.0) -> None:
+        self.triton_pid, self.http_url, self.model = triton_pid, http_url, model
+        self.interval, self.grace_s = interval, grace_s
+        self.fired = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _post(self, action: str) -> None:
-        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{self.model}/{action}",
-                                         data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600):
-            pass
+    def _get_json(self, path: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=5) as response:
+                return json.load(response)
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
 
     def _ready(self) -> bool:
         try:
-            url = f"http://{self.http_url}/v2/models/{self.model}/ready"
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{self.model}/ready", timeout=5) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def reload(self) -> None:
-        log.error("a Python-backend stub of model %s died; reloading the model", self.model)
-        self._post("unload")
-        self._post("load")
-        self.reloads += 1
-        log.warning("model %s reloaded with fresh stubs", self.model)
+    def expected_stubs(self) -> int | None:
+        """One stub per model instance while the model is READY, from the config Triton loaded (``count``
+        per listed GPU for KIND_GPU groups, ``count`` otherwise); None while it is not READY."""
+        config = self._get_json(f"/v2/models/{self.model}/config") if self._ready() else None
+        if config is None:
+            return None
+        return sum(group.get("count", 1) * (max(1, len(group.get("gpus", []))) if group.get("kind") == "KIND_GPU"
+                                              else 1) for group in config.get("instance_group", []))
+
+    def stop_triton(self) -> None:
+        log.error("a Python-backend process of model %s died and Triton does not replace it; stopping "
+                  "tritonserver (pid %d) so that it is restarted", self.model, self.triton_pid)
+        self.fired = True
+        os.kill(self.triton_pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        while alive(self.triton_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if alive(self.triton_pid):
+            os.kill(self.triton_pid, signal.SIGKILL)
 
     def run(self) -> None:
-        known: set[int] = set()
-        while not self._stop.wait(self.interval):
-            if not Path(f"/proc/{self.triton_pid}").exists():
+        while alive(self.triton_pid):
+            expected = self.expected_stubs()
+            if expected is not None and len(live_stubs(self.triton_pid)) < expected:
+                self.stop_triton()
                 return
-            current = live_stubs(self.triton_pid)
-            # A stub we saw is gone, or the model claims READY with none at all (it died before we looked).
-            if (known and not known <= current) or (not current and self._ready()):
-                try:
-                    self.reload()
-                except (urllib.error.URLError, OSError) as exc:
-                    log.error("reloading model %s failed (%s); will retry", self.model, exc)
-                    continue
-                known = set()
-            elif self._ready():
-                known = current
+            if self._stop.wait(self.interval):
+                return
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="stub-watchdog", daemon=True)
@@ -96,7 +118,10 @@ class StubWatchdog:
             self._thread.join()
 
 
-def main() -> None:
+FIRED_EXIT_STATUS = 3  # tells the image's entrypoint why tritonserver stopped
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pid", type=int, required=True, help="tritonserver's process id")
     parser.add_argument("--url", default="127.0.0.1:8000", help="Triton's HTTP host:port")
@@ -104,8 +129,10 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    StubWatchdog(args.pid, args.url, args.model, args.interval).run()
+    watchdog = StubWatchdog(args.pid, args.url, args.model, args.interval)
+    watchdog.run()
+    return FIRED_EXIT_STATUS if watchdog.fired else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

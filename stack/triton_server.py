@@ -16,11 +16,14 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 from stack.processes import ManagedProcess, http_ok, interrupt_on_sigterm
 from stack.settings import Settings, missing_model_files
 from stack.stub_watchdog import StubWatchdog
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "jina_reranker_v3"
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -90,8 +93,6 @@ class TritonServer(ManagedProcess):
             f"--metrics-port={s.triton_metrics_port}",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
             "--exit-timeout-secs=10",
-            # explicit control lets the stub watchdog reload the model when a backend process dies
-            "--model-control-mode=explicit", f"--load-model={MODEL_NAME}",
         ]
         if self.config_name:
             args.append(f"--model-config-name={self.config_name}")
@@ -100,6 +101,10 @@ class TritonServer(ManagedProcess):
     def is_ready(self) -> bool:
         return http_ok(f"http://{self.http_url}/v2/models/{MODEL_NAME}/ready")
 
+    def start(self) -> None:
+        self.watchdog = None
+        super().start()
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait for the model, then watch its backend processes (see stack.stub_watchdog)."""
         self.wait_until(self.is_ready, timeout)
@@ -107,6 +112,16 @@ class TritonServer(ManagedProcess):
             assert self.process is not None
             self.watchdog = StubWatchdog(self.process.pid, self.http_url, MODEL_NAME)
             self.watchdog.start()
+
+    def keep_alive(self) -> None:
+        """Restart tritonserver if it exited on its own (the stub watchdog stops it when one of its
+        backend processes died); raises if it cannot be brought back."""
+        if self.running():
+            return
+        assert self.process is not None
+        log.warning("tritonserver exited with status %s; restarting it", self.process.returncode)
+        self.start()
+        self.wait_ready()
 
     def log_tail(self, lines: int = 40) -> str:
         """Triton's own error lines when it has any (its status tables bury them), else the log's tail."""
@@ -150,9 +165,9 @@ def main() -> int:
         with server:
             print(f"model {MODEL_NAME} is READY\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n"
                   f"  metrics  {server.metrics_url}\nCtrl-C stops it.", flush=True)
-            server.process.wait()
-            print(f"tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
-            return 1
+            while True:
+                server.keep_alive()
+                time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping Triton", flush=True)
     except (RuntimeError, TimeoutError) as exc:

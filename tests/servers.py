@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shutil
-import socket
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from stack.adapter_server import AdapterServer
+from stack.processes import free_port
 from stack.settings import Settings
 from stack.triton_server import REPOSITORY, TritonServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def triton_settings(paths: tuple[Path, Path]) -> Settings:
@@ -57,3 +56,56 @@ def start_adapter(triton_url: str, log_path: Path, protocol: str = "grpc", wait_
         adapter.stop()
         raise
     return adapter
+
+
+@dataclasses.dataclass
+class Serve:
+    """`python -m stack.serve` (what `make serve` runs) as a child process, with its banner read."""
+
+    process: subprocess.Popen
+    ports: dict[str, int]
+    banner: str
+
+    @property
+    def adapter_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ADAPTER_PORT']}"
+
+    @property
+    def triton_ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['TRITON_HTTP_PORT']}/v2/health/ready"
+
+    def triton_pid(self) -> int:
+        """The tritonserver serving these ports (it is restarted under a new pid after a failure)."""
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args[0].endswith(b"tritonserver") and f"--http-port={self.ports['TRITON_HTTP_PORT']}".encode() in args:
+                return int(cmdline.parent.name)
+        raise LookupError("no tritonserver for these ports")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_serve(paths: tuple[Path, Path], **env: str) -> Serve:
+    ports = {name: free_port() for name in
+             ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "ADAPTER_PORT")}
+    environment = {**os.environ, **{k: str(v) for k, v in ports.items()}, "RERANKER_MODEL": str(paths[0]),
+                   "RERANKER_PROJECTOR": str(paths[1]), **env}
+    process = subprocess.Popen([sys.executable, "-m", "stack.serve"], env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:  # the banner comes once both servers are ready
+        lines.append(line)
+        if line.startswith("Ctrl-C stops everything"):
+            break
+    return Serve(process, ports, "".join(lines))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 
 from stack.processes import http_ok
 from stack.settings import Settings
-from tests.servers import free_port
+from tests.servers import free_port, start_serve
 
 
 def run_module(module: str, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -44,34 +43,19 @@ def test_bad_port_is_a_clear_error():
         Settings.from_environment({"TRITON_HTTP_PORT": "eighty"})
 
 
-def test_serve_runs_triton_and_the_adapter_and_stops_both(tiny_q8, tmp_path):
-    ports = {name: str(free_port()) for name in
-             ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "ADAPTER_PORT")}
-    env = {**os.environ, **ports, "RERANKER_MODEL": str(tiny_q8[0]), "RERANKER_PROJECTOR": str(tiny_q8[1]),
-           "API_KEY": "k"}
-    serve = subprocess.Popen([sys.executable, "-m", "stack.serve"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    adapter = f"http://127.0.0.1:{ports['ADAPTER_PORT']}"
-    triton_ready = f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}/v2/health/ready"
+def test_serve_runs_triton_and_the_adapter_and_stops_both(tiny_q8):
+    serve = start_serve(tiny_q8, API_KEY="k")
     try:
-        lines = []
-        for line in serve.stdout:  # the banner comes once both servers are ready
-            lines.append(line)
-            if line.startswith("Ctrl-C stops everything"):
-                break
-        banner = "".join(lines)
-        assert f"JINA_API_URL={adapter}/v1/rerank" in banner
-        assert "JINA_API_KEY=k" in banner
-        assert f"curl -s {adapter}/v1/rerank -H 'Authorization: Bearer k'" in banner
+        adapter = serve.adapter_url
+        assert f"JINA_API_URL={adapter}/v1/rerank" in serve.banner
+        assert "JINA_API_KEY=k" in serve.banner
+        assert f"curl -s {adapter}/v1/rerank -H 'Authorization: Bearer k'" in serve.banner
         response = httpx.post(f"{adapter}/v1/rerank", headers={"Authorization": "Bearer k"},
                               json={"query": "q", "documents": ["a", "b"]}, timeout=10)
         assert response.status_code == 200
-        assert http_ok(triton_ready)
-        serve.send_signal(signal.SIGINT)
-        assert serve.wait(timeout=60) == 0
+        assert http_ok(serve.triton_ready_url)
+        assert serve.stop() == 0
         assert not http_ok(f"{adapter}/health", timeout=1)
-        assert not http_ok(triton_ready, timeout=1)
+        assert not http_ok(serve.triton_ready_url, timeout=1)
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
+        serve.stop()

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from . import amx_check
 from .errors import InvalidInputError, ModelLoadError, RequestCancelledError
 from .llama_runner import LlamaRunner, RunnerOptions
 from .projector import load_projector
 from .prompt import TEMPLATE_TOKENS, Block, build_block, plan_blocks
 from .scoring import cosine, merged_query
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("qwen3",)
 # Tokens kept free in every block for what the length estimates cannot see exactly: the
@@ -85,7 +89,7 @@ class Reranker:
             if not Path(path).is_file():
                 raise ModelLoadError(f"{path}: {label} file not found")
         self._lock = threading.Lock()
-        self._runner = LlamaRunner(config.model_path, config.llama)
+        self._runner = LlamaRunner(config.model_path, self._checked_llama_options())
         try:
             self._check_model()
             self.projector = load_projector(config.projector_path, self._runner.n_embd)
@@ -96,6 +100,18 @@ class Reranker:
         except BaseException:
             self._runner.close()
             raise
+
+    def _checked_llama_options(self) -> RunnerOptions:
+        """The configured llama.cpp options, without AMX when its self-check fails on this machine."""
+        options = self.config.llama
+        if options.extra_buffers and amx_check.amx_in_play():
+            reason = amx_check.failure_reason(self.config.model_path)
+            if reason:
+                log.warning("AMX self-check failed (%s): serving without llama.cpp's extra buffer types "
+                            "(AMX and repacked weights), which is slower but correct", reason)
+                return dataclasses.replace(options, extra_buffers=False)
+            log.info("AMX self-check passed: llama.cpp uses AMX")
+        return options
 
     def _check_model(self) -> None:
         path = self.config.model_path

@@ -20,6 +20,11 @@ import pathlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+# OpenMP threads that spin while waiting starve a second instance's threads on the same cores; waiting
+# passively cost nothing measurable on one request and halved a small request's wait behind a large one
+# (configs/cpu.pbtxt). Read by libgomp when llama.cpp loads it, so it is set before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import llama_cpp
 import numpy as np
 
@@ -72,6 +77,9 @@ class RunnerOptions:
     # Several requests' passes in one llama.cpp decode. Measured 0.8x on CPU (attention then spans
     # every sequence's cells); meant for GPUs, where small decodes leave the device idle.
     share_decodes: bool = False
+    # llama.cpp's extra CPU buffer types: weights repacked for AVX-512, or for AMX where built and present.
+    # Turned off only when the AMX self-check fails (rerank_engine.amx_check).
+    extra_buffers: bool = True
 
 
 class DecodeAbortedError(Exception):
@@ -91,6 +99,7 @@ class LlamaRunner:
         mparams.n_gpu_layers = options.n_gpu_layers
         mparams.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE  # the whole model on main_gpu
         mparams.main_gpu = options.main_gpu
+        mparams.use_extra_bufts = options.extra_buffers
         self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"{model_path}: llama.cpp could not load this file as a GGUF model "

@@ -1,0 +1,400 @@
+"""`make bench`: the four baselines side by side in one run, a concurrency sweep, and perf/results/cpu-latest.json.
+
+    python -m perf.bench                      # quick (default): the short workload, under 5 minutes on 2 cores
+    python -m perf.bench --mode full          # short, librechat and long (hours on 2 cores)
+    python -m perf.bench --mode full --workloads librechat
+
+Same machine, same generated stand-in model (qwen3-0.6b Q8_0), same requests, same engine options (the CPU
+Triton config's parameters):
+
+  a  seed_approach  the first plan: model loaded per request, embeddings mode, every token an output
+  b  engine         the engine called in-process: the limit for this stack
+  c  triton_grpc    through Triton (CPU config) over gRPC, the adapter's protocol; triton_http beside it
+  d  adapter        through the adapter (Jina API over HTTP, then gRPC to Triton)
+
+At concurrency 1 the baselines take turns request by request (order rotated each round), so a machine
+that slows down during the run slows all of them alike; the ratios compare those turns in tokens/s
+(``ratios``: totals over all rounds; ``ratios_median_of_rounds``: the median of each round's ratio,
+which one disturbed round cannot move; far apart, they say the run was noisy).
+A sweep then raises the concurrency on Triton (gRPC) and the adapter. Every figure in the results file
+is measured here; nothing is copied in by hand. Other processes' CPU time during the run is recorded
+too (``machine.other_cpu_share``): a share above a few percent means the figures are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import functools
+import json
+import operator
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from triton_contract import MODEL_ENV, PROJECTOR_ENV
+from triton_contract import engine_config as served_config
+
+from perf import MODEL_VERSION_DIR, ROOT
+from perf.loadgen import (
+    AdapterTarget,
+    CallTarget,
+    Level,
+    Target,
+    TritonTarget,
+    format_line,
+    plot,
+    run_level,
+    summarize,
+    write_csv,
+)
+from perf.seed_approach import SeedApproach
+from perf.standin import PRESET, ensure_standin
+from perf.workloads import WORKLOADS, Entry, ensure_workloads, load, token_stats
+from rerank_engine import EngineConfig, Reranker, RerankRequest
+from stack.adapter_server import AdapterServer
+from stack.processes import free_port
+from stack.settings import Settings
+from stack.triton_server import TritonServer
+
+CPU_CONFIG = MODEL_VERSION_DIR.parent / "configs" / "cpu.pbtxt"
+RESULTS = ROOT / "perf" / "results" / "cpu-latest.json"
+LOGS = ROOT / ".cache" / "perf"
+BASELINES = ("seed_approach", "engine", "triton_grpc", "triton_http", "adapter")
+SWEPT = ("triton_grpc", "adapter")
+# name: (numerator, denominator); b/a, c/b, d/b of the issue, and HTTP beside gRPC.
+RATIOS = {"engine_vs_seed_approach": ("engine", "seed_approach"), "triton_vs_engine": ("triton_grpc", "engine"),
+          "adapter_vs_engine": ("adapter", "engine"), "triton_http_vs_engine": ("triton_http", "engine")}
+TARGETS = {"engine_vs_seed_approach": 1.4, "triton_vs_engine": 0.9, "adapter_vs_engine": 0.9}
+# The headline ratios come from the first of these that was measured: LibreChat's shape is the real use.
+HEADLINE_ORDER = ("librechat", "short", "long")
+# Any target whose scores stray further from the in-process engine's is computing something else.
+SCORE_TOLERANCE = 1e-2
+TIMEOUT_S = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadPlan:
+    rounds: int  # concurrency-1 requests per baseline, taken in turns
+    sweep: tuple[int, ...]  # further concurrency levels for Triton (gRPC) and the adapter
+    requests_per_worker: int  # per sweep level: concurrency x this requests
+
+
+MODES = {
+    # ~7 s per short request on 2 cores: 3 rounds of 5 baselines plus a concurrency-2 level fit in 5 minutes.
+    "quick": {"short": WorkloadPlan(rounds=3, sweep=(2,), requests_per_worker=1)},
+    "full": {"short": WorkloadPlan(rounds=5, sweep=(2, 4, 8), requests_per_worker=2),
+             "librechat": WorkloadPlan(rounds=3, sweep=(2, 4), requests_per_worker=1),
+             "long": WorkloadPlan(rounds=2, sweep=(2,), requests_per_worker=1)},
+}
+
+
+# -- the machine and the served configuration ---------------------------------------------------------
+
+
+def cpu_parameters(config: Path = CPU_CONFIG) -> dict[str, dict[str, str]]:
+    """The CPU config's ``parameters``, shaped as Triton hands them to model.py."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    return {key: {"string_value": value.string_value} for key, value in parsed.parameters.items()}
+
+
+def engine_config(model: Path, projector: Path) -> EngineConfig:
+    """The engine options Triton's CPU config serves, with the stand-in's files."""
+    return served_config(cpu_parameters(), "KIND_CPU", 0, {MODEL_ENV: str(model), PROJECTOR_ENV: str(projector)})
+
+
+def machine() -> dict:
+    import llama_cpp
+
+    info = {"cpu_model": None, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "memory_bytes": None, "platform": platform.platform(), "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__,
+            "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
+    with contextlib.suppress(OSError):
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                                 None)
+    with contextlib.suppress(OSError, StopIteration):
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        info["memory_bytes"] = 1024 * next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return info
+
+
+def revision() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+# -- peak memory of the Triton server -----------------------------------------------------------------
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise ValueError(f"no {field} for process {pid}")
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may hold spaces and parentheses: the parent pid follows the last ')'.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def triton_peak_rss(server_pid: int) -> dict:
+    """VmHWM (peak resident set) of tritonserver and of its Python backend stubs, where the model lives."""
+    stubs, pending = [], _children(server_pid)
+    while pending:
+        pid = pending.pop()
+        with contextlib.suppress(OSError):
+            if b"triton_python_backend_stub" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                stubs.append(pid)
+        pending += _children(pid)
+    server = _status_kib(server_pid, "VmHWM") * 1024
+    stub = sum(_status_kib(pid, "VmHWM") for pid in stubs) * 1024
+    return {"tritonserver_vmhwm_bytes": server, "stub_vmhwm_bytes": stub, "total_bytes": server + stub,
+            "stub_processes": len(stubs)}
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+
+
+def max_score_difference(target: Target, reference: Target) -> float | None:
+    diffs = [float(np.nanmax(np.abs(scores - reference.scores[i]))) for i, scores in target.scores.items()
+             if i in reference.scores and not np.all(np.isnan(scores))]
+    return max(diffs) if diffs else None
+
+
+async def measure_workload(name: str, entries: Sequence[Entry], plan: WorkloadPlan, targets: dict[str, Target]
+                           ) -> tuple[dict, list[dict]]:
+    """The concurrency-1 turns, then the sweep; returns the baselines' summaries and every level's."""
+    # No warm-up requests: Triton warms its instance at load, the engine allocates everything when it is
+    # created, and open() connects the clients; the seed approach starts cold on every request by design.
+    for target in targets.values():
+        await target.open(entries)
+    rounds: list[dict[str, Level]] = []
+    for r in range(plan.rounds):
+        order = BASELINES[r % len(BASELINES):] + BASELINES[:r % len(BASELINES)]
+        rounds.append({key: await run_level(targets[key], name, 1, 1, first=r) for key in order})
+        spent = ", ".join(f"{key} {level.wall_s:.1f} s" for key, level in rounds[-1].items())
+        print(f"  {name} round {r + 1}/{plan.rounds}: {spent}", flush=True)
+    baselines = {key: summarize(functools.reduce(operator.add, [turns[key] for turns in rounds]))
+                 for key in BASELINES}
+    for key in BASELINES:
+        print(format_line(baselines[key]), flush=True)
+    levels = list(baselines.values())
+    for key in SWEPT:
+        for concurrency in plan.sweep:
+            level = summarize(await run_level(targets[key], name, concurrency, concurrency * plan.requests_per_worker))
+            print(format_line(level), flush=True)
+            levels.append(level)
+    agreement = {key: max_score_difference(targets[key], targets["engine"]) for key in BASELINES if key != "engine"}
+    for key, difference in agreement.items():
+        if difference is None or difference > SCORE_TOLERANCE:
+            raise RuntimeError(f"{name}: {key} scores differ from the engine's by {difference} (or none came back)")
+    failed = [s for s in [*baselines.values(), *levels] if s["errors"]]
+    if failed:
+        raise RuntimeError(f"{name}: failed requests in {', '.join(s['target'] for s in failed)}")
+    per_round = [ratios({key: summarize(level) for key, level in turns.items()}) for turns in rounds]
+    return {"baselines": baselines, "ratios": ratios(baselines),
+            "ratios_median_of_rounds": {key: round(statistics.median(r[key] for r in per_round), 3) for key in RATIOS},
+            "max_score_difference_vs_engine": agreement}, levels
+
+
+def ratios(baselines: dict[str, dict]) -> dict[str, float]:
+    """Throughput quotients in tokens/s, as named in RATIOS."""
+    return {key: round(baselines[a]["tokens_per_s"] / baselines[b]["tokens_per_s"], 3)
+            for key, (a, b) in RATIOS.items()}
+
+
+class CpuAccount:
+    """CPU time the whole machine spent busy versus this run's processes (this one and the servers it started).
+
+    The difference is other processes' (and the hypervisor's steal): the noise in the figures.
+    """
+
+    def __init__(self) -> None:
+        self.wall, self.machine, self.ours = time.monotonic(), self._machine_busy_s(), self._ours_s()
+
+    @staticmethod
+    def _machine_busy_s() -> float:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _ours_s() -> float:
+        t = os.times()  # children count once they are waited for: read after the servers have stopped
+        return t.user + t.system + t.children_user + t.children_system
+
+    def other_share(self) -> float:
+        other = (self._machine_busy_s() - self.machine) - (self._ours_s() - self.ours)
+        capacity = (time.monotonic() - self.wall) * len(os.sched_getaffinity(0))
+        return round(max(other, 0.0) / capacity, 3)
+
+
+async def run(mode: str, names: Sequence[str]) -> dict:
+    started, load_before, cpu = time.time(), os.getloadavg(), CpuAccount()
+
+    def say(message: str) -> None:
+        print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
+
+    if load_before[0] > 0.5 * len(os.sched_getaffinity(0)):
+        say(f"warning: load average {load_before[0]:.2f} before starting: other work will make the figures noisy")
+    model, projector = ensure_standin()
+    ensure_workloads(names, model)
+    config = engine_config(model, projector)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for log in ("triton.log", "adapter.log"):  # the servers append: keep this run's lines only
+        (LOGS / log).unlink(missing_ok=True)
+    settings = Settings(model=str(model), projector=str(projector), triton_http_port=free_port(),
+                        triton_grpc_port=free_port(), triton_metrics_port=free_port())
+    results: dict = {"workloads": {}}
+    levels: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        say(f"starting Triton on the CPU config (log {LOGS / 'triton.log'}) and the adapter")
+        triton = stack.enter_context(TritonServer(settings, log_path=LOGS / "triton.log"))
+        adapter = AdapterServer(free_port(), triton.grpc_url, LOGS / "adapter.log",
+                                extra_env={"REQUEST_TIMEOUT_S": str(TIMEOUT_S)})
+        adapter.start()
+        stack.callback(adapter.stop)
+        adapter.wait_ready()
+        engine = Reranker(config)
+        stack.callback(engine.close)
+        options = engine.runner.options  # as configured, less what the engine's start-up checks turned off
+        seed = SeedApproach(str(model), engine.projector, options)
+        for name in names:
+            plan = MODES[mode].get(name) or MODES["full"][name]
+            entries = load(name)
+            prompts = [engine.plan(RerankRequest(e.query, e.documents)).prompts for e in entries]
+
+            def run_seed(i: int, prompts: list = prompts) -> tuple[np.ndarray, int]:
+                return seed.rerank(prompts[i])
+
+            def run_engine(i: int, entries: list = entries) -> tuple[np.ndarray, int]:
+                result = engine.rerank(entries[i].query, entries[i].documents)
+                return result.scores, result.tokens
+
+            targets = {"seed_approach": CallTarget("seed_approach", run_seed),
+                       "engine": CallTarget("engine", run_engine),
+                       "triton_grpc": TritonTarget(triton.grpc_url, "grpc", timeout_s=TIMEOUT_S),
+                       "triton_http": TritonTarget(triton.http_url, "http", timeout_s=TIMEOUT_S),
+                       "adapter": AdapterTarget(adapter.url, TIMEOUT_S)}
+            try:
+                say(f"{name}: {len(entries)} requests round robin; {plan.rounds} rounds at concurrency 1, "
+                    f"then concurrency {', '.join(map(str, plan.sweep))} for {' and '.join(SWEPT)}")
+                measured, measured_levels = await measure_workload(name, entries, plan, targets)
+                results.setdefault("triton_server_version", await targets["triton_grpc"].server_version())
+            finally:
+                for target in targets.values():
+                    await target.close()
+            measured["texts"] = token_stats(entries, engine.tokenize)
+            results["workloads"][name] = measured
+            levels += measured_levels
+        # Read while the server runs: its peak covers loading, its warm-up and every request above.
+        results["triton_peak_rss"] = triton_peak_rss(triton.process.pid)
+        say("stopping the servers")
+    headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
+    return {
+        "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
+                                                           if list(names) != list(MODES[mode]) else ""),
+        "mode": mode,
+        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1), "revision": revision(),
+        "machine": machine() | {"load_average_before": [round(x, 2) for x in load_before],
+                                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                                "other_cpu_share": cpu.other_share()},
+        "model": {"preset": PRESET, "path": str(model.relative_to(ROOT)), "bytes": model.stat().st_size,
+                  "note": "generated stand-in: real Qwen3-0.6B shapes and vocabulary, random weights"},
+        "engine_options": {"source": str(CPU_CONFIG.relative_to(ROOT)), **dataclasses.asdict(options),
+                           **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                              if f.name not in ("model_path", "projector_path", "llama")}},
+        "ratios_workload": headline, "ratios": results["workloads"][headline]["ratios"],
+        "ratios_median_of_rounds": results["workloads"][headline]["ratios_median_of_rounds"], "ratio_targets": TARGETS,
+        "meets_targets": {key: results["workloads"][headline]["ratios"][key] >= target
+                          for key, target in TARGETS.items()},
+        **results, "levels": levels,
+    }
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)", "engine": "b. engine in-process",
+          "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
+
+
+def table(results: dict) -> str:
+    """The README's tables: concurrency-1 figures per workload and path, the ratios, then the sweep."""
+    lines = ["| workload | path | tokens/request | latency p50 | tokens/s | vs engine |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, measured in results["workloads"].items():
+        engine_tps = measured["baselines"]["engine"]["tokens_per_s"]
+        for key, s in measured["baselines"].items():
+            lines.append(f"| {name} | {LABELS[key]} | {s['tokens_per_request']:.0f} | "
+                         f"{s['latency_ms']['p50'] / 1000:.2f} s | {s['tokens_per_s']:.1f} | "
+                         f"{s['tokens_per_s'] / engine_tps:.2f} |")
+    lines += ["", f"Ratios ({results['ratios_workload']}, tokens/s at concurrency 1): "
+              + ", ".join(f"`{key}` = {results['ratios'][key]:.2f} (target >= {target})"
+                          for key, target in results["ratio_targets"].items())
+              + "; median of the rounds' ratios: "
+              + ", ".join(f"{results['ratios_median_of_rounds'][key]:.2f}" for key in results["ratio_targets"]) + "."]
+    rss = results["triton_peak_rss"]
+    lines.append(f"Triton peak RSS (VmHWM): tritonserver {rss['tritonserver_vmhwm_bytes'] / 2**20:.0f} MiB + "
+                 f"Python backend stub {rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
+                 f"MiB (n_ctx {results['engine_options']['n_ctx']}). Other processes used "
+                 f"{results['machine']['other_cpu_share']:.0%} of the CPU during the run.")
+    lines += ["", "| workload | path | concurrency | requests/s | tokens/s | latency p50 | p90 | p99 |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s in results["levels"]:
+        if s["target"] in SWEPT:
+            lat = s["latency_ms"]
+            lines.append(f"| {s['workload']} | {LABELS[s['target']]} | {s['concurrency']} | "
+                         f"{s['requests_per_s']:.3f} | {s['tokens_per_s']:.1f} | {lat['p50'] / 1000:.2f} s | "
+                         f"{lat['p90'] / 1000:.2f} s | {lat['p99'] / 1000:.2f} s |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--workloads", help=f"comma-separated subset of {', '.join(WORKLOADS)} "
+                                            "(default: the mode's)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON; CSV and PNG are written beside it")
+    args = parser.parse_args(argv)
+    names = args.workloads.split(",") if args.workloads else list(MODES[args.mode])
+    unknown = sorted(set(names) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(unknown)}")
+    results = asyncio.run(run(args.mode, names))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_csv(results["levels"], args.out.with_suffix(".csv"))
+    plot(results["levels"], args.out.with_suffix(".png"),
+         f"{results['machine']['cpu_model']}, {results['machine']['usable_cpus']} cores, {PRESET} Q8_0 stand-in")
+    print(f"\n{table(results)}\n\nwrote {args.out} (+ .csv, .png) in {results['duration_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

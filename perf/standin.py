@@ -1,0 +1,38 @@
+"""The timing stand-in: a generated Qwen3-0.6B-shaped Q8_0 model with the real Qwen2 vocabulary.
+
+Random weights, real shapes: compute does not depend on the weights' values, and token counts
+of real text are the real model's. Generated once under .cache/ (never committed).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from perf import ROOT
+
+STANDIN_DIR = ROOT / ".cache" / "models" / "qwen3-0.6b-q8_0"
+PRESET, DTYPE = "qwen3-0.6b", "q8_0"
+
+
+def standin_paths(directory: Path = STANDIN_DIR) -> tuple[Path, Path]:
+    return directory / "model.gguf", directory / "projector.safetensors"
+
+
+def ensure_standin(directory: Path = STANDIN_DIR) -> tuple[Path, Path]:
+    """The stand-in's (model, projector) paths, generating them first when absent (~20 s, ~640 MB)."""
+    model, projector = standin_paths(directory)
+    if model.is_file() and projector.is_file():
+        return model, projector
+    from models.generate_test_model import PRESETS, generate
+
+    print(f"generating the {PRESET} {DTYPE} stand-in model into {directory} (once)", flush=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed, so an interrupted run never leaves a truncated model behind.
+    with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+        generate(PRESETS[PRESET], DTYPE, Path(scratch) / "out")
+        if directory.exists():
+            shutil.rmtree(directory)
+        (Path(scratch) / "out").rename(directory)
+    return standin_paths(directory)

@@ -1,0 +1,84 @@
+"""llama.cpp's CPU build flags, chosen from what this CPU and kernel allow (standard library only).
+
+``-march=native`` is not used: on some virtual machines it compiles ggml's AMX kernels, which then die with
+SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
+/proc/cpuinfo. AMX is enabled only when the CPU lists it AND the kernel grants the XTILEDATA permission,
+and then only together with this project's patch of ggml's AMX code (stack/patches/).
+
+    python stack/cpu_features.py cmake-args   # the flags, on one line
+    python stack/cpu_features.py patch        # the patch to apply to the sdist, or nothing
+    python stack/cpu_features.py describe     # what was detected
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-amx-tile-config.patch"
+# (ggml option, cpuinfo flags that must all be present), in the order the flags are written.
+BASE = [
+    ("GGML_AVX", ("avx",)),
+    ("GGML_AVX2", ("avx2",)),
+    ("GGML_FMA", ("fma",)),
+    ("GGML_F16C", ("f16c",)),
+    ("GGML_BMI2", ("bmi2",)),
+    ("GGML_AVX512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")),
+    ("GGML_AVX512_VBMI", ("avx512f", "avx512vbmi")),
+    ("GGML_AVX512_VNNI", ("avx512f", "avx512_vnni")),
+    ("GGML_AVX512_BF16", ("avx512f", "avx512_bf16")),
+    ("GGML_AVX_VNNI", ("avx_vnni",)),
+]
+AMX = [
+    ("GGML_AMX_TILE", ("amx_tile",)),
+    ("GGML_AMX_INT8", ("amx_tile", "amx_int8")),
+    ("GGML_AMX_BF16", ("amx_tile", "amx_bf16")),
+]
+ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def amx_permitted() -> bool:
+    """Whether the kernel lets this process use AMX tile data (Linux x86-64 arch_prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def amx_usable(flags: set[str], permitted: bool) -> bool:
+    return {"amx_tile", "amx_int8", "avx512f", "avx512_vnni"} <= flags and permitted
+
+
+def cmake_args(flags: set[str], amx: bool) -> list[str]:
+    options = BASE + (AMX if amx else [])
+    return ["-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name, needed in options if set(needed) <= flags]
+
+
+def main(argv: list[str]) -> int:
+    flags = cpu_flags()
+    amx = amx_usable(flags, amx_permitted())
+    command = argv[0] if argv else "describe"
+    if command == "cmake-args":
+        print(" ".join(cmake_args(flags, amx)))
+    elif command == "patch":
+        print(AMX_PATCH if amx else "")
+    elif command == "describe":
+        print(f"AMX usable: {amx}\nCMake flags: {' '.join(cmake_args(flags, amx))}")
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

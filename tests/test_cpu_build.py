@@ -1,0 +1,129 @@
+"""The CPU build of llama.cpp: flags from CPU features, the AMX patch, and the AMX self-check."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank_engine import amx_check
+from stack import cpu_features
+from tests.conftest import open_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+ZEN4 = ("flags : fpu sse4_2 avx f16c fma bmi2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512vbmi "
+        "avx512_vnni avx512_bf16")
+SAPPHIRE_RAPIDS = ZEN4 + " avx_vnni amx_bf16 amx_tile amx_int8"
+AVX2_ONLY = "flags : fpu sse4_2 avx f16c fma bmi2 avx2"
+# The flags verified on the build machines (../shared/notes/environment.md).
+VERIFIED = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+            "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
+
+
+def args_for(cpuinfo: str, permitted: bool) -> str:
+    flags = cpu_features.cpu_flags(cpuinfo)
+    return " ".join(cpu_features.cmake_args(flags, cpu_features.amx_usable(flags, permitted)))
+
+
+def test_flags_follow_the_cpu():
+    assert args_for(ZEN4, permitted=False) == VERIFIED
+    assert args_for(AVX2_ONLY, permitted=False) == ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
+                                                    "-DGGML_F16C=ON -DGGML_BMI2=ON")
+    amx = args_for(SAPPHIRE_RAPIDS, permitted=True)
+    assert amx.startswith(VERIFIED)
+    assert amx.endswith("-DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON")
+
+
+def test_amx_only_where_the_kernel_permits_it():
+    assert "AMX" not in args_for(SAPPHIRE_RAPIDS, permitted=False)
+    assert not cpu_features.amx_usable(cpu_features.cpu_flags(ZEN4), permitted=True)
+
+
+def test_install_is_idempotent_for_this_cpu():
+    """After `make install`, nothing is rebuilt: the wheel installed was built with this CPU's flags (the
+    stamp's name is the hash of version, flags and patch), and every requirement is in place."""
+    result = subprocess.run(["make", "-n", "install"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "Nothing to be done" in result.stdout, result.stdout
+
+
+@pytest.fixture(scope="module")
+def mmq_source(tmp_path_factory) -> Path:
+    """ggml's AMX source from the sdist the build keeps, unpacked."""
+    [sdist] = sorted((ROOT / ".cache" / "sdist").glob("llama_cpp_python-*.tar.gz"))[-1:]
+    target = tmp_path_factory.mktemp("sdist")
+    with tarfile.open(sdist) as archive:
+        [member] = [m for m in archive.getmembers() if m.name.endswith("ggml-cpu/amx/mmq.cpp")]
+        archive.extract(member, target, filter="data")
+    return target / member.name.split("/", 1)[0]
+
+
+def test_the_amx_patch_applies_exactly(mmq_source):
+    subprocess.run(["patch", "-d", str(mmq_source), "-p1", "--forward", "--fuzz=0", "--batch"],
+                   stdin=cpu_features.AMX_PATCH.open(), check=True, capture_output=True)
+    patched = (mmq_source / "vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp").read_text()
+    assert "alignas(64) static const tile_config_t ggml_tile_config" in patched
+    assert "_tile_loadconfig(&ggml_tile_config);" in patched
+    assert "syscall(SYS_arch_prctl, 0x1023, 18);" in patched
+
+
+def test_the_build_stops_when_the_patch_does_not_apply(tmp_path):
+    bogus = tmp_path / "bogus.patch"
+    bogus.write_text("--- a/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
+                     "+++ b/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
+                     "@@ -1,1 +1,1 @@\n-no such line\n+replacement\n")
+    env = {**os.environ, "PYTHON": sys.executable, "LLAMA_CPP_PYTHON_VERSION": "0.3.36", "LLAMA_CMAKE_ARGS": VERIFIED,
+           "LLAMA_PATCH": str(bogus), "CACHE_DIR": str(tmp_path / "cache")}
+    (tmp_path / "cache" / "sdist").mkdir(parents=True)
+    for sdist in (ROOT / ".cache" / "sdist").glob("*.tar.gz"):
+        (tmp_path / "cache" / "sdist" / sdist.name).symlink_to(sdist)
+    result = subprocess.run(["bash", str(ROOT / "stack" / "build_llama_wheel.sh")], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"{bogus} does not apply to llama-cpp-python 0.3.36" in result.stderr
+    assert not list((tmp_path / "cache" / "wheels").glob("*/*.whl"))
+
+
+def test_self_check_compares_the_two_paths_for_real(tiny_q8):
+    assert amx_check.failure_reason(str(tiny_q8[0])) is None  # extra buffer types agree with the plain path
+
+
+@pytest.mark.parametrize(("command", "reason"), [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGILL)", "the check died with SIGILL"),
+    ("print('AMX and plain hidden states disagree (cosine 0.2 < 0.999)'); raise SystemExit(1)",
+     "AMX and plain hidden states disagree (cosine 0.2 < 0.999)"),
+    ("import time; time.sleep(30)", "the check did not finish within 2 s"),
+])
+def test_self_check_reports_each_way_of_failing(command, reason):
+    assert amx_check.failure_reason("unused.gguf", 2.0, (sys.executable, "-c", command)) == reason
+
+
+def test_failed_self_check_falls_back_and_still_scores(tiny_q8, monkeypatch, caplog):
+    monkeypatch.setattr(amx_check, "amx_in_play", lambda: True)
+    monkeypatch.setattr(amx_check, "failure_reason", lambda model: "the check died with SIGILL")
+    with caplog.at_level(logging.WARNING, logger="rerank_engine.engine"):
+        engine = open_engine(tiny_q8)
+    assert "AMX self-check failed (the check died with SIGILL)" in caplog.text
+    assert engine.runner.options.extra_buffers is False
+    monkeypatch.undo()
+    normal = open_engine(tiny_q8)
+    assert normal.runner.options.extra_buffers is True
+    docs = ["The Nile is long.", "Bread.", "The Amazon river.", ""]
+    np.testing.assert_allclose(engine.rerank("rivers", docs).scores, normal.rerank("rivers", docs).scores, atol=0.05)
+
+
+def test_extra_buffer_types_and_plain_path_agree_on_q8(tiny_q8):
+    """On an AMX machine the extra buffer types are AMX; elsewhere the AVX-512 repacking. Either way they
+    must agree with the plain path within Q8_0 tolerance."""
+    plain = open_engine(tiny_q8, extra_buffers=False)
+    extra = open_engine(tiny_q8)
+    docs = [f"passage {i} about rivers and lakes " * (1 + i) for i in range(12)]
+    a, b = extra.rerank("rivers", docs).scores, plain.rerank("rivers", docs).scores
+    np.testing.assert_allclose(a, b, atol=0.05)
+    assert dataclasses.replace(plain.runner.options, extra_buffers=True) == extra.runner.options
