@@ -361,7 +361,8 @@ def table(results: dict) -> str:
               + ", ".join(f"{results['ratios_median_of_rounds'][key]:.2f}" for key in results["ratio_targets"]) + "."]
     rss = results["triton_peak_rss"]
     lines.append(f"Triton peak RSS (VmHWM): tritonserver {rss['tritonserver_vmhwm_bytes'] / 2**20:.0f} MiB + "
-                 f"Python backend stub {rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
+                 f"{rss['stub_processes']} Python backend stubs (one per model instance) "
+                 f"{rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
                  f"MiB (n_ctx {results['engine_options']['n_ctx']}). Other processes used "
                  f"{results['machine']['other_cpu_share']:.0%} of the CPU during the run.")
     lines += ["", "| workload | path | concurrency | requests/s | tokens/s | latency p50 | p90 | p99 |",
