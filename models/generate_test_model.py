@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import re
+import struct
 import tarfile
 from collections import Counter
 from collections.abc import Sequence
@@ -72,6 +74,7 @@ class ModelSpec:
     projector_hidden: int = 32
     projector_out: int = 32
     projector_keys: str = "gguf"  # "gguf" (projector.0/2) or "mlx" (linear1/2)
+    projector_dtype: str = "f32"  # "f32", "f16" or "bf16"
     marker_token_type: int = int(gguf.TokenType.CONTROL)
     architecture: str = "qwen3"  # "qwen2" (no QK-norm) gives a loadable model of the wrong architecture
     include_markers: tuple[str, ...] = (EMBED_TOKEN, RERANK_TOKEN)
@@ -254,11 +257,29 @@ def write_gguf(spec: ModelSpec, dtype: str, path: Path) -> None:
 def write_projector(spec: ModelSpec, path: Path) -> None:
     rng = np.random.default_rng(spec.seed + 1)
     first, second = PROJECTOR_KEYS[spec.projector_keys]
-    save_file({
+    tensors = {
         first: (rng.standard_normal((spec.projector_hidden, spec.n_embd)) / np.sqrt(spec.n_embd)).astype(np.float32),
         second: (rng.standard_normal((spec.projector_out, spec.projector_hidden))
                  / np.sqrt(spec.projector_hidden)).astype(np.float32),
-    }, str(path))
+    }
+    if spec.projector_dtype == "bf16":
+        write_bf16_safetensors(tensors, path)
+    else:
+        save_file({k: v.astype(np.float16 if spec.projector_dtype == "f16" else np.float32)
+                   for k, v in tensors.items()}, str(path))
+
+
+def write_bf16_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """safetensors.numpy cannot write BF16 (NumPy has no such type): the format by hand, values truncated."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        blob = (np.ascontiguousarray(array, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
 
 
 def generate(spec: ModelSpec, dtype: str, out_dir: Path) -> tuple[Path, Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from models.generate_test_model import EMBED_TOKEN
 from rerank_engine import InvalidInputError, ModelLoadError, RerankRequest
@@ -171,3 +171,20 @@ def test_context_too_small_for_the_limits(tiny_f32):
     with pytest.raises(ModelLoadError, match="n_ctx=1024 is too small"):
         open_engine(tiny_f32, n_ctx=1024)
 
+
+
+def test_bf16_and_f16_projectors(make_model, tmp_path):
+    """Projector files come in other dtypes than F32; NumPy cannot even represent BF16."""
+    f32 = make_model("q8_0", seed=5)
+    bf16 = make_model("q8_0", seed=5, projector_dtype="bf16")
+    f16 = make_model("q8_0", seed=5, projector_dtype="f16")
+    assert f32[0].read_bytes() == bf16[0].read_bytes()
+    # The same weights cut to BF16 by hand and stored as F32: what the BF16 file must load as.
+    truncated = tmp_path / "projector.safetensors"
+    save_file({k: (v.view(np.uint32) & 0xFFFF0000).view(np.float32) for k, v in load_file(str(f32[1])).items()},
+              str(truncated))
+    docs = ["The Nile.", "Bread.", "Rivers and lakes."]
+    expected = open_engine((f32[0], truncated)).rerank(QUERY, docs).scores
+    np.testing.assert_array_equal(open_engine(bf16).rerank(QUERY, docs).scores, expected)
+    np.testing.assert_allclose(open_engine(f16).rerank(QUERY, docs).scores,
+                               open_engine(f32).rerank(QUERY, docs).scores, atol=2e-3)
