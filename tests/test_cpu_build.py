@@ -55,13 +55,13 @@ def test_install_is_idempotent_for_this_cpu():
 
 @pytest.fixture(scope="module")
 def mmq_source(tmp_path_factory) -> Path:
-    """ggml's AMX source from the sdist the build keeps, unpacked."""
+    """ggml's sources from the sdist the build keeps, unpacked."""
     [sdist] = sorted((ROOT / ".cache" / "sdist").glob("llama_cpp_python-*.tar.gz"))[-1:]
     target = tmp_path_factory.mktemp("sdist")
     with tarfile.open(sdist) as archive:
-        [member] = [m for m in archive.getmembers() if m.name.endswith("ggml-cpu/amx/mmq.cpp")]
-        archive.extract(member, target, filter="data")
-    return target / member.name.split("/", 1)[0]
+        members = [m for m in archive.getmembers() if "/vendor/llama.cpp/ggml/" in m.name]
+        archive.extractall(target, members=members, filter="data")
+    return target / members[0].name.split("/", 1)[0]
 
 
 def test_the_amx_patch_applies_exactly(mmq_source):
@@ -71,6 +71,15 @@ def test_the_amx_patch_applies_exactly(mmq_source):
     assert "alignas(64) static const tile_config_t ggml_tile_config" in patched
     assert "_tile_loadconfig(&ggml_tile_config);" in patched
     assert "syscall(SYS_arch_prctl, 0x1023, 18);" in patched
+    # It compiles with the AMX options the build would add (running it needs an AMX CPU).
+    ggml = mmq_source / "vendor/llama.cpp/ggml"
+    isa = ["-mavx2", "-mfma", "-mf16c", "-mbmi2", "-mavx512f", "-mavx512cd", "-mavx512vl", "-mavx512dq", "-mavx512bw",
+           "-mavx512vbmi", "-mavx512vnni", "-mavx512bf16", "-mamx-tile", "-mamx-int8", "-mamx-bf16"]
+    defines = ["-DGGML_AMX_TILE", "-DGGML_AMX_INT8", "-DGGML_AMX_BF16", "-D__AMX_TILE__", "-D__AMX_INT8__",
+               "-D__AMX_BF16__"]
+    subprocess.run(["g++", "-std=c++17", "-fsyntax-only", *isa, *defines, f"-I{ggml / 'include'}", f"-I{ggml / 'src'}",
+                    f"-I{ggml / 'src' / 'ggml-cpu'}", str(ggml / "src/ggml-cpu/amx/mmq.cpp")], check=True,
+                   capture_output=True)
 
 
 def test_the_build_stops_when_the_patch_does_not_apply(tmp_path):
