@@ -14,6 +14,8 @@ LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_
 	$(if $(LLAMA_PATCH),cat $(LLAMA_PATCH);) } | sha256sum | cut -c1-16)
 REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt \
 	perf/requirements.txt
+# The bench's PyTorch CPU peer only: torch and transformers, never installed by install or test.
+PEER_REQUIREMENTS := perf/peer-requirements.txt
 
 .PHONY: install test lint serve triton bench clean
 
@@ -45,9 +47,13 @@ serve: install
 triton: install
 	$(PY) -m stack.triton_server
 
+$(VENV)/.peer-stamp: $(PEER_REQUIREMENTS) | $(VENV)/.deps-stamp
+	$(PY) -m pip install --quiet -r $(PEER_REQUIREMENTS)
+	touch $@
+
 # BENCH=quick (default, under 5 minutes on 2 cores) or BENCH=full (every workload; hours on 2 cores).
 BENCH ?= quick
-bench: install
+bench: install $(VENV)/.peer-stamp
 	$(PY) -m perf.bench --mode $(BENCH)
 
 clean:

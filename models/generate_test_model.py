@@ -36,9 +36,10 @@ DTYPES = {
     "f32": gguf.GGMLQuantizationType.F32,
     "f16": gguf.GGMLQuantizationType.F16,
     "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "bf16": gguf.GGMLQuantizationType.BF16,
 }
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "bf16": gguf.LlamaFileType.MOSTLY_BF16}
 PROJECTOR_KEYS = {"gguf": ("projector.0.weight", "projector.2.weight"),
                   "mlx": ("linear1.weight", "linear2.weight")}
 # Text the synthetic tokenizer learns its merges from, so common words become few tokens.

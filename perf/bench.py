@@ -12,6 +12,11 @@ Triton config's parameters):
   c  triton_grpc    through Triton (CPU config) over gRPC, the adapter's protocol; triton_http beside it
   d  adapter        through the adapter (Jina API over HTTP, then gRPC to Triton)
 
+Then, once the servers have stopped, the PyTorch CPU peer (perf/torch_peer.py): the engine's llama.cpp forward
+pass against transformers' Qwen3 in bf16 and fp32 on the same GGUF's weights, in this process (quick: 1,024
+tokens; full: 1,024, 3,072 and 8,192 tokens and the engine's CPU knobs), with per-op profiles of both; and
+where AMX is usable, llama.cpp's AMX build against its AVX-512 build at the same lengths (perf/amx_bench.py).
+
 At concurrency 1 the baselines take turns request by request (order rotated each round), so a machine
 that slows down during the run slows all of them alike; the ratios compare those turns in tokens/s
 (``ratios``: totals over all rounds; ``ratios_median_of_rounds``: the median of each round's ratio,
@@ -37,14 +42,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from triton_contract import MODEL_ENV, PROJECTOR_ENV
 from triton_contract import engine_config as served_config
 
-from perf import MODEL_VERSION_DIR, ROOT
+from perf import MODEL_VERSION_DIR, ROOT, amx_bench, torch_peer
 from perf.loadgen import (
     AdapterTarget,
     CallTarget,
@@ -254,7 +259,7 @@ class CpuAccount:
         return round(max(other, 0.0) / capacity, 3)
 
 
-async def run(mode: str, names: Sequence[str]) -> dict:
+async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
     started, load_before, cpu = time.time(), os.getloadavg(), CpuAccount()
 
     def say(message: str) -> None:
@@ -315,6 +320,9 @@ async def run(mode: str, names: Sequence[str]) -> dict:
         # Read while the server runs: its peak covers loading, its warm-up and every request above.
         results["triton_peak_rss"] = triton_peak_rss(triton.process.pid)
         say("stopping the servers")
+    results["cpu_peer"] = measure_peer(mode, model, options, say) if peer else {"skipped": "--no-peer"}
+    results["amx"] = amx_bench.compare(model, options, torch_peer.LENGTHS[mode], amx_bench.ROUNDS[mode],
+                                       say=lambda message: say(f"amx: {message}"))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
     return {
         "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
@@ -330,12 +338,44 @@ async def run(mode: str, names: Sequence[str]) -> dict:
         "engine_options": {"source": str(CPU_CONFIG.relative_to(ROOT)), **dataclasses.asdict(options),
                            **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                               if f.name not in ("model_path", "projector_path", "llama")}},
-        "ratios_workload": headline, "ratios": results["workloads"][headline]["ratios"],
+        "ratios_workload": headline,
+        "ratios": {**results["workloads"][headline]["ratios"], **cpu_ratios(results["cpu_peer"], results["amx"])},
+        "ratio_notes": {"engine_vs_torch_bf16": PEER_RATIO_NOTE,
+                        "amx_vs_avx512": results["amx"].get("skipped", AMX_RATIO_NOTE)},
         "ratios_median_of_rounds": results["workloads"][headline]["ratios_median_of_rounds"], "ratio_targets": TARGETS,
         "meets_targets": {key: results["workloads"][headline]["ratios"][key] >= target
                           for key, target in TARGETS.items()},
         **results, "levels": levels,
     }
+
+
+# -- the PyTorch CPU peer -----------------------------------------------------------------------------
+
+PEER_LENGTH = "1024"  # the headline engine_vs_torch_bf16: measured in both modes
+AMX_RATIO_NOTE = (f"AMX build tokens/s over AVX-512 build tokens/s on {PEER_LENGTH}-token forward passes, same "
+                  "version, flags otherwise, ids and options (amx: every length, the self-check's outcome)")
+PEER_RATIO_NOTE = (f"engine tokens/s over PyTorch bf16 tokens/s on {PEER_LENGTH}-token forward passes, same weights, "
+                   "ids and threads (cpu_peer: rounds, profiles; in full mode every length and the knobs)")
+
+
+def measure_peer(mode: str, model: Path, options: object, say: Callable[[str], None]) -> dict:
+    """The PyTorch peer at the mode's lengths, or why it was skipped (torch not installed)."""
+    missing = torch_peer.peer_available()
+    if missing:
+        say(f"warning: PyTorch peer skipped: {missing}")
+        return {"skipped": missing}
+    lengths = torch_peer.LENGTHS[mode]
+    say(f"PyTorch CPU peer: engine vs torch bf16/fp32 at {', '.join(map(str, lengths))} tokens")
+    return torch_peer.compare(model, options, lengths, torch_peer.ROUNDS[mode], profile=True,
+                              knobs=torch_peer.KNOBS if mode == "full" else None,
+                              say=lambda message: say(f"peer: {message}"))
+
+
+def cpu_ratios(peer: dict, amx: dict) -> dict[str, float | None]:
+    """The two CPU ratios at 1k tokens: engine vs torch bf16, and the AMX build vs the AVX-512 build;
+    None where not measured (torch not installed, no AMX here)."""
+    return {"engine_vs_torch_bf16": peer.get("ratios", {}).get("engine_vs_torch_bf16", {}).get(PEER_LENGTH),
+            "amx_vs_avx512": amx.get("amx_vs_avx512", {}).get(PEER_LENGTH)}
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -365,6 +405,10 @@ def table(results: dict) -> str:
                  f"{rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
                  f"MiB (n_ctx {results['engine_options']['n_ctx']}). Other processes used "
                  f"{results['machine']['other_cpu_share']:.0%} of the CPU during the run.")
+    for key in ("engine_vs_torch_bf16", "amx_vs_avx512"):
+        value = results["ratios"].get(key)
+        lines.append(f"`{key}` = {value:.2f} ({PEER_LENGTH} tokens)." if value is not None
+                     else f"`{key}`: {results['ratio_notes'][key]}.")
     lines += ["", "| workload | path | concurrency | requests/s | tokens/s | latency p50 | p90 | p99 |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for s in results["levels"]:
@@ -373,6 +417,10 @@ def table(results: dict) -> str:
             lines.append(f"| {s['workload']} | {LABELS[s['target']]} | {s['concurrency']} | "
                          f"{s['requests_per_s']:.3f} | {s['tokens_per_s']:.1f} | {lat['p50'] / 1000:.2f} s | "
                          f"{lat['p90'] / 1000:.2f} s | {lat['p99'] / 1000:.2f} s |")
+    if "cpu_peer" in results:
+        lines += ["", torch_peer.table(results["cpu_peer"])]
+    if "amx" in results:
+        lines += ["", amx_bench.table(results["amx"])]
     return "\n".join(lines)
 
 
@@ -382,12 +430,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workloads", help=f"comma-separated subset of {', '.join(WORKLOADS)} "
                                             "(default: the mode's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON; CSV and PNG are written beside it")
+    parser.add_argument("--no-peer", dest="peer", action="store_false",
+                        help="skip the PyTorch CPU peer (perf/torch_peer.py)")
     args = parser.parse_args(argv)
     names = args.workloads.split(",") if args.workloads else list(MODES[args.mode])
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
         parser.error(f"unknown workloads: {', '.join(unknown)}")
-    results = asyncio.run(run(args.mode, names))
+    results = asyncio.run(run(args.mode, names, args.peer))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     write_csv(results["levels"], args.out.with_suffix(".csv"))

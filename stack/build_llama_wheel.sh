@@ -9,6 +9,9 @@
 #
 # LLAMA_PATCH, when set, names a patch applied to the sdist before building
 # (the AMX fix, see stack/cpu_features.py); it must apply exactly or the build stops.
+#
+# LLAMA_BUILD_ONLY=1 builds (or finds) the wheel and prints its path instead of installing it: the
+# benchmark's second build, the same version without AMX (perf/amx_bench.py).
 set -euo pipefail
 
 PYTHON="${PYTHON:?set PYTHON to the virtualenv interpreter}"
@@ -47,5 +50,9 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
 fi
 
 wheel=$(ls "$wheel_dir"/llama_cpp_python-*.whl)
+if [ "${LLAMA_BUILD_ONLY:-0}" = 1 ]; then
+    echo "$wheel"
+    exit 0
+fi
 "$PYTHON" -m pip install --no-deps --force-reinstall --no-cache-dir "$wheel"
 "$PYTHON" -m pip install --no-cache-dir "$wheel"

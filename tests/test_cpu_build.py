@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank_engine import amx_check
+from perf import amx_bench
+from rerank_engine import EngineConfig, amx_check
 from stack import cpu_features
 from tests.conftest import open_engine
 
@@ -116,7 +117,7 @@ def test_self_check_reports_each_way_of_failing(command, reason):
 def test_failed_self_check_falls_back_and_still_scores(tiny_q8, monkeypatch, caplog):
     monkeypatch.setattr(amx_check, "amx_in_play", lambda: True)
     monkeypatch.setattr(amx_check, "failure_reason", lambda model: "the check died with SIGILL")
-    with caplog.at_level(logging.WARNING, logger="rerank_engine.engine"):
+    with caplog.at_level(logging.WARNING, logger="rerank_engine.amx_check"):
         engine = open_engine(tiny_q8)
     assert "AMX self-check failed (the check died with SIGILL)" in caplog.text
     assert engine.runner.options.extra_buffers is False
@@ -136,3 +137,51 @@ def test_extra_buffer_types_and_plain_path_agree_on_q8(tiny_q8):
     a, b = extra.rerank("rivers", docs).scores, plain.rerank("rivers", docs).scores
     np.testing.assert_allclose(a, b, atol=0.05)
     assert dataclasses.replace(plain.runner.options, extra_buffers=True) == extra.runner.options
+
+
+@pytest.mark.parametrize(("flags", "permitted", "info", "reason"), [
+    ({"avx512f", "avx512_vnni"}, True, "AMX_INT8 = 0", "EPYC has no AMX"),
+    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, False, "AMX_INT8 = 0", "kernel does not grant"),
+    ({"avx512f", "amx_tile", "amx_int8"}, True, "AMX_INT8 = 0", "lacks AVX-512 VNNI"),
+    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, True, "AMX_INT8 = 0", "built without AMX"),
+    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, True, "AVX512 = 1 | AMX_INT8 = 1", None),
+])
+def test_amx_comparison_runs_only_where_amx_does(flags, permitted, info, reason):
+    found = amx_bench.unavailable_reason(flags, permitted, info, "AMD EPYC")
+    assert found is None if reason is None else reason in found
+
+
+def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
+    """The benchmark's second build, as it runs it: a cached wheel unpacked and put first on a child's
+    PYTHONPATH. Here the installed build's own wheel (found in the cache, nothing built): the child must
+    load llama.cpp from the unpacked copy and compute what the installed build computes."""
+    flags = cpu_features.cpu_flags()
+    amx = cpu_features.amx_usable(flags, cpu_features.amx_permitted())
+    wheel = amx_bench.build_wheel(cpu_features.cmake_args(flags, amx), cpu_features.AMX_PATCH if amx else None,
+                                  say=lambda _: None)
+    unpacked = amx_bench.unpack(wheel, tmp_path)
+    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
+    result = amx_bench.side_by_side(tiny_q8[0], options, [300], 2, {"amx": None, "avx512": unpacked},
+                                    say=lambda _: None)
+    installed, copy = result["builds"]["amx"], result["builds"]["avx512"]
+    assert Path(copy["llama_cpp_file"]).is_relative_to(unpacked)
+    assert copy["libraries"]
+    assert all(Path(lib).is_relative_to(unpacked) for lib in copy["libraries"])
+    assert installed["libraries"]
+    assert not any(Path(lib).is_relative_to(unpacked) for lib in installed["libraries"])
+    assert copy["system_info"] == installed["system_info"]
+    assert result["cosine_amx_vs_avx512"]["300"] >= 0.99999
+    assert result["amx_vs_avx512"]["300"] == round(installed["tokens_per_s"]["300"] / copy["tokens_per_s"]["300"], 3)
+    assert "| 300 | " in amx_bench.table(result)
+
+
+@pytest.mark.skipif(amx_bench.why_not_here() is not None, reason="needs AMX: " + str(amx_bench.why_not_here()))
+def test_amx_and_avx512_builds_agree(tiny_q8):
+    """On an AMX machine: the AMX build (after its self-check) and the AVX-512 build (built once, ~10 min)
+    give the same hidden states within Q8_0 tolerance."""
+    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=1024).llama
+    result = amx_bench.compare(tiny_q8[0], options, [512], rounds=1, say=lambda _: None)
+    assert result["amx_self_check_passed"]
+    assert "AMX_INT8 = 1" in result["builds"]["amx"]["system_info"]
+    assert "AMX_INT8 = 1" not in result["builds"]["avx512"]["system_info"]
+    assert result["cosine_amx_vs_avx512"]["512"] >= 0.999

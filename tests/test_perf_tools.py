@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from perf.bench import cpu_parameters, engine_config, ratios
+from perf import torch_peer
+from perf.bench import PEER_LENGTH, cpu_parameters, cpu_ratios, engine_config, ratios, table
 from perf.loadgen import Level, Sample, Target, format_line, percentile, plot, run_level, summarize, write_csv
 from perf.seed_approach import SeedApproach
 from perf.workloads import LOCALES, WORKLOADS, Entry, from_input_data, load, path_of, text_of_tokens, to_input_data
@@ -173,3 +176,144 @@ def test_seed_approach_scores_like_the_engine(tiny_f32) -> None:
         engine.close()
     assert tokens == result.tokens
     np.testing.assert_allclose(scores, result.scores, atol=1e-4)
+
+
+# -- the PyTorch CPU peer's pure parts (torch itself is never imported by the tests) ----------------------
+
+HF_LAYER_NAMES = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                  "self_attn.v_proj.weight", "self_attn.o_proj.weight", "self_attn.q_norm.weight",
+                  "self_attn.k_norm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                  "mlp.up_proj.weight", "mlp.down_proj.weight"}
+
+
+def test_peer_modules_do_not_import_torch() -> None:
+    """CI does not install torch: the bench and the peer's pure parts must import without it."""
+    code = "import sys, perf.bench, perf.torch_peer; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=torch_peer.ROOT)
+
+
+def test_gguf_tensors_map_onto_every_qwen3model_parameter(tiny_q8) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(str(tiny_q8[0]))
+    metadata = torch_peer.gguf_metadata(reader)
+    names = {t.name: torch_peer.hf_name(t.name) for t in reader.tensors}
+    shapes = {names[t.name]: [int(d) for d in reversed(t.shape)] for t in reader.tensors if names[t.name]}
+    config = torch_peer.qwen3_config(metadata, shapes["embed_tokens.weight"][0])
+    n_layer = config["num_hidden_layers"]
+    expected = {"embed_tokens.weight", "norm.weight"} | {f"layers.{i}.{name}" for i in range(n_layer)
+                                                         for name in HF_LAYER_NAMES}
+    assert set(shapes) == expected
+    hidden, head_dim = config["hidden_size"], config["head_dim"]
+    assert shapes["layers.0.self_attn.q_proj.weight"] == [config["num_attention_heads"] * head_dim, hidden]
+    assert shapes["layers.0.self_attn.k_proj.weight"] == [config["num_key_value_heads"] * head_dim, hidden]
+    assert shapes["layers.0.mlp.down_proj.weight"] == [hidden, config["intermediate_size"]]
+    assert shapes["layers.0.self_attn.q_norm.weight"] == [head_dim]
+    assert config["rope_parameters"]["rope_theta"] == pytest.approx(float(metadata["qwen3.rope.freq_base"]))
+    assert config["rms_norm_eps"] == pytest.approx(float(metadata["qwen3.attention.layer_norm_rms_epsilon"]))
+
+
+def test_gguf_names_outside_qwen3model() -> None:
+    assert torch_peer.hf_name("output.weight") is None  # an untied LM head: the peer computes none
+    assert torch_peer.hf_name("blk.12.ffn_down.weight") == "layers.12.mlp.down_proj.weight"
+    with pytest.raises(KeyError, match="attn_qkv"):
+        torch_peer.hf_name("blk.0.attn_qkv.weight")
+    with pytest.raises(ValueError, match="llama"):
+        torch_peer.qwen3_config({"general.architecture": "llama"}, 10)
+
+
+def test_probe_is_fixed_and_ends_on_the_last_token() -> None:
+    ids, positions = torch_peer.probe(1024, 151_936)
+    assert (ids, positions) == torch_peer.probe(1024, 151_936)
+    assert len(ids) == 1024
+    assert max(ids) < 150_000
+    assert len(positions) == torch_peer.N_OUTPUTS
+    assert positions == sorted(positions)
+    assert positions[-1] == 1023
+    assert positions[0] > 0
+    short = torch_peer.probe(5, 100)[1]
+    assert short[-1] == 4
+    assert short == sorted(set(short))
+
+
+@pytest.mark.parametrize(("op", "name", "group"), [
+    ("MUL_MAT", "kq-3", "attention"), ("MUL_MAT", "kqv-3", "attention"), ("SOFT_MAX", "kq_soft_max-3", "attention"),
+    ("FLASH_ATTN_EXT", "__fattn__-3", "attention"), ("MUL_MAT", "ffn_up-3", "matmul"), ("MUL_MAT", "node_71", "matmul"),
+    ("MUL_MAT", "Qcur-0", "matmul"), ("MUL_MAT", "result_output", "lm_head"), ("CONT", "kqv_out-3", "other"),
+    ("RMS_NORM", "norm-3", "other"), ("SET_ROWS", "cache_v_l3", "other"),
+])
+def test_ggml_nodes_are_grouped(op: str, name: str, group: str) -> None:
+    assert torch_peer.ggml_group(op, name) == group
+
+
+def test_torch_ops_are_grouped() -> None:
+    assert torch_peer.torch_group("aten::mm") == "matmul"
+    assert torch_peer.torch_group("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert torch_peer.torch_group("aten::_softmax") == "attention"
+    assert torch_peer.torch_group("aten::mul") == "other"
+
+
+def test_profile_summary_and_ratios() -> None:
+    by_group = torch_peer.group_times([("matmul", 3.0), ("attention", 1.0), ("matmul", 1.0)])
+    assert by_group == {"matmul": 4.0, "attention": 1.0, "lm_head": 0.0, "other": 0.0}
+    summary = torch_peer.profile_summary(by_group, {"a": 1.0, "b": 4.0}, 5.2, top=1)
+    assert summary["shares"] == {"matmul": 0.8, "attention": 0.2, "lm_head": 0.0, "other": 0.0}
+    assert summary["top_ops"] == [["b", 4.0]]
+    assert torch_peer.tokens_per_s(1000, [4.0, 6.0]) == 200.0
+    lengths = {"1024": {"engine": {"tokens_per_s": 150.0}, "torch_bf16": {"tokens_per_s": 300.0},
+                        "torch_fp32": {"tokens_per_s": 120.0}}}
+    assert torch_peer.length_ratios(lengths) == {"engine_vs_torch_bf16": {"1024": 0.5},
+                                                 "engine_vs_torch_fp32": {"1024": 1.25}}
+    amx = {"amx_vs_avx512": {"1024": 1.9}}
+    assert cpu_ratios({"ratios": torch_peer.length_ratios(lengths)}, amx) == {"engine_vs_torch_bf16": 0.5,
+                                                                               "amx_vs_avx512": 1.9}
+    assert cpu_ratios({"skipped": "no torch"}, {"skipped": "no AMX"}) == {"engine_vs_torch_bf16": None,
+                                                                          "amx_vs_avx512": None}
+    assert int(PEER_LENGTH) in torch_peer.LENGTHS["quick"]
+
+
+def test_peer_tables_render(tmp_path) -> None:
+    side = {"wall_s": 2.0, "seconds": {"matmul": 1.5, "attention": 0.5, "lm_head": 0.0, "other": 0.0},
+            "shares": {"matmul": 0.75, "attention": 0.25, "lm_head": 0.0, "other": 0.0}, "top_ops": []}
+    cos = {"min": 0.999, "mean": 0.9995}
+    peer = {"lengths": {"1024": {"engine": {"tokens_per_s": 150.0}, "torch_bf16": {"tokens_per_s": 300.0},
+                                 "torch_fp32": {"tokens_per_s": 120.0},
+                                 "cosine_vs_engine": {"torch_bf16": cos, "torch_fp32": cos},
+                                 "profile": {"engine": side, "torch_bf16": side}}},
+            "knobs": {"configured": {"tokens_per_s": {"1024": 150.0}, "vs_configured": {"1024": 1.0},
+                                     "cosine_vs_torch_fp32": {"1024": 0.9996}},
+                      "BF16 GGUF": {"tokens_per_s": {"1024": 180.0}, "vs_configured": {"1024": 1.2},
+                                    "cosine_vs_torch_fp32": {}}}}
+    peer["ratios"] = torch_peer.length_ratios(peer["lengths"])
+    text = torch_peer.table(peer)
+    assert "| 1024 | 150.0 | 300.0 | 120.0 | 0.50 | 1.25 | 0.9990 / 0.9990 |" in text
+    assert "| 1024 | engine | 2.00 s | 1.50 s (75%) | 0.50 s (25%) | - | - |" in text
+    assert "| BF16 GGUF | 180.0 | 1.20 | - (other random weights) |" in text
+    assert "tokens/s at 1k" in text
+    assert torch_peer.table({"skipped": "no torch"}) == "PyTorch peer not measured: no torch"
+    results = json.loads((torch_peer.ROOT / "perf" / "results" / "cpu-latest.json").read_text())
+    if "cpu_peer" in results:  # the committed results render, peer table included
+        assert "engine / torch bf16" in table(results)
+
+
+def test_profiling_runner_times_every_node_and_changes_nothing(tiny_q8) -> None:
+    """The eval-callback profile of llama.cpp: same hidden states as a plain pass, every node timed and grouped."""
+    options = EngineConfig.from_options(str(tiny_q8[0]), str(tiny_q8[1]), n_ctx=512).llama
+    plain_class, profiling_class = torch_peer._engine_runner_class()
+    plain, profiled = plain_class(str(tiny_q8[0]), options), profiling_class(str(tiny_q8[0]), options)
+    ids, positions = torch_peer.probe(200, plain.n_vocab - 8)  # clear of the template tokens at the end
+    try:
+        plain.start()
+        profiled.start()
+        (expected,) = plain.hidden_states([ids], [positions])
+        hidden, wall = profiled.profile(ids, positions)
+        times = torch_peer.engine_profile(profiled)
+    finally:
+        plain.close()
+        profiled.close()
+    np.testing.assert_array_equal(hidden, expected)
+    by_op = times.pop("_by_op")
+    assert times["matmul"] > 0
+    assert times["attention"] > 0
+    assert sum(times.values()) <= wall
+    assert any(op.startswith("MUL_MAT kq") for op in by_op)

@@ -11,14 +11,22 @@ buffer types off: slower, never a crash. Nothing runs where the build has no AMX
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .llama_runner import RunnerOptions
+
+log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999
 CHECK_TOKENS = 96
@@ -54,6 +62,18 @@ def failure_reason(model_path: str, timeout_s: float = 300.0, command: tuple[str
         lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
         return lines[-1] if lines else f"the check exited with status {result.returncode}"
     return None
+
+
+def checked_options(options: RunnerOptions, model_path: str) -> RunnerOptions:
+    """``options``, without the extra buffer types (so without AMX) when the self-check fails here."""
+    if options.extra_buffers and amx_in_play():
+        reason = failure_reason(model_path)
+        if reason:
+            log.warning("AMX self-check failed (%s): serving without llama.cpp's extra buffer types "
+                        "(AMX and repacked weights), which is slower but correct", reason)
+            return dataclasses.replace(options, extra_buffers=False)
+        log.info("AMX self-check passed: llama.cpp uses AMX")
+    return options
 
 
 def hidden_states(model_path: str, extra_buffers: bool) -> np.ndarray:

@@ -89,7 +89,7 @@ class Reranker:
             if not Path(path).is_file():
                 raise ModelLoadError(f"{path}: {label} file not found")
         self._lock = threading.Lock()
-        self._runner = LlamaRunner(config.model_path, self._checked_llama_options())
+        self._runner = LlamaRunner(config.model_path, amx_check.checked_options(config.llama, config.model_path))
         try:
             self._check_model()
             self.projector = load_projector(config.projector_path, self._runner.n_embd)
@@ -100,18 +100,6 @@ class Reranker:
         except BaseException:
             self._runner.close()
             raise
-
-    def _checked_llama_options(self) -> RunnerOptions:
-        """The configured llama.cpp options, without AMX when its self-check fails on this machine."""
-        options = self.config.llama
-        if options.extra_buffers and amx_check.amx_in_play():
-            reason = amx_check.failure_reason(self.config.model_path)
-            if reason:
-                log.warning("AMX self-check failed (%s): serving without llama.cpp's extra buffer types "
-                            "(AMX and repacked weights), which is slower but correct", reason)
-                return dataclasses.replace(options, extra_buffers=False)
-            log.info("AMX self-check passed: llama.cpp uses AMX")
-        return options
 
     def _check_model(self) -> None:
         path = self.config.model_path

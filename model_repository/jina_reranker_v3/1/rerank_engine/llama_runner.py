@@ -71,7 +71,8 @@ class RunnerOptions:
     n_threads: int = 0  # 0: one per available core
     n_gpu_layers: int = 0  # -1: all
     main_gpu: int = 0
-    # Off by default: on CPU it was no faster (1k-8k tokens) and rounds attention through F16.
+    # Off by default: with the F16 cache it rounds attention through F16. The CPU config turns it on together
+    # with an F32 cache (faster at 1k-8k tokens, measured); the GPU config turns it on.
     flash_attn: bool = False
     kv_cache_type: str = "f16"  # "f32" for exact comparisons; "q8_0" measured 3x slower on CPU
     # Several requests' passes in one llama.cpp decode. Measured 0.8x on CPU (attention then spans
