@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import ROOT
-from perf.torch_peer import LENGTHS, WARMUP_TOKENS, cosine_rows, probe, tokens_per_s
+from perf.torch_peer import LENGTHS, WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
 from stack import cpu_features
 
 BUILDS_DIR = ROOT / ".cache" / "llama-builds"
@@ -60,9 +59,8 @@ def why_not_here() -> str | None:
     import llama_cpp
 
     text = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
     return unavailable_reason(cpu_features.cpu_flags(text), cpu_features.amx_permitted(),
-                              llama_cpp.llama_print_system_info().decode(), model)
+                              llama_cpp.llama_print_system_info().decode(), cpu_features.cpu_model(text))
 
 
 def build_wheel(cmake_args: Sequence[str], patch: Path | None = None, say: Callable[[str], None] = print) -> Path:
@@ -125,14 +123,10 @@ def child(model: Path, options_json: str, lengths: Sequence[int], out: Path) -> 
     runner = LlamaRunner(str(model), options)
     runner.start()
     try:
-        warm_ids, warm_positions = probe(WARMUP_TOKENS, runner.n_vocab)
-        runner.hidden_states([warm_ids], [warm_positions])  # pages in the weights, primes the buffers
+        timed_engine_pass(runner, *probe(WARMUP_TOKENS, runner.n_vocab))  # pages in the weights, primes the buffers
         seconds, hidden = {}, {}
         for n in lengths:
-            ids, positions = probe(n, runner.n_vocab)
-            start = time.perf_counter()
-            (hidden[f"hidden_{n}"],) = runner.hidden_states([ids], [positions])
-            seconds[str(n)] = time.perf_counter() - start
+            hidden[f"hidden_{n}"], seconds[str(n)] = timed_engine_pass(runner, *probe(n, runner.n_vocab))
     finally:
         runner.close()
     report = {"llama_cpp_file": llama_cpp.__file__, "libraries": loaded_llama_libraries(),

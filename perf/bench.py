@@ -66,6 +66,7 @@ from perf.seed_approach import SeedApproach
 from perf.standin import PRESET, ensure_standin
 from perf.workloads import WORKLOADS, Entry, ensure_workloads, load, token_stats
 from rerank_engine import EngineConfig, Reranker, RerankRequest
+from stack import cpu_features
 from stack.adapter_server import AdapterServer
 from stack.processes import free_port
 from stack.settings import Settings
@@ -128,9 +129,7 @@ def machine() -> dict:
             "llama_cpp_python": llama_cpp.__version__,
             "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
     with contextlib.suppress(OSError):
-        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-        info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-                                 None)
+        info["cpu_model"] = cpu_features.cpu_model()
     with contextlib.suppress(OSError, StopIteration):
         meminfo = Path("/proc/meminfo").read_text().splitlines()
         info["memory_bytes"] = 1024 * next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))

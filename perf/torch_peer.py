@@ -17,7 +17,7 @@ output rows, ~0.6% of a 1k pass), final-norm hidden states at the probe position
 last layer's attention output and FFN for rows that are not outputs (~2% of the work); torch computes them.
 The hidden states are compared by cosine: the weights are the same values on both sides (the torch side
 rounds them to bfloat16 in bf16 mode), but llama.cpp quantises activations to Q8_0 for its matrix products
-and keeps the KV cache in F16.
+and keeps the KV cache in the configured type.
 
 The profiles say where each side spends a pass: torch.profiler grouped by aten op (self time), and for
 llama.cpp the scheduler's eval callback asked for every graph node, so each node is computed on its own and
@@ -365,7 +365,7 @@ def compare(model_path: Path, options: object, lengths: Sequence[int] = LENGTHS[
     engine = llama_runner(str(model_path), options)
     engine.start()
     runs: dict[str, Callable[[list[int], list[int]], tuple[np.ndarray, float]]] = {
-        "engine": lambda ids, pos: _timed_engine(engine, ids, pos),
+        "engine": lambda ids, pos: timed_engine_pass(engine, ids, pos),
         "torch_bf16": lambda ids, pos: peer.forward("bfloat16", ids, pos),
         "torch_fp32": lambda ids, pos: peer.forward("float32", ids, pos),
     }
@@ -420,7 +420,8 @@ def compare(model_path: Path, options: object, lengths: Sequence[int] = LENGTHS[
     return results
 
 
-def _timed_engine(runner: object, ids: Sequence[int], positions: Sequence[int]) -> tuple[np.ndarray, float]:
+def timed_engine_pass(runner: object, ids: Sequence[int], positions: Sequence[int]) -> tuple[np.ndarray, float]:
+    """One pass of a started LlamaRunner: the hidden states at ``positions`` and the seconds it took."""
     start = time.perf_counter()
     (hidden,) = runner.hidden_states([ids], [positions])  # type: ignore[attr-defined]
     return hidden, time.perf_counter() - start
@@ -457,8 +458,8 @@ def _knobs(llama_runner: type, model_path: Path, options: object, references: Ma
             runner = llama_runner(str(path), dataclasses.replace(options, **changes))  # type: ignore[type-var]
             try:
                 runner.start()
-                _timed_engine(runner, *probe(WARMUP_TOKENS, 1000))  # pages in, as the comparison's warm-up
-                hidden, seconds = _timed_engine(runner, ids, positions)
+                timed_engine_pass(runner, *probe(WARMUP_TOKENS, 1000))  # pages in, as the comparison's warm-up
+                hidden, seconds = timed_engine_pass(runner, ids, positions)
             finally:
                 runner.close()
             measured[label]["tokens_per_s"][str(n)] = round(n / seconds, 1)

@@ -38,12 +38,22 @@ AMX = [
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
 
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+def _cpuinfo_field(name: str, cpuinfo: str | None) -> str | None:
+    """The first core's value of a /proc/cpuinfo field (``cpuinfo``: that file's text, read when None)."""
     text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    return set((_cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: str | None = None) -> str | None:
+    return _cpuinfo_field("model name", cpuinfo)
 
 
 def amx_permitted() -> bool:

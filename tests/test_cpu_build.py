@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ZEN4 = ("flags : fpu sse4_2 avx f16c fma bmi2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512vbmi "
         "avx512_vnni avx512_bf16")
 SAPPHIRE_RAPIDS = ZEN4 + " avx_vnni amx_bf16 amx_tile amx_int8"
+NO_AMX_REASON = amx_bench.why_not_here()
 AVX2_ONLY = "flags : fpu sse4_2 avx f16c fma bmi2 avx2"
 # The flags verified on the build machines (../shared/notes/environment.md).
 VERIFIED = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
@@ -175,7 +176,7 @@ def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
     assert "| 300 | " in amx_bench.table(result)
 
 
-@pytest.mark.skipif(amx_bench.why_not_here() is not None, reason="needs AMX: " + str(amx_bench.why_not_here()))
+@pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
 def test_amx_and_avx512_builds_agree(tiny_q8):
     """On an AMX machine: the AMX build (after its self-check) and the AVX-512 build (built once, ~10 min)
     give the same hidden states within Q8_0 tolerance."""
@@ -185,3 +186,10 @@ def test_amx_and_avx512_builds_agree(tiny_q8):
     assert "AMX_INT8 = 1" in result["builds"]["amx"]["system_info"]
     assert "AMX_INT8 = 1" not in result["builds"]["avx512"]["system_info"]
     assert result["cosine_amx_vs_avx512"]["512"] >= 0.999
+
+
+def test_cpuinfo_fields_are_read_by_name():
+    cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx amx_tile\n"
+    assert cpu_features.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Platinum 8480+"
+    assert cpu_features.cpu_flags(cpuinfo) == {"fpu", "avx", "amx_tile"}
+    assert cpu_features.cpu_model("flags : avx") is None
