@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from perf import amx_bench
 from rerank_engine import EngineConfig, amx_check
 from stack import cpu_features
+from tests import amx_emulation
 from tests.conftest import open_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,20 +55,9 @@ def test_install_is_idempotent_for_this_cpu():
     assert "Nothing to be done" in result.stdout, result.stdout
 
 
-@pytest.fixture(scope="module")
-def mmq_source(tmp_path_factory) -> Path:
-    """ggml's sources from the sdist the build keeps, unpacked."""
-    [sdist] = sorted((ROOT / ".cache" / "sdist").glob("llama_cpp_python-*.tar.gz"))[-1:]
-    target = tmp_path_factory.mktemp("sdist")
-    with tarfile.open(sdist) as archive:
-        members = [m for m in archive.getmembers() if "/vendor/llama.cpp/ggml/" in m.name]
-        archive.extractall(target, members=members, filter="data")
-    return target / members[0].name.split("/", 1)[0]
-
-
-def test_the_amx_patch_applies_exactly(mmq_source):
-    subprocess.run(["patch", "-d", str(mmq_source), "-p1", "--forward", "--fuzz=0", "--batch"],
-                   stdin=cpu_features.AMX_PATCH.open(), check=True, capture_output=True)
+def test_the_amx_patch_applies_exactly(tmp_path):
+    mmq_source = amx_emulation.unpack_llama_cpp(tmp_path)
+    amx_emulation.apply_patch(mmq_source)
     patched = (mmq_source / "vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp").read_text()
     assert "alignas(64) static const tile_config_t ggml_tile_config" in patched
     assert "_tile_loadconfig(&ggml_tile_config);" in patched
