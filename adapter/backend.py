@@ -29,6 +29,8 @@ GRPC_CHANNEL_ARGS = [
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
 # "is not healthy": a Python-backend process died; the stub watchdog reloads the model within seconds.
+# A CANCELLED sent at the deadline can be read a moment before asyncio's own timer for it has fired.
+DEADLINE_SLACK_S = 0.05
 UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "is not healthy")
 
 
@@ -95,23 +97,29 @@ class TritonBackend:
         # Triton gets the deadline too (µs): it drops the request from its queue once the deadline has
         # passed and the model stops computing it, so abandoned work does not delay other callers.
         # Over gRPC, giving up here also cancels the call, which the model notices within 50 ms.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             result = await asyncio.wait_for(self._client.infer(
                 self.settings.triton_model, inputs, outputs=outputs, timeout=max(1, int(timeout * 1e6))), timeout)
         except asyncio.TimeoutError:
             raise BackendTimeoutError(f"the model did not answer within {timeout:g} s") from None
         except InferenceServerException as exc:
-            raise classify(exc) from None
+            raise classify(exc, deadline_passed=loop.time() >= deadline - DEADLINE_SLACK_S) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailableError(f"Triton is unreachable at {self.settings.triton_url} ({exc})") from None
         return Scores(result.as_numpy("SCORES")[0], int(result.as_numpy("TOKENS")[0, 0]))
 
 
-def classify(exc: InferenceServerException) -> BackendError:
+def classify(exc: InferenceServerException, deadline_passed: bool) -> BackendError:
+    """The error for what Triton reported. CANCELLED is the model giving up at the request's deadline, or
+    Triton dropping its requests as it stops: only the first is the caller's 504."""
     status, message = str(exc.status() or ""), str(exc.message() or exc)
     lowered = message.lower()
-    if "DEADLINE_EXCEEDED" in status or "CANCELLED" in status or "timeout expired" in lowered:
+    if "DEADLINE_EXCEEDED" in status or "timeout expired" in lowered or ("CANCELLED" in status and deadline_passed):
         return BackendTimeoutError(f"the model did not answer in time: {message}")
+    if "CANCELLED" in status:
+        return BackendUnavailableError(f"Triton cancelled the request before its deadline (stopping?): {message}")
     if "UNAVAILABLE" in status or status == "503" or any(m in lowered for m in UNAVAILABLE_MARKERS):
         return BackendUnavailableError(f"the model is not available: {message}")
     if "INVALID_ARGUMENT" in status or status == "400":

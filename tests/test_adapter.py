@@ -10,7 +10,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
+from adapter.backend import classify
 from stack.triton_server import MODEL_NAME
 from tests.servers import free_port, start_adapter, start_triton
 
@@ -232,6 +234,18 @@ def test_past_the_deadline_is_504(triton, tmp_path):
         assert response.json()["type"] == "timeout"
     finally:
         adapter.stop()
+
+
+@pytest.mark.parametrize(("status", "deadline_passed", "expected"), [
+    ("StatusCode.CANCELLED", True, 504),  # the model gave up at the request's deadline
+    ("StatusCode.CANCELLED", False, 503),  # Triton dropped it while stopping: seen 0.05 s into a 10 s deadline
+    ("StatusCode.DEADLINE_EXCEEDED", True, 504),
+    ("StatusCode.UNAVAILABLE", False, 503),
+    ("StatusCode.INVALID_ARGUMENT", False, 422),
+    ("StatusCode.INTERNAL", True, 502),
+])
+def test_triton_errors_are_sorted_by_cause(status, deadline_passed, expected):
+    assert classify(InferenceServerException("msg", status=status), deadline_passed).status_code == expected
 
 
 def test_triton_restart_is_survived(tiny_q8, tmp_path):

@@ -64,8 +64,8 @@ def test_triton_killed_with_requests_in_flight(stack):
 @pytest.mark.slow
 def test_killed_backend_process_restarts_triton_under_make_serve(tiny_q8):
     """Triton keeps a model READY whose Python-backend process died; the watchdog stops Triton and
-    `make serve` starts a fresh one. Callers see 503s meanwhile, then answers again. Rarely (once in some 30
-    runs) a request caught as Triton stops waits out its deadline instead: a 504 at the deadline, never later."""
+    `make serve` starts a fresh one. Callers see 503s meanwhile (a request Triton cancels as it stops
+    included: that was once a 504), then answers again."""
     serve = start_serve(tiny_q8, REQUEST_TIMEOUT_S=str(DEADLINE_S))
     try:
         url, body = f"{serve.adapter_url}/v1/rerank", {"query": QUERY, "documents": ["The Nile", "Bread"]}
@@ -83,7 +83,7 @@ def test_killed_backend_process_restarts_triton_under_make_serve(tiny_q8):
             if not alive(first) and statuses[-1] == 200:
                 break
         assert statuses[-1] == 200, statuses
-        assert set(statuses) <= {200, 503, 504}, "a dead backend process is 'unavailable', never a 5xx of another kind"
+        assert set(statuses) <= {200, 503}, "a dead backend process is 'unavailable', never a 5xx of another kind"
         assert slowest < DEADLINE_S + 1.0, "no request waits past its deadline"
         assert serve.triton_pid() != first
         assert len(live_stubs(serve.triton_pid())) == 2
