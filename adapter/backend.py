@@ -28,9 +28,9 @@ GRPC_CHANNEL_ARGS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
-# "is not healthy": a Python-backend process died; the stub watchdog reloads the model within seconds.
 # A CANCELLED sent at the deadline can be read a moment before asyncio's own timer for it has fired.
 DEADLINE_SLACK_S = 0.05
+# "is not healthy": a Python-backend process died; the stub watchdog reloads the model within seconds.
 UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "is not healthy")
 
 

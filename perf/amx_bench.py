@@ -42,7 +42,7 @@ BUILDS = ("amx", "avx512")
 def unavailable_reason(flags: set[str], permitted: bool, installed_info: str, cpu_model: str | None) -> str | None:
     """Why the AMX build cannot be compared here, or None when it can."""
     cpu = cpu_model or "this CPU"
-    if not {"amx_tile", "amx_int8"} <= flags:
+    if not flags >= cpu_features.AMX_CPU_FLAGS:
         return (f"not measured: {cpu} has no AMX (no amx_tile/amx_int8 in /proc/cpuinfo), so the AMX build "
                 "cannot run here; it needs a Sapphire Rapids or newer Xeon")
     if not cpu_features.amx_usable(flags, permitted):

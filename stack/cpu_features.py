@@ -35,6 +35,9 @@ AMX = [
     ("GGML_AMX_INT8", ("amx_tile", "amx_int8")),
     ("GGML_AMX_BF16", ("amx_tile", "amx_bf16")),
 ]
+# The CPU's AMX, and what ggml's AMX kernels are compiled beside (ggml-cpu/amx/amx.cpp needs AVX-512 VNNI).
+AMX_CPU_FLAGS = frozenset({"amx_tile", "amx_int8"})
+AMX_COMPANION_FLAGS = frozenset({"avx512f", "avx512_vnni"})
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
 
 
@@ -66,7 +69,7 @@ def amx_permitted() -> bool:
 
 
 def amx_usable(flags: set[str], permitted: bool) -> bool:
-    return {"amx_tile", "amx_int8", "avx512f", "avx512_vnni"} <= flags and permitted
+    return flags >= AMX_CPU_FLAGS | AMX_COMPANION_FLAGS and permitted
 
 
 def cmake_args(flags: set[str], amx: bool) -> list[str]:

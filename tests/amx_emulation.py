@@ -25,8 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "tests" / "amx_emulator"
 CACHE = ROOT / ".cache" / "amx-emulation"
 AMX_OPTIONS = [f"-D{name}=ON" for name, _ in cpu_features.AMX]
-# ggml compiles its AMX kernels only beside AVX-512 VNNI (ggml-cpu/amx/amx.cpp).
-NEEDED_FLAGS = {"avx512f", "avx512_vnni"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +47,9 @@ class EmulatedBuilds:
 def why_not_here() -> str | None:
     """Why the emulated AMX build cannot run on this machine, or None."""
     flags = cpu_features.cpu_flags()
-    if {"amx_tile", "amx_int8"} <= flags:
+    if flags >= cpu_features.AMX_CPU_FLAGS:
         return "this CPU has AMX: the real tiles run (test_amx_and_avx512_builds_agree), not the emulator"
-    if not flags >= NEEDED_FLAGS:
+    if not flags >= cpu_features.AMX_COMPANION_FLAGS:
         return "ggml's AMX kernels need AVX-512 VNNI, which this CPU lacks"
     missing = [tool for tool in ("cmake", "gcc", "g++", "patch") if shutil.which(tool) is None]
     return f"missing build tools: {', '.join(missing)}" if missing else None
@@ -83,9 +81,10 @@ def build() -> EmulatedBuilds:
                        check=True)
         source = unpack_llama_cpp(work / "src")
         apply_patch(source)
-        _package(installed_package, _build_cpu_backend(source, work / "build", cmake_args), staged / "patched")
+        _configure(source, work / "build", cmake_args)
+        _package(installed_package, _build_cpu_backend(work / "build"), staged / "patched")
         apply_patch(source, reverse=True)
-        _package(installed_package, _build_cpu_backend(source, work / "build", cmake_args), staged / "unpatched")
+        _package(installed_package, _build_cpu_backend(work / "build"), staged / "unpatched")
         (staged / "complete").write_text(" ".join(cmake_args) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -114,12 +113,15 @@ def apply_patch(source: Path, reverse: bool = False) -> None:
                    input=cpu_features.AMX_PATCH.read_bytes(), check=True, capture_output=True)
 
 
-def _build_cpu_backend(source: Path, build: Path, cmake_args: list[str]) -> Path:
-    """libggml-cpu built from ``source``'s llama.cpp (a second build recompiles only what changed)."""
+def _configure(source: Path, build: Path, cmake_args: list[str]) -> None:
     subprocess.run(["cmake", "-S", source / "vendor" / "llama.cpp", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                     "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                     "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF", *cmake_args],
                    check=True, capture_output=True)
+
+
+def _build_cpu_backend(build: Path) -> Path:
+    """libggml-cpu built in ``build`` as its sources now stand (a second build recompiles only what changed)."""
     subprocess.run(["cmake", "--build", build, "--target", "ggml-cpu", "-j", str(os.cpu_count() or 1)], check=True,
                    capture_output=True)
     [library] = [p for p in build.rglob("libggml-cpu.so.*") if not p.is_symlink()]
