@@ -8,7 +8,11 @@ LLAMA_CPP_PYTHON_VERSION := 0.3.36
 # The default -march=native build uses AMX tile instructions that some virtual machines forbid
 # (SIGILL at the first Q8_0 matmul), so the CPU build names its instruction sets explicitly, as this
 # CPU has them; AMX only where the kernel permits it, and then with our patch of ggml's AMX code.
-LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) stack/cpu_features.py cmake-args)
+# Where nvcc and an NVIDIA GPU are present, CUDA too, for the GPUs' compute capabilities
+# (LLAMA_CUDA_ARCHITECTURES=90 or =none overrides them; stack/gpu_features.py). Part of the key below.
+LLAMA_CUDA_ARCHITECTURES ?=
+LLAMA_CMAKE_ARGS ?= $(strip $(shell $(PYTHON) stack/cpu_features.py cmake-args) \
+	$(shell $(PYTHON) stack/gpu_features.py cmake-args --architectures '$(LLAMA_CUDA_ARCHITECTURES)'))
 LLAMA_PATCH ?= $(shell $(PYTHON) stack/cpu_features.py patch)
 LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)'; \
 	$(if $(LLAMA_PATCH),cat $(LLAMA_PATCH);) } | sha256sum | cut -c1-16)
