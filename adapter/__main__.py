@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import uvicorn
 
@@ -12,11 +11,10 @@ from adapter.settings import AdapterSettings
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = AdapterSettings.from_environment()
-    uvicorn.run(create_app(settings), host=os.environ.get("ADAPTER_HOST", "127.0.0.1"),
-                port=int(os.environ.get("ADAPTER_PORT", "8080")), access_log=False, log_level="warning")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.adapter_host, port=settings.adapter_port, access_log=False,
+                log_level="warning")
 
 
 if __name__ == "__main__":

@@ -1,53 +1,109 @@
-"""Adapter settings, read once from the environment. Every limit has a documented default."""
+"""Typed settings from the environment (pydantic-settings), each variable named once, by its field.
+
+A field is read from its upper-case name (MAX_DOCUMENTS for ``max_documents``) or from its alias; an empty
+variable counts as unset. ``from_environment()`` is what the programs call: a bad value stops them at start-up
+with one line naming the variable and the problem. Constructed directly (as tests do), settings take only
+their keyword arguments and defaults, never the environment.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+# The Triton model's name, defined here once: the model's folder in model_repository/ and the `name:` of its
+# configs must be the same (tests check it); the stack and the tests read this constant.
+TRITON_MODEL = "jina_reranker_v3"
+
+Port = Annotated[int, Field(gt=0, lt=65536)]
+Positive = Annotated[int, Field(gt=0)]
+SettingsT = TypeVar("SettingsT", bound="EnvironmentSettings")
 
 
-@dataclasses.dataclass(frozen=True)
-class AdapterSettings:
-    triton_url: str = "127.0.0.1:8001"  # host:port, no scheme
-    triton_protocol: str = "grpc"  # "grpc" or "http"
-    triton_model: str = "jina_reranker_v3"
-    model_name: str = "jina-reranker-v3"  # reported in responses, whatever model name a client sends
-    api_key: str = ""  # empty: any bearer token (or none) is accepted
-    request_timeout_s: float = 10.0  # per-request deadline for Triton's answer -> 504
-    max_body_bytes: int = 8 * 1024 * 1024  # -> 413
-    max_documents: int = 1000  # -> 422
-    max_document_chars: int = 100_000  # -> 422; documents are truncated to 2,048 tokens by the model anyway
-    max_query_chars: int = 20_000  # -> 422; the query is truncated to 512 tokens by the model anyway
-    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are configured
+class EnvironmentSettings(BaseSettings):
+    """Base of the adapter's and the local stack's settings: frozen, read from the environment on request."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, populate_by_name=True,
+                                      protected_namespaces=())
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> AdapterSettings:
-        """Each field from its upper-case name (e.g. MAX_DOCUMENTS); CORS_ORIGINS is comma-separated."""
-        values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            raw = environ.get(field.name.upper())
-            if raw is None or raw == "":
-                continue
-            try:
-                if field.type == "int":
-                    values[field.name] = int(raw)
-                elif field.type == "float":
-                    values[field.name] = float(raw)
-                elif field.name == "cors_origins":
-                    values[field.name] = tuple(o.strip() for o in raw.split(",") if o.strip())
-                else:
-                    values[field.name] = raw
-            except ValueError:
-                raise SystemExit(f"{field.name.upper()}={raw!r} is not a valid {field.type}") from None
-        settings = cls(**values)  # type: ignore[arg-type]
-        if settings.triton_protocol not in ("grpc", "http"):
-            raise SystemExit(f"TRITON_PROTOCOL must be grpc or http, not {settings.triton_protocol!r}")
-        if "://" in settings.triton_url:
-            raise SystemExit(f"TRITON_URL is host:port without a scheme, not {settings.triton_url!r}")
-        return settings
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment only through from_environment()
+
+    @classmethod
+    def from_environment(cls: type[SettingsT], environ: Mapping[str, str] = os.environ) -> SettingsT:
+        """Settings from ``environ``, or SystemExit with one line: ``NAME='value': problem`` per bad variable."""
+        source = EnvSettingsSource(cls)
+        source.env_vars = {name.lower(): value for name, value in environ.items() if value}  # case-insensitive
+        try:
+            return cls(**source())
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                variable = cls.variable(str(error["loc"][0]))
+                raw = source.env_vars.get(variable.lower(), error["input"])
+                problems.append(f"{variable}={raw!r}: {error['msg'].removeprefix('Value error, ')}")
+            raise SystemExit("; ".join(problems)) from None
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable of a field (given by name or alias)."""
+        field = cls.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        return (alias if isinstance(alias, str) else name).upper()
+
+
+class AdapterSettings(EnvironmentSettings):
+    """The adapter's settings; every limit has a documented default."""
+
+    triton_url: str = "127.0.0.1:8001"  # host:port, no scheme
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_model: str = TRITON_MODEL
+    model_name: str = "jina-reranker-v3"  # reported in responses, whatever model name a client sends
+    api_key: str = ""  # empty: any bearer token (or none) is accepted
+    # Per-request deadline for Triton's answer: 9 s leaves room to answer inside LibreChat's 10 s client timeout.
+    request_timeout_s: Annotated[float, Field(gt=0)] = 9.0
+    # At the deadline: "budgeted" answers with a partial ranking, the documents not scored yet completed by
+    # lexical overlap with the query; "exact" answers 504.
+    rerank_mode: Literal["budgeted", "exact"] = "budgeted"
+    max_body_bytes: Positive = 8 * 1024 * 1024  # -> 413
+    max_documents: Positive = 1000  # -> 422
+    max_document_chars: Positive = 100_000  # -> 422; documents are truncated to 2,048 tokens by the model anyway
+    max_query_chars: Positive = 20_000  # -> 422; the query is truncated to 512 tokens by the model anyway
+    # Comma-separated in CORS_ORIGINS; CORS is off unless origins are configured.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    adapter_host: str = "127.0.0.1"  # 0.0.0.0 to accept other hosts (the Docker image sets it)
+    adapter_port: Port = 8080
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("triton_url")
+    @classmethod
+    def _no_scheme(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError("host:port without a scheme")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     def public_limits(self) -> dict[str, object]:
         return {"max_body_bytes": self.max_body_bytes, "max_documents": self.max_documents,
                 "max_document_chars": self.max_document_chars, "max_query_chars": self.max_query_chars,
-                "request_timeout_s": self.request_timeout_s}
+                "request_timeout_s": self.request_timeout_s, "rerank_mode": self.rerank_mode}

@@ -11,8 +11,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from stack.settings import MODELS_DIR
-
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # where `make serve` keeps the model files
 REPO_ID = "jinaai/jina-reranker-v3-GGUF"
 MODEL_FILE = "jina-reranker-v3-Q8_0.gguf"
 PROJECTOR_FILE = "projector.safetensors"

@@ -1,24 +1,24 @@
 """`make serve`: model files, Triton and the adapter, in one command; Ctrl-C stops both.
 
-Reads RERANKER_MODEL, RERANKER_PROJECTOR (default: models/, downloaded when absent),
-TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT, ADAPTER_PORT (8080),
-ADAPTER_HOST (127.0.0.1; 0.0.0.0 to accept other hosts, e.g. LibreChat in Docker) and API_KEY.
+Settings: stack.settings.Settings (RERANKER_MODEL, RERANKER_PROJECTOR: default models/, downloaded when absent;
+Triton's ports) and adapter.settings.AdapterSettings (ADAPTER_PORT, ADAPTER_HOST: 0.0.0.0 to accept other
+hosts, e.g. LibreChat in Docker; API_KEY; the adapter's limits), both checked before anything starts.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from adapter.settings import AdapterSettings
 from stack.adapter_server import AdapterServer
-from stack.download import DownloadError, fetch
+from stack.download import MODELS_DIR, DownloadError, fetch
 from stack.processes import interrupt_on_sigterm
-from stack.settings import MODELS_DIR, Settings, missing_model_files
+from stack.settings import Settings, missing_model_files
 from stack.triton_server import TritonServer
 
 
@@ -40,8 +40,8 @@ def ensure_model_files(settings: Settings) -> None:
         raise DownloadError(problem)
 
 
-def usage_banner(settings: Settings, adapter: AdapterServer) -> str:
-    key = settings.api_key or "any-non-empty-key"
+def usage_banner(settings: Settings, adapter: AdapterServer, api_key: str) -> str:
+    key = api_key or "any-non-empty-key"
     url = f"{adapter.url}/v1/rerank"
     return f"""
 ready: the reranker answers at {url}
@@ -62,6 +62,7 @@ Ctrl-C stops everything.
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_environment()
+    adapter_settings = AdapterSettings.from_environment()
     try:
         ensure_model_files(settings)
     except DownloadError as exc:
@@ -70,15 +71,14 @@ def main() -> int:
     config = None if gpu_config_usable() else "cpu"
     print(f"starting Triton ({'GPU' if config is None else 'CPU'} config) and the adapter ...", flush=True)
     triton = TritonServer(settings, config_name=config)
-    adapter = AdapterServer(settings.adapter_port, triton.grpc_url, Path(".cache/adapter.log"),
-                            host=os.environ.get("ADAPTER_HOST", "127.0.0.1"),
-                            extra_env={"API_KEY": settings.api_key})
+    adapter = AdapterServer(adapter_settings.adapter_port, triton.grpc_url, Path(".cache/adapter.log"),
+                            host=adapter_settings.adapter_host)
     interrupt_on_sigterm()
     try:
         with triton:
             adapter.start()
             adapter.wait_ready()
-            print(usage_banner(settings, adapter), flush=True)
+            print(usage_banner(settings, adapter, adapter_settings.api_key), flush=True)
             while adapter.running():
                 triton.keep_alive()
                 time.sleep(0.5)

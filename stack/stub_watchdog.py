@@ -125,7 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pid", type=int, required=True, help="tritonserver's process id")
     parser.add_argument("--url", default="127.0.0.1:8000", help="Triton's HTTP host:port")
-    parser.add_argument("--model", default="jina_reranker_v3")
+    parser.add_argument("--model", required=True, help="the Triton model to watch")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -19,13 +19,13 @@ import sysconfig
 import time
 from pathlib import Path
 
+from adapter.settings import TRITON_MODEL as MODEL_NAME
 from stack.processes import ManagedProcess, http_ok, interrupt_on_sigterm
 from stack.settings import Settings, missing_model_files
 from stack.stub_watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "jina_reranker_v3"
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from stack.adapter_server import AdapterServer
 from stack.processes import free_port
 from stack.settings import Settings
-from stack.triton_server import REPOSITORY, TritonServer
+from stack.triton_server import MODEL_NAME, REPOSITORY, TritonServer
 
 
 def triton_settings(paths: tuple[Path, Path]) -> Settings:
@@ -26,7 +26,7 @@ def repository_copy(target: Path, parameters: dict[str, str] | None = None,
                     replace: dict[str, str] | None = None) -> Path:
     """The project's model repository with its CPU config changed: parameters, or any text."""
     shutil.copytree(REPOSITORY, target, ignore=shutil.ignore_patterns("__pycache__"))
-    config = target / "jina_reranker_v3" / "configs" / "cpu.pbtxt"
+    config = target / MODEL_NAME / "configs" / "cpu.pbtxt"
     text = config.read_text()
     for old, new in (replace or {}).items():
         assert old in text, f"{old!r} not in {config}"

@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from stack.stub_watchdog import alive, live_stubs
+from stack.triton_server import MODEL_NAME
 from tests.servers import start_adapter, start_serve, start_triton
 
 QUERY = "Which rivers are the longest?"
@@ -109,7 +110,7 @@ def test_a_large_request_does_not_hold_small_ones_past_their_deadline(stack):
                 tensor.set_data_from_numpy(np.array([[i.encode() for i in items]], dtype=np.object_))
                 inputs.append(tensor)
             started = time.monotonic()
-            client.infer("jina_reranker_v3", inputs)
+            client.infer(MODEL_NAME, inputs)
             return time.monotonic() - started
         finally:
             client.close()

@@ -7,10 +7,8 @@ import subprocess
 import sys
 
 import httpx
-import pytest
 
 from stack.processes import http_ok
-from stack.settings import Settings
 from tests.servers import free_port, start_serve
 
 
@@ -36,11 +34,6 @@ def test_serve_names_a_missing_model_file(tmp_path):
     result = run_module("stack.serve", {"RERANKER_MODEL": str(missing), "RERANKER_PROJECTOR": str(missing)})
     assert result.returncode == 2
     assert result.stderr.strip() == f"RERANKER_MODEL: no file at {missing}"
-
-
-def test_bad_port_is_a_clear_error():
-    with pytest.raises(SystemExit, match="TRITON_HTTP_PORT='eighty' is not a port number"):
-        Settings.from_environment({"TRITON_HTTP_PORT": "eighty"})
 
 
 def test_serve_runs_triton_and_the_adapter_and_stops_both(tiny_q8):
