@@ -60,5 +60,15 @@ BENCH ?= quick
 bench: install $(VENV)/.peer-stamp
 	$(PY) -m perf.bench --mode $(BENCH)
 
+# LibreChat's web-search load sent by LibreChat's own reranker client (npm @librechat/agents, pinned, installed
+# under .cache/librechat-agents by librechat-client): 10 searches of 5 pages against a stack started as make
+# serve does on the stand-in, or LIBRECHAT_URL=http://host:8080 (a running adapter).
+.PHONY: bench-librechat librechat-client
+librechat-client: install
+	$(PY) -m perf.librechat_bench --client-only
+
+bench-librechat: librechat-client
+	$(PY) -m perf.librechat_bench $(if $(LIBRECHAT_URL),--url $(LIBRECHAT_URL))
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

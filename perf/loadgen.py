@@ -1,7 +1,7 @@
 """A closed-loop load generator (asyncio) for Triton (HTTP or gRPC) and the adapter, reporting as perf_analyzer does.
 
     python -m perf.loadgen --target triton-grpc --workload short --concurrency 1,2,4
-    python -m perf.loadgen --target adapter --url http://127.0.0.1:8080 --workload librechat --concurrency 1,2
+    python -m perf.loadgen --target adapter --url http://127.0.0.1:8080 --workload docs-20x400 --concurrency 1,2
 
 At concurrency N, N workers each send a request as soon as their previous one is answered (perf_analyzer's
 concurrency mode), round robin over the workload's entries. Per level it prints one line: throughput in

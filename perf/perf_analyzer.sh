@@ -5,15 +5,15 @@
 #
 #   make serve                                   # or the compose stack (docker/), in another terminal
 #   perf/perf_analyzer.sh                        # every workload, both protocols, concurrency 1..8
-#   WORKLOADS=librechat PROTOCOLS=grpc CONCURRENCY=1:32:2 perf/perf_analyzer.sh
+#   WORKLOADS=docs-20x400 PROTOCOLS=grpc CONCURRENCY=1:32:2 perf/perf_analyzer.sh
 #
 # Settings (environment):
 #   TRITON_HOST (127.0.0.1), TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001): the server; the container
 #     uses the host's network, so loopback-only ports are reachable
-#   WORKLOADS ("short librechat long"), PROTOCOLS ("http grpc")
+#   WORKLOADS ("short docs-20x400 long librechat-search"), PROTOCOLS ("http grpc")
 #   CONCURRENCY (1:8:1): perf_analyzer's --concurrency-range start:end:step
 #   WINDOW_REQUESTS (20): requests per measurement window (count_windows mode; a window also lasts >= 1 s).
-#     perf_analyzer wants 3 windows within 20 % of each other per level. On a CPU server a librechat
+#     perf_analyzer wants 3 windows within 20 % of each other per level. On a CPU server a docs-20x400
 #     request takes a minute or more: use WINDOW_REQUESTS=2 CONCURRENCY=1:2 there, or perf/loadgen.py.
 #   TRITON_RELEASE (24.12, as docker/triton.Dockerfile) or SDK_IMAGE: the SDK container to run
 #
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 TRITON_HOST=${TRITON_HOST:-127.0.0.1}
 TRITON_HTTP_PORT=${TRITON_HTTP_PORT:-8000}
 TRITON_GRPC_PORT=${TRITON_GRPC_PORT:-8001}
-WORKLOADS=${WORKLOADS:-short librechat long}
+WORKLOADS=${WORKLOADS:-short docs-20x400 long librechat-search}
 PROTOCOLS=${PROTOCOLS:-http grpc}
 CONCURRENCY=${CONCURRENCY:-1:8:1}
 WINDOW_REQUESTS=${WINDOW_REQUESTS:-20}

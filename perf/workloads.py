@@ -3,15 +3,19 @@
     python -m perf.workloads                # (re)generate perf/workloads/*.json and print their token counts
     python -m perf.workloads --check        # exit 1 if the committed files differ from what the script makes
 
-| workload    | query      | documents                | as                                        |
-|-------------|------------|--------------------------|-------------------------------------------|
-| `short`     | ~15 tokens | 10 of ~60 tokens         | snippets                                  |
-| `librechat` | ~15 tokens | 20 of ~400 tokens        | LibreChat's web search (chunks of ~1,800 characters) |
-| `long`      | ~15 tokens | 100 of ~300 tokens       | several passes per request                |
+| workload           | query      | documents                           | as                                  |
+|--------------------|------------|-------------------------------------|-------------------------------------|
+| `short`            | ~15 tokens | 10 of ~60 tokens                    | snippets                            |
+| `docs-20x400`      | ~15 tokens | 20 of ~400 tokens                   | mid-sized documents, 2 passes       |
+| `long`             | ~15 tokens | 100 of ~300 tokens                  | several passes per request          |
+| `librechat-search` | ~5 words   | 250-500 chunks of <= 150 characters | LibreChat's web search, 4 x 5 pages |
 
 Text comes from Faker's word lists in eight languages (seeded: the same files every time with the pinned
-Faker), and lengths are measured with the stand-in model's tokenizer, the real Qwen2/Qwen3 vocabulary,
-so "400 tokens" means 400 tokens to jina-reranker-v3.
+Faker). The first three are sized in tokens, measured with the stand-in model's tokenizer, the real
+Qwen2/Qwen3 vocabulary, so "400 tokens" means 400 tokens to jina-reranker-v3. `librechat-search` is what
+LibreChat sends (perf/web_pages.py): generated pages that look like scraped web text, cleaned, cut at
+50,000 characters and chunked with LangChain's splitter at LibreChat's settings; entries 5k to 5k+4 are
+the five concurrent requests of search k (same query, one page each).
 
 File format (perf_analyzer's "real input data"): ``{"data": [entry, ...]}`` and nothing else besides
 "data" (perf_analyzer rejects other top-level keys), each entry
@@ -31,7 +35,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from perf import ROOT
+from perf import ROOT, web_pages
 
 WORKLOAD_DIR = ROOT / "perf" / "workloads"
 # English first (LibreChat's most common case), then a mix of scripts: Latin, Cyrillic, CJK.
@@ -48,12 +52,51 @@ class WorkloadSpec:
     doc_tokens: int
     entries: int  # distinct requests in the file, sent round robin
     query_tokens: int = 15
+    seed_name: str = ""  # seeds the texts instead of the name: a renamed workload keeps its texts
+
+    @property
+    def seed_key(self) -> str:
+        return self.seed_name or self.name
 
 
-WORKLOADS = {
+@dataclasses.dataclass(frozen=True)
+class Page:
+    locale: str
+    chars: int  # before the cut at 50,000 characters
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """LibreChat web searches: per search, its pages (the query is in the first page's language)."""
+
+    name: str
+    searches: tuple[tuple[Page, ...], ...]
+
+    @property
+    def entries(self) -> int:
+        return sum(len(pages) for pages in self.searches)
+
+
+def _pages(*pages: tuple[str, int]) -> tuple[Page, ...]:
+    return tuple(Page(locale, chars) for locale, chars in pages)
+
+
+# Page lengths give 250-500 chunks each (about one per 100 characters; six real pages gave 269-497); in two
+# searches one page is longer than 50,000 characters and cut. Four searches keep the file near 1.3 MB (CJK
+# text is 3 bytes a character).
+LIBRECHAT_SEARCH = SearchSpec("librechat-search", (
+    _pages(("en_US", 60_000), ("en_US", 30_000), ("fr_FR", 42_000), ("es_ES", 27_000), ("en_US", 36_000)),
+    _pages(("zh_CN", 60_000), ("ja_JP", 27_000), ("en_US", 45_000), ("zh_CN", 30_000), ("de_DE", 33_000)),
+    _pages(("ru_RU", 48_000), ("de_DE", 48_000), ("ru_RU", 28_000), ("it_IT", 38_000), ("en_US", 33_000)),
+    _pages(("en_US", 44_000), ("it_IT", 30_000), ("ja_JP", 26_000), ("es_ES", 48_000), ("en_US", 28_000)),
+))
+
+WORKLOADS: dict[str, WorkloadSpec | SearchSpec] = {
     "short": WorkloadSpec("short", documents=10, doc_tokens=60, entries=8),
-    "librechat": WorkloadSpec("librechat", documents=20, doc_tokens=400, entries=4),
+    # Called `librechat` until LibreChat's real requests were read (`librechat-search`); same texts.
+    "docs-20x400": WorkloadSpec("docs-20x400", documents=20, doc_tokens=400, entries=4, seed_name="librechat"),
     "long": WorkloadSpec("long", documents=100, doc_tokens=300, entries=2),
+    LIBRECHAT_SEARCH.name: LIBRECHAT_SEARCH,
 }
 
 
@@ -123,14 +166,26 @@ def text_of_tokens(target: int, sentence: Callable[[], str], joiner: str, tokeni
     return text
 
 
-def generate(spec: WorkloadSpec, tokenize: Tokenize, seed: int = SEED) -> list[Entry]:
+def generate_search(spec: SearchSpec, seed: int = SEED) -> list[Entry]:
+    """Five entries per search, one per page: the search's query and all the chunks of that page."""
+    entries = []
+    for s, pages in enumerate(spec.searches):
+        query, chunks = web_pages.search([p.locale for p in pages], f"{seed}/{spec.name}/{s}",
+                                         [p.chars for p in pages])
+        entries += [Entry(query, tuple(documents)) for documents in chunks]
+    return entries
+
+
+def generate(spec: WorkloadSpec | SearchSpec, tokenize: Tokenize, seed: int = SEED) -> list[Entry]:
+    if isinstance(spec, SearchSpec):
+        return generate_search(spec, seed)
     from faker import Faker
 
     fakers = {locale: Faker(locale) for locale in LOCALES}
 
     def seeded(locale: str, *where: object) -> Faker:
         fake = fakers[locale]
-        fake.seed_instance(zlib.crc32(f"{seed}/{spec.name}/{'/'.join(map(str, where))}".encode()))
+        fake.seed_instance(zlib.crc32(f"{seed}/{spec.seed_key}/{'/'.join(map(str, where))}".encode()))
         return fake
 
     entries = []

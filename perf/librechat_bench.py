@@ -1,0 +1,287 @@
+"""`make bench-librechat`: LibreChat's web-search load, sent by LibreChat's own reranker client.
+
+    python -m perf.librechat_bench                                # a stack started as make serve does, 10 searches
+    python -m perf.librechat_bench --url http://127.0.0.1:8080    # a running adapter instead
+    python -m perf.librechat_bench --searches 3 --out /tmp/librechat.json
+    python -m perf.librechat_bench --client-only                  # only install the client (make librechat-client)
+
+The client is npm ``@librechat/agents`` (pinned below), installed under .cache/librechat-agents the first time;
+perf/librechat_rerank.mjs loads its Jina reranker and sends each search of the ``librechat-search`` workload
+as LibreChat does: one rerank call per page, the five at once, the next search when all five are back
+(searches taken round robin from the workload's file). LibreChat gives up on a call after 10 s and then, without
+any error shown, uses the page's first five chunks with score 0: per call the bench records whether it was
+answered or fell back (and why), its latency, and how many documents the model scored (the adapter's
+``X-Rerank-Scored: <model-scored>/<total>`` header; an answer without it was scored whole). Without --url it
+starts ``python -m stack.serve`` (what ``make serve`` runs, with its defaults) on the qwen3-0.6b Q8_0 stand-in.
+Results: perf/results/librechat-search-cpu.json, every call and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from perf import ROOT
+from perf.loadgen import percentile
+from perf.standin import PRESET, ensure_standin
+from perf.workloads import Entry, from_input_data, load
+from stack import cpu_features
+from stack.processes import free_port
+
+AGENTS_PACKAGE, AGENTS_VERSION = "@librechat/agents", "3.9.2"
+AGENTS_DIR = ROOT / ".cache" / "librechat-agents"
+SCRIPT = ROOT / "perf" / "librechat_rerank.mjs"
+RESULTS = ROOT / "perf" / "results" / "librechat-search-cpu.json"
+LOGS = ROOT / ".cache" / "perf"
+WORKLOAD = "librechat-search"
+# Every call answered within this (LibreChat's own limit is 10 s) is the goal.
+DEADLINE_S = 9.5
+SEARCHES = 10
+SERVE_START_S = 900.0
+
+
+# -- the client ---------------------------------------------------------------------------------------
+
+
+def installed_version(directory: Path = AGENTS_DIR) -> str | None:
+    manifest = directory / "node_modules" / AGENTS_PACKAGE / "package.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(manifest.read_text())["version"]
+    return None
+
+
+def ensure_client(directory: Path = AGENTS_DIR) -> Path:
+    """LibreChat's agents package at the pinned version under ``directory`` (npm install the first time)."""
+    if installed_version(directory) == AGENTS_VERSION:
+        return directory
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise RuntimeError("node and npm are needed to run LibreChat's own reranker client")
+    print(f"installing {AGENTS_PACKAGE}@{AGENTS_VERSION} into {directory} (once)", flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    # No install scripts: only the reranker's plain JavaScript (and axios) is loaded.
+    subprocess.run([npm, "install", "--prefix", str(directory), "--no-audit", "--no-fund", "--ignore-scripts",
+                    "--loglevel", "error", f"{AGENTS_PACKAGE}@{AGENTS_VERSION}"], check=True)
+    if installed_version(directory) != AGENTS_VERSION:
+        raise RuntimeError(f"npm did not install {AGENTS_PACKAGE}@{AGENTS_VERSION} into {directory}")
+    return directory
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    query: str
+    pages: tuple[tuple[str, ...], ...]
+
+
+def searches_of(entries: Sequence[Entry]) -> list[Search]:
+    """Consecutive entries with the same query are the pages of one search."""
+    grouped: list[Search] = []
+    for entry in entries:
+        if grouped and grouped[-1].query == entry.query:
+            grouped[-1] = Search(entry.query, (*grouped[-1].pages, entry.documents))
+        else:
+            grouped.append(Search(entry.query, (entry.documents,)))
+    return grouped
+
+
+def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-bench", timeout_ms: int | None = None,
+               agents_dir: Path = AGENTS_DIR, report: bool = True) -> list[dict]:
+    """Every call's record (perf/librechat_rerank.mjs), searches one after another; prints a line per search."""
+    job = {"agents_dir": str(agents_dir), "timeout_ms": timeout_ms, "top_n": 5,
+           "searches": [{"query": s.query, "pages": [list(p) for p in s.pages]} for s in searches]}
+    env = {**os.environ, "JINA_API_URL": f"{url.rstrip('/')}/v1/rerank", "JINA_API_KEY": api_key}
+    calls: list[dict] = []
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as job_file:
+        json.dump(job, job_file, ensure_ascii=False)
+        job_file.flush()
+        with subprocess.Popen(["node", str(SCRIPT), job_file.name], stdout=subprocess.PIPE, text=True,
+                              env=env) as node:
+            for line in node.stdout:
+                calls.append(json.loads(line))
+                done = [c for c in calls if c["search"] == calls[-1]["search"]]
+                if report and len(done) == len(searches[calls[-1]["search"]].pages):
+                    print(f"search {calls[-1]['search'] + 1}/{len(searches)}: " + ", ".join(
+                        f"{c['documents']} docs {c['latency_ms'] / 1000:.1f} s "
+                        f"{'fell back (' + str(c['reason']) + ')' if c['fell_back'] else 'scored ' + str(scored(c))}"
+                        for c in sorted(done, key=lambda c: c["page"])), flush=True)
+        if node.returncode != 0:
+            raise RuntimeError(f"{SCRIPT.name} exited with status {node.returncode}")
+    return calls
+
+
+# -- summary ------------------------------------------------------------------------------------------
+
+
+def scored(call: dict) -> int:
+    """Documents the model scored in one call: the header's count; all of them in an answer without the header
+    (the adapter then scores every document); none when the client fell back."""
+    if call["fell_back"]:
+        return 0
+    if call.get("scored_header"):
+        return int(call["scored_header"].split("/")[0])
+    return call["documents"]
+
+
+def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
+    """Fallbacks, answers within the deadline, latency percentiles (ms, nearest rank) and the model-scored share."""
+    latencies = [c["latency_ms"] for c in calls]
+    answered = [c for c in calls if not c["fell_back"]]
+    documents = sum(c["documents"] for c in calls)
+    model_scored = sum(scored(c) for c in calls)
+    return {
+        "calls": len(calls), "searches": len({c["search"] for c in calls}),
+        "fallbacks": len(calls) - len(answered),
+        "fallback_reasons": dict(collections.Counter(str(c["reason"]) for c in calls if c["fell_back"])),
+        "answered_within_deadline": sum(c["latency_ms"] <= deadline_s * 1000 for c in answered),
+        "deadline_s": deadline_s,
+        "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                       "max": max(latencies, default=None)},
+        "documents": documents, "documents_model_scored": model_scored,
+        "model_scored_share": round(model_scored / documents, 4) if documents else None,
+        "model_scored_share_of_answered": (round(sum(scored(c) for c in answered)
+                                                 / sum(c["documents"] for c in answered), 4) if answered else None),
+        "tokens_per_answered_call": (round(sum(c["tokens"] or 0 for c in answered) / len(answered), 1)
+                                     if answered else None),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lat = summary["latency_ms"]
+    share = summary["model_scored_share"]
+    return (f"{summary['searches']} searches, {summary['calls']} calls: {summary['fallbacks']} fell back "
+            f"{summary['fallback_reasons'] or ''}, {summary['answered_within_deadline']} answered within "
+            f"{summary['deadline_s']} s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
+            f"documents scored by the model: {summary['documents_model_scored']}/{summary['documents']}"
+            + (f" ({share:.1%})" if share is not None else ""))
+
+
+# -- the stack, as make serve starts it ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def served_stack(model: Path, projector: Path, log_path: Path) -> Iterator[str]:
+    """``python -m stack.serve`` on these model files and free ports; yields the adapter's URL once it is ready."""
+    ports = {name: free_port() for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT",
+                                            "ADAPTER_PORT")}
+    env = {**os.environ, **{name: str(port) for name, port in ports.items()}, "RERANKER_MODEL": str(model),
+           "RERANKER_PROJECTOR": str(projector)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    ready = threading.Event()
+    process = subprocess.Popen([sys.executable, "-m", "stack.serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+
+    def copy_output() -> None:  # into the log, and the banner (printed once both servers are ready) sets ready
+        with log_path.open("w") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if line.startswith("ready: "):
+                    ready.set()
+        ready.set()  # the output ended: the process is gone
+
+    copier = threading.Thread(target=copy_output, daemon=True)
+    copier.start()
+    try:
+        if not ready.wait(SERVE_START_S) or process.poll() is not None:
+            raise RuntimeError(f"python -m stack.serve did not become ready (log: {log_path})")
+        yield f"http://127.0.0.1:{ports['ADAPTER_PORT']}"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        copier.join(timeout=10)
+
+
+def check_ready(url: str) -> None:
+    import httpx
+
+    response = httpx.get(f"{url.rstrip('/')}/ready", timeout=10)
+    if response.status_code != 200:
+        raise RuntimeError(f"the adapter at {url} is not ready: HTTP {response.status_code}")
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running adapter (default: start python -m stack.serve on the stand-in)")
+    parser.add_argument("--searches", type=int, default=SEARCHES, help=f"searches in a row (default {SEARCHES})")
+    parser.add_argument("--input-data", type=Path, help=f"a perf_analyzer input-data file (default: {WORKLOAD})")
+    parser.add_argument("--api-key", default=os.environ.get("API_KEY") or "librechat-bench",
+                        help="sent as JINA_API_KEY (default: $API_KEY, or any key for a service without one)")
+    parser.add_argument("--timeout-ms", type=int, help="the client's rerankerTimeout (default: its own, 10 s)")
+    parser.add_argument("--label", default="", help="a note stored with the results (what was measured)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--client-only", action="store_true", help="install LibreChat's client (once), then exit")
+    args = parser.parse_args(argv)
+    if args.client_only:
+        ensure_client()
+        return 0
+    if args.searches < 1:
+        parser.error("--searches must be >= 1")
+    entries = (from_input_data(json.loads(args.input_data.read_text(encoding="utf-8"))) if args.input_data
+               else load(WORKLOAD))
+    available = searches_of(entries)
+    searches = [available[i % len(available)] for i in range(args.searches)]
+    agents_dir = ensure_client()
+    started, load_before = time.time(), os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url = args.url
+            check_ready(url)
+        else:
+            print("starting python -m stack.serve on the stand-in model (as make serve does) ...", flush=True)
+            url = stack.enter_context(served_stack(*ensure_standin(), LOGS / "librechat-serve.log"))
+        print(f"{len(searches)} searches of {len(searches[0].pages)} pages through {AGENTS_PACKAGE} "
+              f"{AGENTS_VERSION}'s Jina reranker at {url}", flush=True)
+        calls = run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
+    summary = summarize(calls)
+    results = {
+        "command": " ".join(["python -m perf.librechat_bench", *(sys.argv[1:] if argv is None else argv)]),
+        "label": args.label,
+        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": {"cpu_model": _cpu_model(), "usable_cpus": len(os.sched_getaffinity(0)),
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "client": {"package": AGENTS_PACKAGE, "version": AGENTS_VERSION, "reranker": "jina",
+                   "timeout_ms": args.timeout_ms or "client default (10000)"},
+        "target": {"url": args.url} if args.url else {"started": "python -m stack.serve (make serve's defaults)",
+                                                       "model": f"{PRESET} Q8_0 stand-in"},
+        "workload": {"name": args.input_data.stem if args.input_data else WORKLOAD,
+                     "searches_in_file": len(available), "pages_per_search": len(searches[0].pages)},
+        "summary": summary, "calls": calls,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    print(f"\n{format_summary(summary)}\nwrote {args.out}")
+    return 0
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        return cpu_features.cpu_model()
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
