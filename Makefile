@@ -23,7 +23,7 @@ PEER_REQUIREMENTS := perf/peer-requirements.txt
 
 .PHONY: install test lint serve triton bench clean
 
-install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY)
+install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY) $(VENV)/.checkov-stamp
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ $(PY):
 
 $(VENV)/.deps-stamp: $(PY) $(REQUIREMENTS)
 	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
+	touch $@
+
+# checkov, which lints the Kubernetes manifests in `make test`, in a virtualenv of its own: its pins would
+# downgrade the project's packages.
+CHECKOV_REQUIREMENTS := tests/checkov-requirements.txt
+$(VENV)/.checkov-stamp: $(CHECKOV_REQUIREMENTS) | $(PY)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet -r $(CHECKOV_REQUIREMENTS)
 	touch $@
 
 # Keyed on version and flags: changing either rebuilds; nothing changed rebuilds nothing.
