@@ -116,7 +116,7 @@ def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-b
                 if report and len(done) == len(searches[calls[-1]["search"]].pages):
                     print(f"search {calls[-1]['search'] + 1}/{len(searches)}: " + ", ".join(
                         f"{c['documents']} docs {c['latency_ms'] / 1000:.1f} s "
-                        f"{'fell back (' + str(c['reason']) + ')' if c['fell_back'] else 'scored ' + str(scored(c))}"
+                        f"{'fell back (' + fallback_cause(c) + ')' if c['fell_back'] else 'scored ' + str(scored(c))}"
                         for c in sorted(done, key=lambda c: c["page"])), flush=True)
         if node.returncode != 0:
             raise RuntimeError(f"{SCRIPT.name} exited with status {node.returncode}")
@@ -136,6 +136,15 @@ def scored(call: dict) -> int:
     return call["documents"]
 
 
+def fallback_cause(call: dict) -> str:
+    """Why the client fell back: the service's HTTP status, the client's own timeout, or the client's reason."""
+    if call.get("status"):
+        return f"HTTP {call['status']}"
+    if "timeout" in str((call.get("error") or {}).get("message", "")):
+        return "client timeout"
+    return str(call["reason"])
+
+
 def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
     """Fallbacks, answers within the deadline, latency percentiles (ms, nearest rank) and the model-scored share."""
     latencies = [c["latency_ms"] for c in calls]
@@ -145,7 +154,7 @@ def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
     return {
         "calls": len(calls), "searches": len({c["search"] for c in calls}),
         "fallbacks": len(calls) - len(answered),
-        "fallback_reasons": dict(collections.Counter(str(c["reason"]) for c in calls if c["fell_back"])),
+        "fallback_causes": dict(collections.Counter(fallback_cause(c) for c in calls if c["fell_back"])),
         "answered_within_deadline": sum(c["latency_ms"] <= deadline_s * 1000 for c in answered),
         "deadline_s": deadline_s,
         "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
@@ -163,7 +172,7 @@ def format_summary(summary: dict) -> str:
     lat = summary["latency_ms"]
     share = summary["model_scored_share"]
     return (f"{summary['searches']} searches, {summary['calls']} calls: {summary['fallbacks']} fell back "
-            f"{summary['fallback_reasons'] or ''}, {summary['answered_within_deadline']} answered within "
+            f"{summary['fallback_causes'] or ''}, {summary['answered_within_deadline']} answered within "
             f"{summary['deadline_s']} s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
             f"documents scored by the model: {summary['documents_model_scored']}/{summary['documents']}"
             + (f" ({share:.1%})" if share is not None else ""))

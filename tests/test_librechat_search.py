@@ -72,22 +72,23 @@ def call(latency_ms: float, documents: int, fell_back: bool = False, header: str
 
 
 def test_summary_counts_fallbacks_latency_and_the_model_scored_share() -> None:
-    calls = [call(8000.0, 489, header="64/489"), call(300.0, 300), call(10004.0, 400, fell_back=True, search=1),
-             call(9600.0, 11, header="11/11", search=1)]
-    assert [scored(c) for c in calls] == [64, 300, 0, 11]
+    calls = [call(8000.0, 489, header="64/489"), call(300.0, 300), call(10004.0, 400, fell_back=True, search=1,
+                                                                     error={"message": "timeout of 10000ms exceeded"}),
+             call(9600.0, 11, header="11/11", search=1), call(9001.0, 0, fell_back=True, status=504, search=1)]
+    assert [scored(c) for c in calls] == [64, 300, 0, 11, 0]
     summary = summarize(calls)
-    assert summary["calls"] == 4
+    assert summary["calls"] == 5
     assert summary["searches"] == 2
-    assert summary["fallbacks"] == 1
-    assert summary["fallback_reasons"] == {"error": 1}
+    assert summary["fallbacks"] == 2
+    assert summary["fallback_causes"] == {"client timeout": 1, "HTTP 504": 1}
     assert summary["answered_within_deadline"] == 2  # 9.6 s is an answer, but later than 9.5 s
-    assert summary["latency_ms"] == {"p50": 8000.0, "p99": 10004.0, "max": 10004.0}
+    assert summary["latency_ms"] == {"p50": 9001.0, "p99": 10004.0, "max": 10004.0}
     assert summary["documents"] == 1200
     assert summary["documents_model_scored"] == 375
     assert summary["model_scored_share"] == round(375 / 1200, 4)
     assert summary["model_scored_share_of_answered"] == round(375 / 800, 4)
     line = librechat_bench.format_summary(summary)
-    assert "1 fell back" in line
+    assert "2 fell back" in line
     assert "375/1200" in line
 
 
@@ -96,6 +97,7 @@ def test_summary_of_nothing_answered() -> None:
     assert summary["documents_model_scored"] == 0
     assert summary["model_scored_share"] == 0.0
     assert summary["model_scored_share_of_answered"] is None
+    assert summary["fallback_causes"] == {"error": 1}
 
 
 # -- LibreChat's own client (npm), where installed ----------------------------------------------------
@@ -141,4 +143,4 @@ def test_librechat_client_against_the_served_stack(tiny_q8, tmp_path) -> None:
         assert c["top_score"] != 0
     assert [c["fell_back"] for c in late] == [True] * 5
     assert all("timeout" in c["error"]["message"] and c["top_score"] == 0 for c in late)
-    assert summarize(calls + late)["fallbacks"] == 5
+    assert summarize(calls + late)["fallback_causes"] == {"client timeout": 5}
