@@ -179,7 +179,7 @@ def test_malformed_request_in_a_dynamic_batch_fails_alone(make_model, tmp_path):
     """With a long queue delay concurrent requests share one execute(); the bad one fails alone."""
     paths = make_model("q8_0")
     repository = repository_copy(tmp_path / "repo", replace={
-        "max_queue_delay_microseconds: 0": "max_queue_delay_microseconds: 5000000\n  preferred_batch_size: [ 6 ]"})
+        "max_queue_delay_microseconds: 100000": "max_queue_delay_microseconds: 5000000\n  preferred_batch_size: [ 6 ]"})
     server = start_triton(paths, tmp_path / "server.log", repository=repository)
     try:
         good = [(f"query {i}", [f"document {i}.{d}" for d in range(1 + i)]) for i in range(4)]
@@ -220,7 +220,7 @@ def test_metadata_and_config_describe_the_contract(served):
     outputs = {t["name"]: (t["datatype"], t["shape"]) for t in metadata["outputs"]}
     assert inputs == {"QUERY": ("BYTES", [-1, 1]), "DOCUMENTS": ("BYTES", [-1, -1]),
                       "INSTRUCTION": ("BYTES", [-1, 1])}
-    assert outputs == {"SCORES": ("FP32", [-1, -1]), "TOKENS": ("INT64", [-1, 1]),
+    assert outputs == {"SCORES": ("FP32", [-1, -1]), "TOKENS": ("INT64", [-1, 1]), "SCORED": ("BOOL", [-1, -1]),
                        "DOC_EMBEDDINGS": ("FP32", [-1, -1, -1])}
     with client(server, "grpc") as connection:
         config = connection.get_model_config(MODEL_NAME).config

@@ -105,3 +105,45 @@ def test_engine_config_cpu_instance_and_environment_override():
 def test_engine_config_rejects_bad_parameters(values, error):
     with pytest.raises(ValueError, match=error):
         contract.engine_config(params(**values), "KIND_CPU", 0, {})
+
+
+def test_outputs_say_which_documents_the_model_scored():
+    partial = RerankResult(np.array([0.5, -0.9], dtype=np.float32), 5, scored=np.array([True, False]))
+    tensors = contract.outputs([partial, result([0.1, 0.2], 3)], return_embeddings=False)
+    np.testing.assert_array_equal(tensors["SCORED"], [[True, False], [True, True]])
+    assert tensors["SCORED"].dtype == np.bool_
+
+
+NOW, NOW_UNIX = 1000.0, 1_700_000_000.0
+
+
+@pytest.mark.parametrize(("parameters", "timeout_us", "expected"), [
+    ("", 0, contract.Budget(None, 1)),  # no deadline at all: score everything
+    ("{}", 2_000_000, contract.Budget(NOW + 2.0, 1)),  # the request's timeout counts from now
+    ('{"deadline_unix_ms": 1700000003000, "top_n": 5}', 0, contract.Budget(NOW + 3.0, 5)),
+    ('{"deadline_unix_ms": 1700000003000}', 1_000_000, contract.Budget(NOW + 1.0, 1)),  # the earlier one
+    ('{"rerank_mode": "exact", "deadline_unix_ms": 1700000003000}', 1_000_000, contract.Budget(None, 1)),
+    ('{"rerank_mode": "budgeted", "top_n": 3}', 0, contract.Budget(None, 3)),
+])
+def test_budget_from_parameters_and_timeout(parameters, timeout_us, expected):
+    budget = contract.budget(parameters, timeout_us, NOW, NOW_UNIX)
+    assert budget.min_scored == expected.min_scored
+    assert budget.deadline == (None if expected.deadline is None else pytest.approx(expected.deadline))
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ('{"rerank_mode": "fast"}', "rerank_mode must be one of budgeted, exact"),
+    ('{"top_n": 0}', "top_n must be a positive integer"),
+    ('{"top_n": "5"}', "top_n must be a positive integer"),
+    ('{"top_n": true}', "top_n must be a positive integer"),
+    ('{"deadline_unix_ms": "soon"}', "deadline_unix_ms must be a number"),
+    ("{not json", "not valid JSON"),
+])
+def test_budget_rejects_bad_parameters(parameters, message):
+    with pytest.raises(InvalidInputError, match=message):
+        contract.budget(parameters, 0, NOW, NOW_UNIX)
+
+
+def test_rows_carry_the_budget():
+    [row] = contract.rows(text([b"q"]), text([b"a"]), None, False, contract.Budget(12.5, 4))
+    assert (row.deadline, row.min_scored) == (12.5, 4)

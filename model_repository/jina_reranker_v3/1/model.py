@@ -57,12 +57,14 @@ class TritonPythonModel:
     def execute(self, requests: list) -> None:
         senders = [request.get_response_sender() for request in requests]
         batch = contract.Batch()
+        now, now_unix = time.monotonic(), time.time()
         for index, request in enumerate(requests):
             want = contract.DOC_EMBEDDINGS in request.requested_output_names()
             try:
+                budget = contract.budget(request.parameters(), request.timeout(), now, now_unix)
                 batch.add(index, contract.rows(input_array(request, contract.QUERY),
                                                input_array(request, contract.DOCUMENTS),
-                                               input_array(request, contract.INSTRUCTION), want), want)
+                                               input_array(request, contract.INSTRUCTION), want, budget), want)
             except InvalidInputError as exc:
                 senders[index].send(error_response(exc), flags=FINAL)
         try:

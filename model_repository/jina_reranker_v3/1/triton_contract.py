@@ -7,12 +7,23 @@ Inputs (every tensor carries the leading batch dimension; one row = one rerank):
 Outputs:
   SCORES          FP32  [B, n]     cosine relevance in [-1, 1], input order
   TOKENS          INT64 [B, 1]     tokens decoded for the row (usage.total_tokens)
-  DOC_EMBEDDINGS  FP32  [B, n, d]  projected document embeddings, only when requested
+  SCORED          BOOL  [B, n]     true where the model scored the document, false where it was ranked lexically
+  DOC_EMBEDDINGS  FP32  [B, n, d]  projected document embeddings, only when requested (zeros where not SCORED)
+Request parameters (all optional):
+  rerank_mode       "budgeted" (default) or "exact"
+  top_n             the model scores at least this many documents whenever any model work fits (default 1)
+  deadline_unix_ms  when the answer is due, as Unix time in milliseconds; the request's ``timeout`` counts too
+
+Deadlines: a budgeted request that cannot be scored whole before its deadline (the earlier of
+``deadline_unix_ms`` and the request's timeout, counted from when the model receives it) is answered
+in time with the model's scores for the best lexical candidates and a lexical ranking below them. An
+exact request is scored whole or, past its timeout, cancelled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -24,7 +35,8 @@ from rerank_engine import EngineConfig, InvalidInputError, RerankRequest, Rerank
 from rerank_engine.llama_runner import RunnerOptions
 
 QUERY, DOCUMENTS, INSTRUCTION = "QUERY", "DOCUMENTS", "INSTRUCTION"
-SCORES, TOKENS, DOC_EMBEDDINGS = "SCORES", "TOKENS", "DOC_EMBEDDINGS"
+SCORES, TOKENS, SCORED, DOC_EMBEDDINGS = "SCORES", "TOKENS", "SCORED", "DOC_EMBEDDINGS"
+MODES = ("budgeted", "exact")
 # Environment variables that name the model files; they take precedence over the config's parameters.
 MODEL_ENV, PROJECTOR_ENV = "RERANKER_MODEL", "RERANKER_PROJECTOR"
 
@@ -46,8 +58,39 @@ def decode_texts(array: np.ndarray, name: str) -> list[str]:
     return texts
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """When a request's answer is due (time.monotonic(); None: score it whole) and its minimum model work."""
+
+    deadline: float | None = None
+    min_scored: int = 1
+
+
+def budget(parameters_json: str, timeout_us: int, now: float, now_unix: float) -> Budget:
+    """The Budget of a request from its parameters (Triton's JSON text) and timeout, read at ``now``."""
+    try:
+        parameters = json.loads(parameters_json or "{}")
+    except json.JSONDecodeError:
+        raise InvalidInputError("request parameters are not valid JSON") from None
+    mode = parameters.get("rerank_mode", "budgeted")
+    if mode not in MODES:
+        raise InvalidInputError(f"parameter rerank_mode must be one of {', '.join(MODES)}, not {mode!r}")
+    top_n = parameters.get("top_n", 1)
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+        raise InvalidInputError(f"parameter top_n must be a positive integer, not {top_n!r}")
+    due = parameters.get("deadline_unix_ms")
+    if due is not None and (isinstance(due, bool) or not isinstance(due, int | float)):
+        raise InvalidInputError(f"parameter deadline_unix_ms must be a number, not {due!r}")
+    if mode == "exact":
+        return Budget(None, top_n)
+    deadlines = [now + timeout_us / 1e6] if timeout_us > 0 else []
+    if due is not None:
+        deadlines.append(now + due / 1000 - now_unix)
+    return Budget(min(deadlines) if deadlines else None, top_n)
+
+
 def rows(query: np.ndarray, documents: np.ndarray, instruction: np.ndarray | None,
-         return_embeddings: bool) -> list[RerankRequest]:
+         return_embeddings: bool, request_budget: Budget = Budget()) -> list[RerankRequest]:
     """One RerankRequest per batch row of a Triton request."""
     if query.ndim != 2 or query.shape[1] != 1:
         raise InvalidInputError(f"{QUERY} must have shape [batch, 1], got {list(query.shape)}")
@@ -64,7 +107,8 @@ def rows(query: np.ndarray, documents: np.ndarray, instruction: np.ndarray | Non
         if instruction.shape != (batch, 1):
             raise InvalidInputError(f"{INSTRUCTION} must have shape [batch, 1], got {list(instruction.shape)}")
         instructions = [text or None for text in decode_texts(instruction, INSTRUCTION)]
-    return [RerankRequest(q, d, i, return_embeddings) for q, d, i in zip(queries, docs, instructions, strict=True)]
+    return [RerankRequest(q, d, i, return_embeddings, request_budget.deadline, request_budget.min_scored)
+            for q, d, i in zip(queries, docs, instructions, strict=True)]
 
 
 def outputs(results: Sequence[RerankResult], return_embeddings: bool) -> dict[str, np.ndarray]:
@@ -72,6 +116,7 @@ def outputs(results: Sequence[RerankResult], return_embeddings: bool) -> dict[st
     tensors = {
         SCORES: np.stack([r.scores for r in results]).astype(np.float32),
         TOKENS: np.array([[r.tokens] for r in results], dtype=np.int64),
+        SCORED: np.stack([np.ones(len(r.scores), dtype=bool) if r.scored is None else r.scored for r in results]),
     }
     if return_embeddings:
         tensors[DOC_EMBEDDINGS] = np.stack([r.doc_embeddings for r in results]).astype(np.float32)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import amx_check
+from .budget import PassTimer, affordable_count, budgeted_scores, fair_shares
 from .errors import InvalidInputError, ModelLoadError, RequestCancelledError
+from .lexical import lexical_order
 from .llama_runner import LlamaRunner, RunnerOptions
 from .projector import load_projector
-from .prompt import TEMPLATE_TOKENS, Block, build_block, plan_blocks
+from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks
 from .scoring import cosine, merged_query
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,18 @@ SUPPORTED_ARCHITECTURES = ("qwen3",)
 # Tokens kept free in every block for what the length estimates cannot see exactly: the
 # digits of "I will provide you with {k} passages" and BPE merges at stretch boundaries.
 ESTIMATE_SLACK = 8
+# A budgeted request plans its passes to end this long before its deadline (projection, scoring and the
+# response's trip back to the client), and plans with this fraction of its share (estimates are noisy).
+ANSWER_RESERVE_S = 0.3
+PLAN_FRACTION = 0.85
+# A pass still running this long before the deadline is stopped; its documents are then ranked lexically.
+STOP_BEFORE_DEADLINE_S = 0.15
+# Requests whose deadlines lie this close together share the time as one group (a search's requests).
+SAME_DEADLINE_S = 1.0
+# A budgeted request's first round of candidates uses at most this part of its share; later rounds are
+# planned from the timing of the first. A later round with fewer documents than this is not worth its pass.
+FIRST_ROUND_FRACTION = 0.5
+MIN_ROUND_DOCUMENTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +51,8 @@ class EngineConfig:
     max_docs_per_block: int = 125
     # Tokens one request may decode, all passes together; bounds how long one request can hold an instance.
     max_request_tokens: int = 262_144
+    # Tokens of one timed pass at start, so deadline budgets use this machine's speed from the first request.
+    calibration_tokens: int = 256
 
     @classmethod
     def from_options(cls, model_path: str, projector_path: str, **options: object) -> EngineConfig:
@@ -54,6 +72,10 @@ class RerankRequest:
     documents: Sequence[str]
     instruction: str | None = None
     return_embeddings: bool = False
+    # time.monotonic() by which the answer must be ready. None: score every document, however long it takes.
+    # Otherwise, when not every document can be scored in time, the best lexical candidates are.
+    deadline: float | None = None
+    min_scored: int = 1  # the model scores at least this many documents whenever any model work fits (top_n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +83,22 @@ class RerankResult:
     scores: np.ndarray  # float32 [n_documents], input order
     tokens: int  # tokens decoded for this request, all blocks together
     doc_embeddings: np.ndarray | None = None  # float32 [n_documents, projector width], when asked for
+    scored: np.ndarray | None = None  # bool [n_documents]: scored by the model (False: ranked lexically)
+
+    @property
+    def n_scored(self) -> int:
+        return len(self.scores) if self.scored is None else int(self.scored.sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A request's texts after truncation, with each document's token count in a prompt."""
+
+    query: str
+    instruction: str | None
+    docs: list[str]
+    lengths: list[int]  # tokens per document, wrapper included
+    capacity: int  # tokens a pass has for documents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +107,7 @@ class Plan:
 
     blocks: list[list[int]]  # document indices per pass
     prompts: list[Block]
+    prepared: Prepared | None = None
 
     @property
     def tokens(self) -> int:
@@ -97,9 +136,27 @@ class Reranker:
             self._wrapper_tokens = len(self.tokenize('\n</passage>\n<passage id="999">\n')) + 1 + ESTIMATE_SLACK
             self._check_context()
             self._runner.start()
+            self._timer = PassTimer()
+            self._calibrate()
         except BaseException:
             self._runner.close()
             raise
+
+    def _calibrate(self) -> None:
+        """Time one pass of ``calibration_tokens`` tokens, after a short untimed one that pays for lazy set-up."""
+        size = min(self.config.calibration_tokens, self.config.llama.n_ctx)
+        if size <= 0:
+            return
+        filler = self.tokenize(SYSTEM_PROMPT) or [self.token_ids[IM_START]]
+        ids = (filler * (size // len(filler) + 1))[:size]
+        self._runner.hidden_states([ids[:16]], [[len(ids[:16]) - 1]])
+        list(self._runner.iter_hidden_states([ids], [[size - 1]], None, self._timer.observe))
+        log.info("calibrated: %.0f tokens/s at %d tokens", self._timer.tokens_per_second(size), size)
+
+    @property
+    def pass_timer(self) -> PassTimer:
+        """What the instance has learnt of its own speed (read-only use: benches and logs)."""
+        return self._timer
 
     def _check_model(self) -> None:
         path = self.config.model_path
@@ -170,6 +227,9 @@ class Reranker:
         is polled while decoding: a request nobody waits for any more stops early and
         yields RequestCancelledError. With ``share_decodes`` small requests share decode
         calls. Consume the iterator to the end (or close it): it holds the engine's lock.
+
+        Requests with a ``deadline`` are budgeted when the batch cannot be scored whole in
+        time: see ``_stream_budgeted``. When it can, every request is scored exactly.
         """
         with self._lock:
             plans: dict[int, Plan] = {}
@@ -181,29 +241,163 @@ class Reranker:
                     plans[index] = self.plan(request)
                 except InvalidInputError as exc:
                     yield index, exc
-            order = sorted(plans, key=lambda i: plans[i].tokens)
-            owners = [i for i in order for _ in plans[i].prompts]
-            prompts = [p for i in order for p in plans[i].prompts]
-            sequence_cancelled = None if cancelled is None else (lambda seq: cancelled(owners[seq]))
-            states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
-                                                     sequence_cancelled)
-            pending: dict[int, list[np.ndarray]] = {}
-            dropped: set[int] = set()
-            for owner, hidden in zip(owners, states, strict=True):
-                if owner in dropped:
-                    continue
-                if hidden is None:
-                    dropped.add(owner)
-                    pending.pop(owner, None)
-                    yield owner, RequestCancelledError("cancelled while it was being scored")
-                    continue
-                done = pending.setdefault(owner, [])
-                done.append(hidden)
-                if len(done) == len(plans[owner].prompts):
-                    yield owner, self._score(requests[owner], plans[owner], pending.pop(owner))
+            if self._fits_whole(requests, plans):
+                yield from self._stream_exact(requests, plans, cancelled)
+            else:
+                yield from self._stream_budgeted(requests, plans, cancelled)
+
+    def _predicted_seconds(self, plan: Plan) -> float:
+        return sum(self._timer.seconds([len(p.ids)]) for p in plan.prompts)
+
+    def _fits_whole(self, requests: Sequence[RerankRequest], plans: dict[int, Plan]) -> bool:
+        """Whether every request, scored whole smallest first, is predicted to finish before its deadline."""
+        finish = now = time.monotonic()
+        for index in sorted(plans, key=lambda i: plans[i].tokens):
+            finish += self._predicted_seconds(plans[index])
+            deadline = requests[index].deadline
+            if deadline is not None and finish - now > (deadline - ANSWER_RESERVE_S - now) * PLAN_FRACTION:
+                return False
+        return True
+
+    def _stream_exact(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
+                      cancelled: Callable[[int], bool] | None
+                      ) -> Iterator[tuple[int, RerankResult | RequestCancelledError]]:
+        """Every request scored whole, smallest first; a pass that would end past a deadline is stopped."""
+        order = sorted(plans, key=lambda i: plans[i].tokens)
+        owners = [i for i in order for _ in plans[i].prompts]
+        blocks = [b for i in order for b in plans[i].blocks]
+        prompts = [p for i in order for p in plans[i].prompts]
+        stops = {i: self._stop_check(requests[i], None if cancelled is None else functools.partial(cancelled, i))
+                 for i in order}
+        states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
+                                                 lambda seq: stops[owners[seq]](), self._timer.observe)
+        passes: dict[int, list[tuple[list[int], Block, np.ndarray | None]]] = {}
+        dropped: set[int] = set()
+        for owner, block, prompt, hidden in zip(owners, blocks, prompts, states, strict=True):
+            if owner in dropped:
+                continue
+            if hidden is None and cancelled is not None and cancelled(owner):
+                dropped.add(owner)
+                passes.pop(owner, None)
+                yield owner, RequestCancelledError("cancelled while it was being scored")
+                continue
+            done = passes.setdefault(owner, [])
+            done.append((block, prompt, hidden))
+            if len(done) == len(plans[owner].prompts):
+                yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
+
+    def _stop_check(self, request: RerankRequest, cancelled: Callable[[], bool] | None) -> Callable[[], bool]:
+        """Whether to stop decoding ``request``: its client left, or its deadline is about to pass."""
+        hard_stop = float("inf") if request.deadline is None else request.deadline - STOP_BEFORE_DEADLINE_S
+
+        def stop() -> bool:
+            return time.monotonic() > hard_stop or (cancelled is not None and cancelled())
+
+        return stop
+
+    def _finish(self, request: RerankRequest, plan: Plan, passes: Sequence[tuple[list[int], Block,
+                np.ndarray | None]], lexical: list[int] | None) -> RerankResult:
+        """The result from a plan's passes: exact when every document's pass finished, else partial."""
+        finished = [(block, prompt, hidden) for block, prompt, hidden in passes if hidden is not None]
+        prepared = plan.prepared
+        assert prepared is not None
+        if len(finished) == len(passes) and sum(len(block) for block, _, _ in finished) == len(prepared.docs):
+            return self._score(request, plan, [hidden for _, _, hidden in finished])
+        return self._score_partial(request, finished, lexical or lexical_order(prepared.query, prepared.docs))
+
+    def _stream_budgeted(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
+                         cancelled: Callable[[int], bool] | None
+                         ) -> Iterator[tuple[int, RerankResult | RequestCancelledError]]:
+        """Score requests one at a time, earliest deadline first, each within a fair share of the time left.
+
+        Requests whose deadlines lie together (a search's requests arrive together) split the time to
+        their deadline max-min fairly by predicted need; the one needing least goes first, and time it
+        leaves unused goes to the others, since shares are recomputed after each request.
+        """
+        remaining = set(plans)
+        while remaining:
+            now = time.monotonic()
+            deadline = min(requests[i].deadline or float("inf") for i in remaining)
+            group = sorted((i for i in remaining if (requests[i].deadline or float("inf")) <= deadline
+                            + SAME_DEADLINE_S), key=lambda i: (self._predicted_seconds(plans[i]), i))
+            demands = [self._predicted_seconds(plans[i]) for i in group]
+            shares = fair_shares(deadline - now - ANSWER_RESERVE_S, demands)
+            index, share = group[0], shares[0]
+            remaining.discard(index)
+            stop = None if cancelled is None else functools.partial(cancelled, index)
+            yield index, self._score_within(requests[index], plans[index], share, stop)
+
+    def _score_within(self, request: RerankRequest, plan: Plan, share: float,
+                      cancelled: Callable[[], bool] | None) -> RerankResult | RequestCancelledError:
+        """Score ``request`` within ``share`` seconds: whole if predicted to fit, else in rounds of candidates.
+
+        Candidates are taken from the top of the lexical ranking. The first round is planned to use at
+        most ``FIRST_ROUND_FRACTION`` of the share, so that a wrong estimate (a new instance, a busy
+        machine) is corrected by the round's own timing before the rest of the share is planned.
+        """
+        prepared = plan.prepared
+        assert prepared is not None
+        stop = self._stop_check(request, cancelled)
+        if request.deadline is None or self._predicted_seconds(plan) <= share * PLAN_FRACTION:
+            passes = self._decode_passes(plan, stop)
+            if cancelled is not None and cancelled():
+                return RequestCancelledError("cancelled while it was being scored")
+            return self._finish(request, plan, passes, None)
+        order = lexical_order(prepared.query, prepared.docs)
+        cost_of = self._subset_seconds(prepared)
+        share_ends = time.monotonic() + share
+        passes, taken = [], 0
+        while taken < len(order) and not stop():
+            now = time.monotonic()
+            available = (share_ends - now) * PLAN_FRACTION * (FIRST_ROUND_FRACTION if taken == 0 else 1.0)
+            rest = order[taken:]
+            count = affordable_count(rest, cost_of, available)
+            if taken < request.min_scored:  # top_n by model whenever the deadline allows it at all
+                wanted = min(request.min_scored - taken, len(rest))
+                time_left = request.deadline - ANSWER_RESERVE_S - now
+                count = max(count, affordable_count(rest[:wanted], cost_of, time_left))
+            if count == 0 or (taken and count < MIN_ROUND_DOCUMENTS and count < len(rest)):
+                break
+            candidates = self._pack(prepared, sorted(rest[:count]))
+            passes += self._decode_passes(candidates, stop)
+            taken += count
+        if cancelled is not None and cancelled():
+            return RequestCancelledError("cancelled while it was being scored")
+        return self._score_partial(request, [p for p in passes if p[2] is not None], order)
+
+    def _decode_passes(self, plan: Plan, stop: Callable[[], bool]
+                       ) -> list[tuple[list[int], Block, np.ndarray | None]]:
+        """Each pass of ``plan`` with its hidden states (None for a pass stopped by ``stop``)."""
+        prompts = plan.prompts
+        states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
+                                                 lambda _sequence: stop(), self._timer.observe)
+        return list(zip(plan.blocks, prompts, states, strict=True))
+
+    def _subset_seconds(self, prepared: Prepared) -> Callable[[Sequence[int]], float]:
+        """Predicted seconds to score a subset of the documents (indices in any order)."""
+        base = self._base_tokens(prepared)
+
+        def seconds(indices: Sequence[int]) -> float:
+            lengths = [prepared.lengths[i] for i in sorted(indices)]
+            blocks = plan_blocks(lengths, prepared.capacity, self._max_item_tokens, self.config.max_docs_per_block)
+            return sum(self._timer.seconds([base + sum(lengths[j] for j in block)]) for block in blocks)
+
+        return seconds
+
+    def _base_tokens(self, prepared: Prepared) -> int:
+        return self.config.llama.n_ctx - prepared.capacity
 
     def plan(self, request: RerankRequest) -> Plan:
         """How a request is split into passes and the token ids of each (raises InvalidInputError)."""
+        prepared = self.prepare(request)
+        plan = self._pack(prepared, range(len(prepared.docs)))
+        if plan.tokens > self.config.max_request_tokens:
+            raise InvalidInputError(f"the request needs {plan.tokens} tokens after truncation, more than the "
+                                    f"limit of {self.config.max_request_tokens}; send fewer or shorter documents")
+        return plan
+
+    def prepare(self, request: RerankRequest) -> Prepared:
+        """Check and truncate a request's texts, and count each document's tokens (raises InvalidInputError)."""
         c = self.config
         query, _ = self._prepare(request.query, "query", c.max_query_tokens)
         if not query.strip():
@@ -221,17 +415,23 @@ class Reranker:
             docs.append(text)
             lengths.append(n_tokens + self._wrapper_tokens)
         capacity = c.llama.n_ctx - len(self._build(query, [], instruction).ids) - ESTIMATE_SLACK
-        blocks = plan_blocks(lengths, capacity, self._max_item_tokens, c.max_docs_per_block)
-        prompts = [self._build(query, [docs[i] for i in block], instruction) for block in blocks]
+        return Prepared(query, instruction, docs, lengths, capacity)
+
+    def _pack(self, prepared: Prepared, indices: Iterable[int]) -> Plan:
+        """Passes over the documents ``indices`` (ascending), packed as the model's reference packs them."""
+        chosen = list(indices)
+        if not chosen:
+            return Plan([], [], prepared)
+        packed = plan_blocks([prepared.lengths[i] for i in chosen], prepared.capacity, self._max_item_tokens,
+                             self.config.max_docs_per_block)
+        blocks = [[chosen[j] for j in block] for block in packed]
+        prompts = [self._build(prepared.query, [prepared.docs[i] for i in block], prepared.instruction)
+                   for block in blocks]
         for prompt in prompts:
-            if len(prompt.ids) > c.llama.n_ctx:
-                raise RuntimeError(f"block of {len(prompt.ids)} tokens exceeds n_ctx={c.llama.n_ctx}; "
+            if len(prompt.ids) > self.config.llama.n_ctx:
+                raise RuntimeError(f"block of {len(prompt.ids)} tokens exceeds n_ctx={self.config.llama.n_ctx}; "
                                    "the length estimate is wrong")
-        plan = Plan(blocks, prompts)
-        if plan.tokens > c.max_request_tokens:
-            raise InvalidInputError(f"the request needs {plan.tokens} tokens after truncation, more than the "
-                                    f"limit of {c.max_request_tokens}; send fewer or shorter documents")
-        return plan
+        return Plan(blocks, prompts, prepared)
 
     def _prepare(self, text: object, what: str, limit: int) -> tuple[str, int]:
         """Check a text field and truncate it to ``limit`` tokens as the model's reference does."""
@@ -249,15 +449,38 @@ class Reranker:
     def _build(self, query: str, docs: Sequence[str], instruction: str | None) -> Block:
         return build_block(query, docs, instruction, self.tokenize, self.token_ids)
 
-    def _score(self, request: RerankRequest, plan: Plan, states: list[np.ndarray]) -> RerankResult:
-        n_docs = len(request.documents)
-        doc_embeddings = np.empty((n_docs, self.projector.out_features), dtype=np.float32)
+    def _project(self, blocks: Sequence[Sequence[int]], states: Sequence[np.ndarray], n_docs: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Merged query embedding and every document's embedding (zeros for documents in no block)."""
+        doc_embeddings = np.zeros((n_docs, self.projector.out_features), dtype=np.float32)
         query_embeddings, block_scores = [], []
-        for block, hidden in zip(plan.blocks, states, strict=True):
+        for block, hidden in zip(blocks, states, strict=True):
             projected = self.projector(hidden)
-            doc_embeddings[block] = projected[:-1]
+            doc_embeddings[list(block)] = projected[:-1]
             query_embeddings.append(projected[-1])
             block_scores.append(cosine(projected[-1], projected[:-1]))
-        scores = cosine(merged_query(query_embeddings, block_scores), doc_embeddings.astype(np.float64))
-        return RerankResult(scores=scores.astype(np.float32), tokens=sum(len(p.ids) for p in plan.prompts),
-                            doc_embeddings=doc_embeddings if request.return_embeddings else None)
+        return merged_query(query_embeddings, block_scores), doc_embeddings
+
+    def _score(self, request: RerankRequest, plan: Plan, states: list[np.ndarray]) -> RerankResult:
+        n_docs = len(request.documents)
+        query, doc_embeddings = self._project(plan.blocks, states, n_docs)
+        scores = cosine(query, doc_embeddings.astype(np.float64))
+        return RerankResult(scores=scores.astype(np.float32), tokens=plan.tokens,
+                            doc_embeddings=doc_embeddings if request.return_embeddings else None,
+                            scored=np.ones(n_docs, dtype=bool))
+
+    def _score_partial(self, request: RerankRequest, finished: Sequence[tuple[list[int], Block, np.ndarray | None]],
+                       lexical: Sequence[int]) -> RerankResult:
+        """Model scores for the documents of the finished passes; the rest ranked below them lexically."""
+        n_docs = len(request.documents)
+        scored = [i for block, _, _ in finished for i in block]
+        model_scores: np.ndarray = np.empty(0)
+        doc_embeddings = np.zeros((n_docs, self.projector.out_features), dtype=np.float32)
+        if finished:
+            query, doc_embeddings = self._project([b for b, _, _ in finished], [h for _, _, h in finished], n_docs)
+            model_scores = cosine(query, doc_embeddings[scored].astype(np.float64))
+        mask = np.zeros(n_docs, dtype=bool)
+        mask[scored] = True
+        return RerankResult(scores=budgeted_scores(n_docs, scored, model_scores, lexical),
+                            tokens=sum(len(prompt.ids) for _, prompt, _ in finished),
+                            doc_embeddings=doc_embeddings if request.return_embeddings else None, scored=mask)

@@ -255,7 +255,9 @@ class LlamaRunner:
         return [states for states in self.iter_hidden_states(sequences, outputs) if states is not None]
 
     def iter_hidden_states(self, sequences: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
-                           cancelled: Callable[[int], bool] | None = None) -> Iterator[np.ndarray | None]:
+                           cancelled: Callable[[int], bool] | None = None,
+                           decoded: Callable[[list[int], float], None] | None = None
+                           ) -> Iterator[np.ndarray | None]:
         """Hidden states of each sequence at its output positions, yielded in order as they are decoded.
 
         With ``share_decodes`` sequences are decoded together, as separate llama.cpp
@@ -266,16 +268,24 @@ class LlamaRunner:
         ``cancelled(i)`` is polled before and during each decode; when it holds for
         every sequence of a decode, the decode stops (within a graph node on the
         CPU) and those sequences yield None.
+
+        ``decoded(lengths, seconds)`` is told the wall time of each completed decode and the
+        lengths of its sequences (how the engine learns its own speed).
         """
         for group in self._groups([len(s) for s in sequences]):
             stop = None if cancelled is None else functools.partial(_all_cancelled, cancelled, group)
             if stop is not None and stop():
                 yield from [None] * len(group)
                 continue
+            started = time.perf_counter()
             try:
-                yield from self._decode_group([sequences[i] for i in group], [outputs[i] for i in group], stop)
+                states = self._decode_group([sequences[i] for i in group], [outputs[i] for i in group], stop)
             except DecodeAbortedError:
                 yield from [None] * len(group)
+                continue
+            if decoded is not None:
+                decoded([len(sequences[i]) for i in group], time.perf_counter() - started)
+            yield from states
 
     def _groups(self, lengths: Sequence[int]) -> list[list[int]]:
         n_ctx = self.options.n_ctx

@@ -1,0 +1,105 @@
+"""Deadline budgeting on a real llama.cpp engine (tiny generated Q8_0 model).
+
+Deadlines here are set from the engine's own prediction of how long the full request takes, so the
+tests hold on a fast or a slow machine; the slack on "answered in time" covers one abort check.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from rerank_engine import RerankRequest, RerankResult
+from rerank_engine.lexical import lexical_order
+
+QUERY = "which rivers flow into the sea"
+WORDS = ("river", "sea", "mountain", "bread", "flows", "lake", "city", "music", "delta", "rain", "stone", "north")
+SLACK_S = 0.5
+
+
+def documents(count: int, words: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [f"passage {i}: " + " ".join(rng.choice(WORDS) for _ in range(words)) for i in range(count)]
+
+
+def predicted_seconds(engine, request: RerankRequest) -> float:
+    return sum(engine.pass_timer.seconds([len(p.ids)]) for p in engine.plan(request).prompts)
+
+
+def slow_request(engine, seconds: float) -> list[str]:
+    """Documents that this engine predicts will take at least ``seconds`` to score."""
+    count = 64
+    while predicted_seconds(engine, RerankRequest(QUERY, docs := documents(count, 60))) < seconds:
+        count *= 2
+    return docs
+
+
+def assert_model_scored_rank_first(result: RerankResult) -> None:
+    order = np.argsort(-result.scores, kind="stable")
+    flags = result.scored[order]
+    assert not np.any(flags[1:] & ~flags[:-1]), "a lexically ranked document outranks a model-scored one"
+    assert np.all(result.scores >= -1)
+    assert np.all(result.scores <= 1)
+
+
+def test_a_deadline_long_enough_gives_the_exact_scores(engine_q8):
+    docs = documents(40, 30)
+    exact = engine_q8.rerank(QUERY, docs)
+    [budgeted] = engine_q8.rerank_many([RerankRequest(QUERY, docs, deadline=time.monotonic() + 3600, min_scored=5)])
+    np.testing.assert_array_equal(budgeted.scores, exact.scores)
+    assert budgeted.scored.all()
+    assert budgeted.tokens == exact.tokens
+
+
+def test_a_passed_deadline_is_answered_lexically_at_once(engine_q8):
+    docs = documents(50, 20)
+    started = time.monotonic()
+    [result] = engine_q8.rerank_many([RerankRequest(QUERY, docs, deadline=started - 1.0, min_scored=5)])
+    assert time.monotonic() - started < 2.0
+    assert not result.scored.any()
+    assert result.tokens == 0
+    assert list(np.argsort(-result.scores, kind="stable")) == lexical_order(QUERY, docs)
+    assert np.all(result.scores < 0)
+
+
+def test_a_tight_deadline_scores_lexical_candidates_and_answers_in_time(engine_q8):
+    docs = slow_request(engine_q8, 2.0)
+    full = predicted_seconds(engine_q8, RerankRequest(QUERY, docs))
+    started = time.monotonic()
+    deadline = started + 0.4 * full + 0.3
+    [result] = engine_q8.rerank_many([RerankRequest(QUERY, docs, deadline=deadline, min_scored=5)])
+    assert time.monotonic() < deadline + SLACK_S
+    assert 5 <= result.n_scored < len(docs)
+    assert_model_scored_rank_first(result)
+    ranks = {doc: rank for rank, doc in enumerate(lexical_order(QUERY, docs))}
+    scored_ranks = [ranks[i] for i in np.flatnonzero(result.scored)]
+    unscored_ranks = [ranks[i] for i in np.flatnonzero(~result.scored)]
+    assert np.mean(scored_ranks) < np.mean(unscored_ranks)  # candidates come from the top of the lexical order
+
+
+def test_requests_due_together_share_the_time(engine_q8):
+    docs = slow_request(engine_q8, 1.5)
+    requests = [RerankRequest(f"{QUERY} {i}", docs, min_scored=3) for i in range(3)]
+    full = sum(predicted_seconds(engine_q8, r) for r in requests)
+    deadline = time.monotonic() + 0.4 * full + 0.3
+    results = engine_q8.rerank_many([RerankRequest(r.query, r.documents, deadline=deadline, min_scored=3)
+                                     for r in requests])
+    assert time.monotonic() < deadline + SLACK_S
+    counts = [r.n_scored for r in results]
+    assert all(count >= 3 for count in counts), counts
+    for result in results:
+        assert_model_scored_rank_first(result)
+
+
+def test_the_instance_learns_its_speed_from_its_passes(engine_q8):
+    docs = documents(30, 40)
+    engine_q8.rerank(QUERY, docs)
+    [prompt] = engine_q8.plan(RerankRequest(QUERY, docs)).prompts
+    predicted = engine_q8.pass_timer.seconds([len(prompt.ids)])
+    started = time.perf_counter()
+    engine_q8.runner.hidden_states([prompt.ids], [prompt.output_positions])
+    measured = time.perf_counter() - started
+    assert predicted == pytest.approx(measured, rel=3.0)  # the right order of magnitude, not a speed claim
