@@ -21,7 +21,7 @@ REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack
 # The bench's PyTorch CPU peer only: torch and transformers, never installed by install or test.
 PEER_REQUIREMENTS := perf/peer-requirements.txt
 
-.PHONY: install test lint serve triton bench clean
+.PHONY: install test lint serve triton bench bench-aiperf clean
 
 install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY) $(VENV)/.checkov-stamp
 
@@ -67,6 +67,24 @@ $(VENV)/.peer-stamp: $(PEER_REQUIREMENTS) | $(VENV)/.deps-stamp
 BENCH ?= quick
 bench: install $(VENV)/.peer-stamp
 	$(PY) -m perf.bench --mode $(BENCH)
+
+# NVIDIA's AIPerf beside perf/loadgen.py (perf/aiperf_bench.py), in its own virtualenv: its dependencies need
+# numpy 2, the serving side numpy < 2. Installed here only, once per change of its requirements file.
+AIPERF_VENV := .cache/aiperf-venv
+AIPERF_REQUIREMENTS := perf/aiperf-requirements.txt
+$(AIPERF_VENV)/.stamp: $(AIPERF_REQUIREMENTS)
+	$(PYTHON) -m venv $(AIPERF_VENV)
+	$(AIPERF_VENV)/bin/python -m pip install --quiet -r $(AIPERF_REQUIREMENTS)
+	touch $@
+
+# Starts Triton (CPU config) and the adapter on the stand-in, or benchmarks a running deployment:
+# AIPERF_ADAPTER_URL=http://host:8080 [AIPERF_TRITON_URL=host:8000]. AIPERF_WORKLOADS: comma-separated.
+AIPERF_WORKLOADS ?= short
+AIPERF_CONCURRENCY ?= 1,5
+bench-aiperf: install $(AIPERF_VENV)/.stamp
+	$(PY) -m perf.aiperf_bench --workloads $(AIPERF_WORKLOADS) --concurrency $(AIPERF_CONCURRENCY) \
+		$(if $(AIPERF_ADAPTER_URL),--adapter-url $(AIPERF_ADAPTER_URL) \
+		$(if $(AIPERF_TRITON_URL),--triton-url $(AIPERF_TRITON_URL),--targets adapter))
 
 # LibreChat's web-search load sent by LibreChat's own reranker client (npm @librechat/agents, pinned, installed
 # under .cache/librechat-agents by librechat-client): 10 searches of 5 pages against a stack started as make
