@@ -189,23 +189,24 @@ def served_stack(model: Path, projector: Path, log_path: Path) -> Iterator[str]:
     env = {**os.environ, **{name: str(port) for name, port in ports.items()}, "RERANKER_MODEL": str(model),
            "RERANKER_PROJECTOR": str(projector)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    ready = threading.Event()
+    ready, banner = threading.Event(), []
     process = subprocess.Popen([sys.executable, "-m", "stack.serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
 
-    def copy_output() -> None:  # into the log, and the banner (printed once both servers are ready) sets ready
+    def copy_output() -> None:  # into the log; the banner (printed once both servers are ready) sets ready
         with log_path.open("w") as log:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
                 if line.startswith("ready: "):
+                    banner.append(line)
                     ready.set()
-        ready.set()  # the output ended: the process is gone
+        ready.set()  # the output ended: the process is gone, with or without its banner
 
     copier = threading.Thread(target=copy_output, daemon=True)
     copier.start()
     try:
-        if not ready.wait(SERVE_START_S) or process.poll() is not None:
+        if not ready.wait(SERVE_START_S) or not banner or process.poll() is not None:
             raise RuntimeError(f"python -m stack.serve did not become ready (log: {log_path})")
         yield f"http://127.0.0.1:{ports['ADAPTER_PORT']}"
     finally:

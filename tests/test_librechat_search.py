@@ -100,6 +100,13 @@ def test_summary_of_nothing_answered() -> None:
     assert summary["fallback_causes"] == {"error": 1}
 
 
+def test_a_stack_that_does_not_start_is_an_error_naming_its_log(tmp_path) -> None:
+    missing = tmp_path / "model.gguf"
+    with pytest.raises(RuntimeError, match=r"serve\.log"), served_stack(missing, missing, tmp_path / "serve.log"):
+        pytest.fail("a stack without its model file came up")
+    assert f"RERANKER_MODEL: no file at {missing}" in (tmp_path / "serve.log").read_text()
+
+
 # -- LibreChat's own client (npm), where installed ----------------------------------------------------
 
 
