@@ -1,16 +1,59 @@
-"""Child processes for the local stack: start detached, wait on a readiness check, stop cleanly."""
+"""Child processes for the local stack: started in sessions of their own, killed with everything they started
+when their supervisor dies, waited on through a readiness check, stopped cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+REAPER_SCRIPT = Path(__file__).with_name("reaper.py")
+
+
+class GroupReaper:
+    """This process's end of stack/reaper.py: the child process groups to kill if this process dies."""
+
+    def __init__(self) -> None:
+        self.groups: set[int] = set()
+        self._reaper: subprocess.Popen | None = None
+        self._owner = 0
+
+    def watch(self, pgid: int) -> None:
+        self.groups.add(pgid)
+        self._send(f"{pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        """Kill what is left of a watched group (its leader's children) and stop watching it. Call it as soon
+        as the leader has been reaped: its number is then free to be reused."""
+        if pgid not in self.groups:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        self.groups.discard(pgid)
+        self._send(f"-{pgid}\n")
+
+    def _send(self, lines: str) -> None:
+        alive = self._reaper is not None and self._owner == os.getpid() and self._reaper.poll() is None
+        if not alive:  # the first child, or the reaper was killed: (re)start it with every group
+            self._reaper = subprocess.Popen([sys.executable, str(REAPER_SCRIPT)], stdin=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL, start_new_session=True, text=True)
+            self._owner = os.getpid()
+            lines = "".join(f"{pgid}\n" for pgid in self.groups)
+        assert self._reaper is not None
+        assert self._reaper.stdin is not None
+        self._reaper.stdin.write(lines)
+        self._reaper.stdin.flush()
+
+
+REAPER = GroupReaper()
 
 
 def interrupt_on_sigterm() -> None:
@@ -38,17 +81,21 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 class ManagedProcess:
-    """A child process with its output in a log file, started in its own session."""
+    """A child process with its output in a log file, started in its own session: a terminal's Ctrl-C reaches
+    only the supervisor, which stops it cleanly, and its process group (the child and what it started) is one
+    that REAPER kills if the supervisor dies."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name, self.command, self.env, self.log_path = name, command, env, log_path
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        self.stop()  # a restart: end what is left of the last run (the stubs of a Triton that died)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:  # one run per file: errors found in it are this run's
             self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
+        REAPER.watch(self.process.pid)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -76,14 +123,17 @@ class ManagedProcess:
             assert self.process is not None
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            REAPER.forget(self.process.pid)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if not self.running():
+        """SIGTERM, SIGKILL after ``timeout``; then whatever is left of its process group is killed."""
+        if self.process is None:
             return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.running():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process.wait()
+        REAPER.forget(self.process.pid)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
 from stack.processes import http_ok
+from stack.stub_watchdog import STUB_NAME, alive
 from tests.servers import free_port, start_serve
 
 
@@ -52,3 +59,59 @@ def test_serve_runs_triton_and_the_adapter_and_stops_both(tiny_q8):
         assert not http_ok(serve.triton_ready_url, timeout=1)
     finally:
         serve.stop()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid``, with its command line."""
+    found = {}
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found.update(descendants(child))
+    return found
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """User and system time the processes used so far, in clock ticks."""
+    return sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+               for pid in pids)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what servers set: only a listener blocks it
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_serve_killed_by_sigkill_mid_request_leaves_no_process_and_no_port(tiny_q8):
+    """SIGKILL gives the supervisor no chance to stop anything: its children's process groups are killed for it
+    (stack/reaper.py), the Python-backend stubs in tritonserver's group included. A stub whose tritonserver died
+    while it was computing would otherwise hang for good, holding its model's memory."""
+    serve = start_serve(tiny_q8, RERANK_MODE="exact", REQUEST_TIMEOUT_S="600")
+    processes = descendants(serve.process.pid)
+    stubs = [pid for pid in processes if Path(f"/proc/{pid}/comm").read_text().strip() == STUB_NAME]
+    assert len(stubs) == 2, processes
+    assert any(command.startswith(f"{sys.executable} -m adapter") for command in processes.values()), processes
+    assert serve.triton_pid() in processes
+    idle = cpu_ticks(stubs)
+    large = {"query": "q", "documents": [f"word{i} " * 60 for i in range(150)]}  # ~18 s on two cores
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        request = pool.submit(httpx.post, f"{serve.adapter_url}/v1/rerank", json=large, timeout=600)
+        wait_for(lambda: cpu_ticks(stubs) > idle + 30, timeout=60)  # a stub is computing it
+        assert not request.done()
+        serve.process.send_signal(signal.SIGKILL)
+        serve.process.wait()
+        wait_for(lambda: not any(alive(pid) for pid in processes), timeout=30)
+        assert all(port_free(port) for port in serve.ports.values())
+        assert isinstance(request.exception(timeout=30), httpx.TransportError)
