@@ -11,8 +11,9 @@ as LibreChat does: one rerank call per page, the five at once, the next search w
 (searches taken round robin from the workload's file). LibreChat gives up on a call after 10 s and then, without
 any error shown, uses the page's first five chunks with score 0: per call the bench records whether it was
 answered or fell back (and why), its latency, and how many documents the model scored (the adapter's
-``X-Rerank-Scored: <model-scored>/<total>`` header; an answer without it was scored whole). Without --url it
-starts ``python -m stack.serve`` (what ``make serve`` runs, with its defaults) on the qwen3-0.6b Q8_0 stand-in.
+``X-Rerank-Scored: <model-scored>/<total>`` header; none for a fallback; an answer without the header is
+counted apart, its share unknown). Without --url it starts ``python -m stack.serve`` (what ``make serve``
+runs, with its defaults) on the qwen3-0.6b Q8_0 stand-in.
 Results: perf/results/librechat-search-cpu.json, every call and a summary.
 """
 
@@ -114,10 +115,8 @@ def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-b
                 calls.append(json.loads(line))
                 done = [c for c in calls if c["search"] == calls[-1]["search"]]
                 if report and len(done) == len(searches[calls[-1]["search"]].pages):
-                    print(f"search {calls[-1]['search'] + 1}/{len(searches)}: " + ", ".join(
-                        f"{c['documents']} docs {c['latency_ms'] / 1000:.1f} s "
-                        f"{'fell back (' + fallback_cause(c) + ')' if c['fell_back'] else 'scored ' + str(scored(c))}"
-                        for c in sorted(done, key=lambda c: c["page"])), flush=True)
+                    print(f"search {calls[-1]['search'] + 1}/{len(searches)}: "
+                          + ", ".join(map(outcome, sorted(done, key=lambda c: c["page"]))), flush=True)
         if node.returncode != 0:
             raise RuntimeError(f"{SCRIPT.name} exited with status {node.returncode}")
     return calls
@@ -126,14 +125,23 @@ def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-b
 # -- summary ------------------------------------------------------------------------------------------
 
 
-def scored(call: dict) -> int:
-    """Documents the model scored in one call: the header's count; all of them in an answer without the header
-    (the adapter then scores every document); none when the client fell back."""
+def scored(call: dict) -> int | None:
+    """Documents whose model score reached the client in one call: the header's count, none when the client fell
+    back, unknown (None) for an answer without the header."""
     if call["fell_back"]:
         return 0
     if call.get("scored_header"):
         return int(call["scored_header"].split("/")[0])
-    return call["documents"]
+    return None
+
+
+def outcome(call: dict) -> str:
+    """One call in a few words: its latency and its fallback's cause, or how many documents the model scored."""
+    if call["fell_back"]:
+        what = f"fell back ({fallback_cause(call)})"
+    else:
+        what = "answered" if scored(call) is None else f"answered, {scored(call)} scored by the model"
+    return f"{call['documents']} docs in {call['latency_ms'] / 1000:.1f} s {what}"
 
 
 def fallback_cause(call: dict) -> str:
@@ -149,8 +157,10 @@ def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
     """Fallbacks, answers within the deadline, latency percentiles (ms, nearest rank) and the model-scored share."""
     latencies = [c["latency_ms"] for c in calls]
     answered = [c for c in calls if not c["fell_back"]]
-    documents = sum(c["documents"] for c in calls)
-    model_scored = sum(scored(c) for c in calls)
+    known = [c for c in calls if scored(c) is not None]  # the shares count these calls only
+    known_answered = [c for c in known if not c["fell_back"]]
+    known_documents = sum(c["documents"] for c in known)
+    model_scored = sum(scored(c) for c in known)
     return {
         "calls": len(calls), "searches": len({c["search"] for c in calls}),
         "fallbacks": len(calls) - len(answered),
@@ -159,10 +169,13 @@ def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
         "deadline_s": deadline_s,
         "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                        "max": max(latencies, default=None)},
-        "documents": documents, "documents_model_scored": model_scored,
-        "model_scored_share": round(model_scored / documents, 4) if documents else None,
-        "model_scored_share_of_answered": (round(sum(scored(c) for c in answered)
-                                                 / sum(c["documents"] for c in answered), 4) if answered else None),
+        "documents": sum(c["documents"] for c in calls),
+        "answered_without_scored_header": len(answered) - len(known_answered),
+        "documents_model_scored": model_scored, "documents_of_known_calls": known_documents,
+        "model_scored_share": round(model_scored / known_documents, 4) if known_documents else None,
+        "model_scored_share_of_answered": (round(sum(scored(c) for c in known_answered)
+                                                 / sum(c["documents"] for c in known_answered), 4)
+                                           if known_answered else None),
         "tokens_per_answered_call": (round(sum(c["tokens"] or 0 for c in answered) / len(answered), 1)
                                      if answered else None),
     }
@@ -170,12 +183,14 @@ def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
 
 def format_summary(summary: dict) -> str:
     lat = summary["latency_ms"]
-    share = summary["model_scored_share"]
-    return (f"{summary['searches']} searches, {summary['calls']} calls: {summary['fallbacks']} fell back "
-            f"{summary['fallback_causes'] or ''}, {summary['answered_within_deadline']} answered within "
+    share, unknown = summary["model_scored_share"], summary["answered_without_scored_header"]
+    causes = ", ".join(f"{n} {cause}" for cause, n in summary["fallback_causes"].items())
+    return (f"{summary['searches']} searches, {summary['calls']} calls: {summary['fallbacks']} fell back"
+            f"{f' ({causes})' if causes else ''}, {summary['answered_within_deadline']} answered within "
             f"{summary['deadline_s']} s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
-            f"documents scored by the model: {summary['documents_model_scored']}/{summary['documents']}"
-            + (f" ({share:.1%})" if share is not None else ""))
+            f"documents scored by the model: {summary['documents_model_scored']}/{summary['documents_of_known_calls']}"
+            + (f" ({share:.1%})" if share is not None else "")
+            + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
 
 
 # -- the stack, as make serve starts it ---------------------------------------------------------------
