@@ -88,3 +88,32 @@ def test_budgeted_scores_rank_every_model_scored_document_first() -> None:
 def test_budgeted_scores_with_nothing_scored_follow_the_lexical_order_below_zero() -> None:
     scores = budgeted_scores(3, scored=[], model_scores=[], lexical_order=[2, 0, 1])
     assert 0 > scores[2] > scores[0] > scores[1] > -1
+
+
+def test_floors_are_granted_cheapest_first_while_they_fit() -> None:
+    # 5 s: both floors (1 + 2) fit; the remaining 2 s are split evenly over what each still needs
+    assert fair_shares(5.0, [10.0, 10.0], floors=[1.0, 2.0]) == pytest.approx([2.0, 3.0])
+    # 2.5 s: only the cheapest floor fits; the remaining 1.5 s is split evenly over all three
+    assert fair_shares(2.5, [10.0, 10.0, 10.0], floors=[2.0, 2.0, 1.0]) == pytest.approx([0.5, 0.5, 1.5])
+
+
+def test_a_floor_never_exceeds_the_demand() -> None:
+    assert fair_shares(10.0, [0.5, 8.0], floors=[2.0, 1.0]) == pytest.approx([0.5, 8.0])
+
+
+@given(st.floats(0, 100), st.lists(st.tuples(st.floats(0, 50), st.floats(0, 50)), max_size=8))
+def test_shares_with_floors_stay_within_demand_and_time(available: float, pairs: list[tuple[float, float]]) -> None:
+    demands = [d for d, _ in pairs]
+    shares = fair_shares(available, demands, floors=[f for _, f in pairs])
+    assert all(0 <= s <= d + 1e-9 for s, d in zip(shares, demands, strict=True))
+    assert sum(shares) <= available + 1e-6
+
+
+def test_short_passes_fit_speed_and_fixed_cost_but_keep_the_priors_attention_share() -> None:
+    prior = PassCost(0.0, 0.001, 0.001 / 5000)
+    timer = PassTimer(prior)
+    truth = PassCost(0.05, 0.004, 0.004 / 5000)
+    for n in (100, 200, 400, 800, 300):
+        timer.observe([n], truth.seconds([n]))
+    assert timer.cost.fixed == pytest.approx(0.05, rel=1e-6)
+    assert timer.seconds([8000]) == pytest.approx(truth.seconds([8000]), rel=1e-6)

@@ -103,3 +103,21 @@ def test_the_instance_learns_its_speed_from_its_passes(engine_q8):
     engine_q8.runner.hidden_states([prompt.ids], [prompt.output_positions])
     measured = time.perf_counter() - started
     assert predicted == pytest.approx(measured, rel=3.0)  # the right order of magnitude, not a speed claim
+
+
+def test_a_kept_prefix_gives_the_hidden_states_of_a_full_decode(engine_f32):
+    """Budgeted rounds reuse the system turn's KV cache; what follows must not notice."""
+    prompts = [engine_f32.plan(RerankRequest(q, docs)).prompts[0]
+               for q, docs in ((QUERY, documents(3, 8)), ("bread", documents(5, 4, seed=2)))]
+    prefix = engine_f32._fixed_prefix()
+    assert len(prefix) > 20
+    assert all(p.ids[:len(prefix)] == prefix for p in prompts)
+    runner = engine_f32.runner
+    full = [runner.hidden_states([p.ids], [p.output_positions])[0] for p in prompts]
+    decoded: list[list[int]] = []
+    for _ in range(2):  # the first call computes the prefix, the second finds it kept
+        for prompt, expected in zip(prompts, full, strict=True):
+            [states] = runner.iter_hidden_states([prompt.ids], [prompt.output_positions],
+                                                 decoded=lambda lengths, _s: decoded.append(lengths), prefix=prefix)
+            np.testing.assert_allclose(states, expected, rtol=0, atol=1e-5)
+    assert decoded[-1] == [len(prompts[1].ids) - len(prefix)]  # only the tokens after the prefix were decoded

@@ -50,7 +50,8 @@ def failure_reason(model_path: str, timeout_s: float = 300.0, command: tuple[str
     """None when the AMX path agrees with the plain path on ``model_path``, else why not (run once per model)."""
     # Inside Triton's backend stub sys.executable is not always a Python interpreter.
     python = sys.executable if Path(sys.executable).name.startswith("python") else shutil.which("python3")
-    argv = list(command) or [python or "python3", "-m", "rerank_engine.amx_check", model_path]
+    # The check runs from the engine's folder: a relative model path must not change meaning there.
+    argv = list(command) or [python or "python3", "-m", "rerank_engine.amx_check", str(Path(model_path).resolve())]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
                                 cwd=Path(__file__).resolve().parent.parent)

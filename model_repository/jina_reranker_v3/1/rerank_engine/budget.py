@@ -6,8 +6,9 @@ Pure functions and one small learner, no llama.cpp. The engine asks three questi
   ``seconds = fixed + per_token * sum(n) + per_token_pair * sum(n**2)`` from the instance's own
   recent passes. The squared term is attention, which grows with the pass: on CPU a pass of 8k
   tokens runs at half the tokens/s of a 1k pass, so a linear model would over-promise long passes.
-* how much of the time left may each request of a batch use? ``fair_shares``: max-min fairness, so
-  a request that needs little gets all it needs and the rest is split evenly among the others.
+* how much of the time left may each request of a batch use? ``fair_shares``: each request's floor
+  (its top_n scored by the model) where the time allows, then max-min fairness, so a request that
+  needs little gets all it needs and the rest is split evenly among the others.
 * how many documents fit a share? ``affordable_count``: the longest prefix of the lexical ranking
   whose passes are predicted to fit.
 """
@@ -25,6 +26,8 @@ import numpy as np
 WINDOW = 32
 # Passes whose lengths differ by less than this factor cannot separate the per-token and attention terms.
 SPREAD_FOR_FIT = 3.0
+# Below this many tokens per pass attention costs too little next to the rest to be measured apart from it.
+ATTENTION_VISIBLE_TOKENS = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,39 +92,59 @@ def fit(observations: Sequence[tuple[float, float, float]], prior: PassCost) -> 
     squares = np.array([o[1] for o in observations])
     seconds = np.array([o[2] for o in observations])
     if len(observations) >= 4 and sums.max() >= SPREAD_FOR_FIT * sums.min():
-        features = np.stack([np.ones_like(sums), sums, squares], axis=1) / seconds[:, None]
+        if sums.max() >= ATTENTION_VISIBLE_TOKENS:
+            features, attention = np.stack([np.ones_like(sums), sums, squares], axis=1), None
+        else:  # short passes only: attention keeps the prior's weight relative to the per-token term
+            attention = prior.per_token_pair / prior.per_token
+            features = np.stack([np.ones_like(sums), sums + attention * squares], axis=1)
+        features = features / seconds[:, None]
         for terms in ((0, 1, 2), (1, 2), (0, 1), (1,)):
+            terms = tuple(t for t in terms if t < features.shape[1])
             solution, *_ = np.linalg.lstsq(features[:, terms], np.ones_like(seconds), rcond=None)
             if np.all(solution >= 0) and solution[terms.index(1)] > 0:
                 coefficients = np.zeros(3)
                 coefficients[list(terms)] = solution
+                if attention is not None:
+                    coefficients[2] = coefficients[1] * attention
                 return PassCost(*(float(c) for c in coefficients))
     predicted = np.array([prior.seconds_from_sums(s, q) for s, q in zip(sums, squares, strict=True)])
     scale = float(np.median(seconds / predicted))
     return PassCost(prior.fixed * scale, prior.per_token * scale, prior.per_token_pair * scale)
 
 
-def fair_shares(available: float, demands: Sequence[float]) -> list[float]:
+def fair_shares(available: float, demands: Sequence[float], floors: Sequence[float] | None = None) -> list[float]:
     """Split ``available`` seconds among requests needing ``demands`` seconds, max-min fairly.
 
-    Requests that need less than an even split get what they need; what they leave is split
-    evenly among the rest. Shares never exceed demands and add up to at most ``available``.
+    ``floors`` are minimum useful amounts (the time to model-score a request's top_n): they are granted
+    first, cheapest first, to as many requests as they fit, since a share below its floor buys less
+    than the caller asked for. The rest is water-filled: requests that need less than an even split
+    get what they need; what they leave is split evenly among the others. Shares never exceed
+    demands and add up to at most ``available``.
     """
-    shares = [0.0] * len(demands)
+    count = len(demands)
+    floors = [0.0] * count if floors is None else [min(f, d) for f, d in zip(floors, demands, strict=True)]
+    base = [0.0] * count
     left = max(0.0, available)
-    pending = sorted(range(len(demands)), key=lambda i: demands[i])
+    for i in sorted(range(count), key=lambda i: floors[i]):
+        if floors[i] > left:
+            break
+        base[i] = floors[i]
+        left -= floors[i]
+    extra = [max(0.0, d - b) for d, b in zip(demands, base, strict=True)]
+    shares = [0.0] * count
+    pending = sorted(range(count), key=lambda i: extra[i])
     while pending:
         even = left / len(pending)
         first = pending[0]
-        if demands[first] <= even:
-            shares[first] = max(0.0, demands[first])
-            left -= shares[first]
+        if extra[first] <= even:
+            shares[first] = extra[first]
+            left -= extra[first]
             pending.pop(0)
             continue
         for i in pending:
             shares[i] = even
         break
-    return shares
+    return [b + s for b, s in zip(base, shares, strict=True)]
 
 
 def affordable_count(order: Sequence[int], cost_of: Callable[[Sequence[int]], float], seconds: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -137,10 +138,18 @@ class Reranker:
             self._check_context()
             self._runner.start()
             self._timer = PassTimer()
+            self._prefix = self._fixed_prefix()
             self._calibrate()
         except BaseException:
             self._runner.close()
             raise
+
+    def _fixed_prefix(self) -> list[int]:
+        """The token ids every prompt starts with (the system turn), whose KV cache budgeted rounds reuse."""
+        first = self._build("a", ["b"], None).ids
+        second = self._build("c d", ["e", "f", "g"], "h").ids
+        length = next((i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y), 0)
+        return first[:length]
 
     def _calibrate(self) -> None:
         """Time one pass of ``calibration_tokens`` tokens, after a short untimed one that pays for lazy set-up."""
@@ -228,32 +237,33 @@ class Reranker:
         yields RequestCancelledError. With ``share_decodes`` small requests share decode
         calls. Consume the iterator to the end (or close it): it holds the engine's lock.
 
-        Requests with a ``deadline`` are budgeted when the batch cannot be scored whole in
-        time: see ``_stream_budgeted``. When it can, every request is scored exactly.
+        Requests with a ``deadline`` are budgeted when the batch is not predicted to be
+        scored whole in time (``_stream_budgeted``); otherwise every request is scored exactly.
         """
         with self._lock:
-            plans: dict[int, Plan] = {}
+            prepared: dict[int, Prepared] = {}
             for index, request in enumerate(requests):
                 if cancelled is not None and cancelled(index):
                     yield index, RequestCancelledError("cancelled before it was scored")
                     continue
                 try:
-                    plans[index] = self.plan(request)
+                    prepared[index] = self._checked(self.prepare(request))
                 except InvalidInputError as exc:
                     yield index, exc
-            if self._fits_whole(requests, plans):
+            if self._fits_whole(requests, prepared):
+                plans = {i: self._pack(p, range(len(p.docs))) for i, p in prepared.items()}
                 yield from self._stream_exact(requests, plans, cancelled)
             else:
-                yield from self._stream_budgeted(requests, plans, cancelled)
+                yield from self._stream_budgeted(requests, prepared, cancelled)
 
-    def _predicted_seconds(self, plan: Plan) -> float:
-        return sum(self._timer.seconds([len(p.ids)]) for p in plan.prompts)
+    def _whole_seconds(self, prepared: Prepared) -> float:
+        return self._subset_seconds(prepared, reuse_prefix=False)(range(len(prepared.docs)))
 
-    def _fits_whole(self, requests: Sequence[RerankRequest], plans: dict[int, Plan]) -> bool:
+    def _fits_whole(self, requests: Sequence[RerankRequest], prepared: dict[int, Prepared]) -> bool:
         """Whether every request, scored whole smallest first, is predicted to finish before its deadline."""
         finish = now = time.monotonic()
-        for index in sorted(plans, key=lambda i: plans[i].tokens):
-            finish += self._predicted_seconds(plans[index])
+        for index in sorted(prepared, key=lambda i: sum(prepared[i].lengths)):
+            finish += self._whole_seconds(prepared[index])
             deadline = requests[index].deadline
             if deadline is not None and finish - now > (deadline - ANSWER_RESERVE_S - now) * PLAN_FRACTION:
                 return False
@@ -305,96 +315,112 @@ class Reranker:
             return self._score(request, plan, [hidden for _, _, hidden in finished])
         return self._score_partial(request, finished, lexical or lexical_order(prepared.query, prepared.docs))
 
-    def _stream_budgeted(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
+    def _stream_budgeted(self, requests: Sequence[RerankRequest], prepared: dict[int, Prepared],
                          cancelled: Callable[[int], bool] | None
                          ) -> Iterator[tuple[int, RerankResult | RequestCancelledError]]:
         """Score requests one at a time, earliest deadline first, each within a fair share of the time left.
 
         Requests whose deadlines lie together (a search's requests arrive together) split the time to
-        their deadline max-min fairly by predicted need; the one needing least goes first, and time it
-        leaves unused goes to the others, since shares are recomputed after each request.
+        their deadline: first each one's floor, the time to model-score its top_n, for as many as fit,
+        then max-min fairly by predicted need. The one needing least goes first, and time it leaves
+        unused goes to the others, since shares are recomputed after each request.
         """
-        remaining = set(plans)
+        orders = {i: lexical_order(p.query, p.docs) for i, p in prepared.items()}
+        remaining = set(prepared)
         while remaining:
             now = time.monotonic()
-            deadline = min(requests[i].deadline or float("inf") for i in remaining)
-            group = sorted((i for i in remaining if (requests[i].deadline or float("inf")) <= deadline
-                            + SAME_DEADLINE_S), key=lambda i: (self._predicted_seconds(plans[i]), i))
-            demands = [self._predicted_seconds(plans[i]) for i in group]
-            shares = fair_shares(deadline - now - ANSWER_RESERVE_S, demands)
+            deadline = min(requests[i].deadline or math.inf for i in remaining)
+            group = sorted((i for i in remaining if (requests[i].deadline or math.inf) <= deadline + SAME_DEADLINE_S),
+                           key=lambda i: (self._whole_seconds(prepared[i]), i))
+            demands = [self._whole_seconds(prepared[i]) for i in group]
+            floors = [self._subset_seconds(prepared[i])(orders[i][:requests[i].min_scored]) for i in group]
+            shares = fair_shares(deadline - now - ANSWER_RESERVE_S, demands, floors)
             index, share = group[0], shares[0]
             remaining.discard(index)
+            log.debug("request %d: share %.2f s of %.2f s left, needs %.2f s (top_n %.2f s)", index, share,
+                      deadline - now, demands[0], floors[0])
             stop = None if cancelled is None else functools.partial(cancelled, index)
-            yield index, self._score_within(requests[index], plans[index], share, stop)
+            yield index, self._score_within(requests[index], prepared[index], orders[index], share, stop)
 
-    def _score_within(self, request: RerankRequest, plan: Plan, share: float,
+    def _score_within(self, request: RerankRequest, prepared: Prepared, order: list[int], share: float,
                       cancelled: Callable[[], bool] | None) -> RerankResult | RequestCancelledError:
         """Score ``request`` within ``share`` seconds: whole if predicted to fit, else in rounds of candidates.
 
-        Candidates are taken from the top of the lexical ranking. The first round is planned to use at
-        most ``FIRST_ROUND_FRACTION`` of the share, so that a wrong estimate (a new instance, a busy
-        machine) is corrected by the round's own timing before the rest of the share is planned.
+        Candidates are taken from the top of the lexical ranking ``order``. The first round is planned
+        to use at most ``FIRST_ROUND_FRACTION`` of the share (or what its top_n needs), so that a wrong
+        estimate (a new instance, a busy machine) is corrected by the round's own timing before the
+        rest of the share is planned.
         """
-        prepared = plan.prepared
-        assert prepared is not None
         stop = self._stop_check(request, cancelled)
-        if request.deadline is None or self._predicted_seconds(plan) <= share * PLAN_FRACTION:
-            passes = self._decode_passes(plan, stop)
+        if request.deadline is None or self._whole_seconds(prepared) <= share * PLAN_FRACTION:
+            plan = self._pack(prepared, range(len(prepared.docs)))
+            passes = self._decode_passes(plan, stop, ())
             if cancelled is not None and cancelled():
                 return RequestCancelledError("cancelled while it was being scored")
-            return self._finish(request, plan, passes, None)
-        order = lexical_order(prepared.query, prepared.docs)
+            return self._finish(request, plan, passes, order)
         cost_of = self._subset_seconds(prepared)
         share_ends = time.monotonic() + share
         passes, taken = [], 0
         while taken < len(order) and not stop():
-            now = time.monotonic()
-            available = (share_ends - now) * PLAN_FRACTION * (FIRST_ROUND_FRACTION if taken == 0 else 1.0)
+            available = (share_ends - time.monotonic()) * PLAN_FRACTION
             rest = order[taken:]
-            count = affordable_count(rest, cost_of, available)
-            if taken < request.min_scored:  # top_n by model whenever the deadline allows it at all
-                wanted = min(request.min_scored - taken, len(rest))
-                time_left = request.deadline - ANSWER_RESERVE_S - now
-                count = max(count, affordable_count(rest[:wanted], cost_of, time_left))
+            count = affordable_count(rest, cost_of, available * (FIRST_ROUND_FRACTION if taken == 0 else 1.0))
+            if taken < request.min_scored:  # top_n by the model, when the share allows it
+                count = max(count, affordable_count(rest[:request.min_scored - taken], cost_of, available))
             if count == 0 or (taken and count < MIN_ROUND_DOCUMENTS and count < len(rest)):
                 break
             candidates = self._pack(prepared, sorted(rest[:count]))
-            passes += self._decode_passes(candidates, stop)
+            started = time.monotonic()
+            passes += self._decode_passes(candidates, stop, self._prefix)
+            log.debug("budget round: %d documents, %d tokens, predicted %.2f s of %.2f s, took %.2f s", count,
+                      candidates.tokens - len(self._prefix), cost_of(rest[:count]), available,
+                      time.monotonic() - started)
             taken += count
         if cancelled is not None and cancelled():
             return RequestCancelledError("cancelled while it was being scored")
         return self._score_partial(request, [p for p in passes if p[2] is not None], order)
 
-    def _decode_passes(self, plan: Plan, stop: Callable[[], bool]
+    def _decode_passes(self, plan: Plan, stop: Callable[[], bool], prefix: Sequence[int]
                        ) -> list[tuple[list[int], Block, np.ndarray | None]]:
         """Each pass of ``plan`` with its hidden states (None for a pass stopped by ``stop``)."""
         prompts = plan.prompts
         states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
-                                                 lambda _sequence: stop(), self._timer.observe)
+                                                 lambda _sequence: stop(), self._timer.observe, prefix)
         return list(zip(plan.blocks, prompts, states, strict=True))
 
-    def _subset_seconds(self, prepared: Prepared) -> Callable[[Sequence[int]], float]:
-        """Predicted seconds to score a subset of the documents (indices in any order)."""
-        base = self._base_tokens(prepared)
+    def _subset_seconds(self, prepared: Prepared, reuse_prefix: bool = True) -> Callable[[Iterable[int]], float]:
+        """Predicted seconds to score a subset of the documents (indices in any order).
 
-        def seconds(indices: Sequence[int]) -> float:
+        Counts tokens as decoded: without the kept prefix when ``reuse_prefix``, and without the
+        slack that packing keeps free in each block.
+        """
+        base = self._base_tokens(prepared) - (len(self._prefix) if reuse_prefix else 0)
+        slack = ESTIMATE_SLACK
+
+        def seconds(indices: Iterable[int]) -> float:
             lengths = [prepared.lengths[i] for i in sorted(indices)]
             blocks = plan_blocks(lengths, prepared.capacity, self._max_item_tokens, self.config.max_docs_per_block)
-            return sum(self._timer.seconds([base + sum(lengths[j] for j in block)]) for block in blocks)
+            return sum(self._timer.seconds([base + sum(lengths[j] - slack for j in block)]) for block in blocks)
 
         return seconds
+
+    def _checked(self, prepared: Prepared) -> Prepared:
+        """``prepared``, or InvalidInputError when scoring it whole would pass ``max_request_tokens``."""
+        blocks = plan_blocks(prepared.lengths, prepared.capacity, self._max_item_tokens, self.config.max_docs_per_block)
+        tokens = sum(self._base_tokens(prepared) + sum(prepared.lengths[j] - ESTIMATE_SLACK for j in block)
+                     for block in blocks)
+        if tokens > self.config.max_request_tokens:
+            raise InvalidInputError(f"the request needs about {tokens} tokens after truncation, more than the "
+                                    f"limit of {self.config.max_request_tokens}; send fewer or shorter documents")
+        return prepared
 
     def _base_tokens(self, prepared: Prepared) -> int:
         return self.config.llama.n_ctx - prepared.capacity
 
     def plan(self, request: RerankRequest) -> Plan:
         """How a request is split into passes and the token ids of each (raises InvalidInputError)."""
-        prepared = self.prepare(request)
-        plan = self._pack(prepared, range(len(prepared.docs)))
-        if plan.tokens > self.config.max_request_tokens:
-            raise InvalidInputError(f"the request needs {plan.tokens} tokens after truncation, more than the "
-                                    f"limit of {self.config.max_request_tokens}; send fewer or shorter documents")
-        return plan
+        prepared = self._checked(self.prepare(request))
+        return self._pack(prepared, range(len(prepared.docs)))
 
     def prepare(self, request: RerankRequest) -> Prepared:
         """Check and truncate a request's texts, and count each document's tokens (raises InvalidInputError)."""

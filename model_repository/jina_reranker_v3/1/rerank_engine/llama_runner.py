@@ -111,6 +111,7 @@ class LlamaRunner:
         self._ctx = None
         self._batch = None
         self._reserved: dict[int, str] = {}
+        self._kept_prefix: tuple[int, ...] = ()  # token ids whose KV cache sequence 0 holds (see _keep_prefix)
         self._rows: list[np.ndarray] = []
         self._stop: Callable[[], bool] | None = None
         self._next_stop_check = 0.0
@@ -256,8 +257,8 @@ class LlamaRunner:
 
     def iter_hidden_states(self, sequences: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
                            cancelled: Callable[[int], bool] | None = None,
-                           decoded: Callable[[list[int], float], None] | None = None
-                           ) -> Iterator[np.ndarray | None]:
+                           decoded: Callable[[list[int], float], None] | None = None,
+                           prefix: Sequence[int] = ()) -> Iterator[np.ndarray | None]:
         """Hidden states of each sequence at its output positions, yielded in order as they are decoded.
 
         With ``share_decodes`` sequences are decoded together, as separate llama.cpp
@@ -270,21 +271,30 @@ class LlamaRunner:
         CPU) and those sequences yield None.
 
         ``decoded(lengths, seconds)`` is told the wall time of each completed decode and the
-        lengths of its sequences (how the engine learns its own speed).
+        lengths of its sequences (how the engine learns its own speed), the reused prefix left out.
+
+        ``prefix``: token ids that sequences start with (the prompt's fixed system part). Its KV
+        cache is computed once and kept; a decode whose sequences all start with it computes only
+        what follows. Attention over the kept cache gives the states of one full decode, but the
+        prefix's kernels ran on a batch of another size, so rounding may differ in the last bits.
         """
         for group in self._groups([len(s) for s in sequences]):
             stop = None if cancelled is None else functools.partial(_all_cancelled, cancelled, group)
             if stop is not None and stop():
                 yield from [None] * len(group)
                 continue
+            members = [sequences[i] for i in group]
+            reuse = len(prefix) if prefix and all(list(s[:len(prefix)]) == list(prefix) for s in members) else 0
+            if reuse:
+                self._keep_prefix(prefix)
             started = time.perf_counter()
             try:
-                states = self._decode_group([sequences[i] for i in group], [outputs[i] for i in group], stop)
+                states = self._decode_group(members, [outputs[i] for i in group], stop, reuse)
             except DecodeAbortedError:
                 yield from [None] * len(group)
                 continue
             if decoded is not None:
-                decoded([len(sequences[i]) for i in group], time.perf_counter() - started)
+                decoded([len(s) - reuse for s in members], time.perf_counter() - started)
             yield from states
 
     def _groups(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -302,9 +312,25 @@ class LlamaRunner:
             used += length
         return groups
 
+    def _keep_prefix(self, prefix: Sequence[int]) -> None:
+        """Make the cache hold ``prefix`` (sequence 0, positions from 0), decoding it if it does not already."""
+        if self._kept_prefix == tuple(prefix):
+            return
+        self._decode_group([prefix], [[]], None, 0)
+        self._kept_prefix = tuple(prefix)
+
     def _decode_group(self, sequences: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
-                      stop: Callable[[], bool] | None) -> list[np.ndarray]:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+                      stop: Callable[[], bool] | None, reuse: int) -> list[np.ndarray]:
+        """Decode ``sequences`` as sequences 0, 1, ...; with ``reuse``, their first ``reuse`` tokens are the kept
+        prefix, whose cache is shared with each sequence instead of computed again."""
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        if reuse:
+            llama_cpp.llama_memory_seq_rm(memory, -1, reuse, -1)
+            for seq_id in range(1, len(sequences)):
+                llama_cpp.llama_memory_seq_cp(memory, 0, seq_id, 0, reuse)
+        else:
+            llama_cpp.llama_memory_clear(memory, True)
+            self._kept_prefix = ()
         batch, n_batch = self._batch, self.options.n_batch
         self._rows = []
         self._stop, self._next_stop_check = stop, time.monotonic() + ABORT_CHECK_INTERVAL_S
@@ -313,6 +339,8 @@ class LlamaRunner:
             for seq_id, (ids, wanted) in enumerate(zip(sequences, outputs, strict=True)):
                 marked = set(wanted)
                 for pos, token in enumerate(ids):
+                    if pos < reuse:
+                        continue
                     batch.token[n] = token
                     batch.pos[n] = pos
                     batch.n_seq_id[n] = 1
