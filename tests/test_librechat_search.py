@@ -3,8 +3,10 @@ LibreChat's own reranker client (npm, where installed) against a real stack."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
+import threading
 
 import pytest
 
@@ -135,6 +137,49 @@ def test_javascript_splitter_gives_the_same_chunks() -> None:
     result = subprocess.run(["node", "-e", script], input=json.dumps(pages), capture_output=True, text=True,
                             timeout=60, check=True)
     assert json.loads(result.stdout) == [web_pages.chunks_of(p) for p in pages]
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    """A rerank endpoint that scores page 0 with a header saying 3 of its documents, and answers 504 otherwise."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        documents = body["documents"]
+        if documents[0].startswith("page 0"):
+            payload = json.dumps({"model": "m", "usage": {"total_tokens": 77}, "results": [
+                {"index": i, "relevance_score": 0.9 - i / 10, "document": {"text": documents[i]}}
+                for i in range(body["top_n"])]}).encode()
+            self.send_response(200)
+            self.send_header("X-Rerank-Scored", f"3/{len(documents)}")
+        else:
+            payload = b'{"detail": "no answer within the deadline"}'
+            self.send_response(504)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@needs_client
+def test_librechat_client_records_header_status_and_fallback() -> None:
+    """Each call's own response is read: the header and status of one do not leak into the others."""
+    pages = tuple(tuple(f"page {p} chunk {i}" for i in range(7 + p)) for p in range(3))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            calls = run_client(f"http://127.0.0.1:{server.server_port}", [Search("q", pages)], report=False)
+        finally:
+            server.shutdown()
+    calls.sort(key=lambda c: c["page"])
+    assert [(c["status"], c["scored_header"], scored(c), c["fell_back"]) for c in calls] == [
+        (200, "3/7", 3, False), (504, None, 0, True), (504, None, 0, True)]
+    assert calls[0]["tokens"] == 77
+    assert calls[0]["top_score"] == pytest.approx(0.9)
+    assert [librechat_bench.fallback_cause(c) for c in calls[1:]] == ["HTTP 504", "HTTP 504"]
+    assert [c["top_score"] for c in calls[1:]] == [0, 0]  # LibreChat's silent fallback: page order, score 0
 
 
 @needs_client
