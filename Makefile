@@ -68,6 +68,12 @@ BENCH ?= quick
 bench: install $(VENV)/.peer-stamp
 	$(PY) -m perf.bench --mode $(BENCH)
 
+# On a host with an NVIDIA GPU and nvcc: llama.cpp's CUDA libraries for this GPU, the engine's fidelity on it, its
+# speed beside PyTorch bf16 (perf/gpu_check.sh; results in perf/results/gpu-<gpu>.json).
+.PHONY: gpu-check
+gpu-check: install $(VENV)/.peer-stamp
+	PYTHON=$(PY) perf/gpu_check.sh
+
 # NVIDIA's AIPerf beside perf/loadgen.py (perf/aiperf_bench.py), in its own virtualenv: its dependencies need
 # numpy 2, the serving side numpy < 2. Installed here only, once per change of its requirements file.
 AIPERF_VENV := .cache/aiperf-venv

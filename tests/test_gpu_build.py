@@ -4,14 +4,18 @@ host's answers are needed), and the GPU check's parts that run without a GPU."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from perf import gpu_check, gpu_check_prepare
 from stack import cpu_features, gpu_features
 from stack.gpu_features import CudaFacts
 
@@ -134,3 +138,133 @@ def test_the_wheel_cache_keys_on_the_cuda_flags(gpu_host, tmp_path):
         found[label] = result.stdout.strip()
     assert found["cpu"].endswith("-cpu.whl")
     assert found["gpu"].endswith("-gpu.whl")
+
+
+# -- the GPU check (perf/gpu_check.sh): its parts that need no GPU -------------------------------------
+
+
+def test_prepared_folder_fits_the_carry_limit_and_holds_a_buildable_source(tmp_path):
+    out = tmp_path / "gpu-check"
+    report = gpu_check_prepare.prepare(out, gpu_check_prepare.SDIST)
+    assert report["folder_bytes"] + gpu_check_prepare.travelling_bytes() < gpu_check_prepare.CARRY_LIMIT_BYTES
+    with tarfile.open(gpu_check_prepare.SDIST) as sdist:
+        wanted = {m.name.partition("/")[2] for m in sdist if m.isfile() and gpu_check_prepare.kept(
+            m.name.partition("/")[2])}
+    with tarfile.open(out / gpu_check_prepare.SOURCE_TAR) as trimmed:
+        names = {m.name for m in trimmed}
+    # Every kept file under its own name (long names too: a PAX record must not restore the sdist's top folder).
+    assert names == {f"{gpu_check_prepare.SOURCE_ROOT}/{name}" for name in wanted}
+    llama = f"{gpu_check_prepare.SOURCE_ROOT}/vendor/llama.cpp"
+    assert {f"{llama}/ggml/src/ggml-cuda/template-instances/fattn-vec-instance-f16-f16.cu",
+            f"{llama}/ggml/src/ggml-cuda/ggml-cuda.cu", f"{llama}/ggml/src/ggml-cpu/ggml-cpu.c",
+            f"{llama}/src/llama.cpp",
+            f"{llama}/models/ggml-vocab-qwen2.gguf",
+            f"{gpu_check_prepare.SOURCE_ROOT}/llama_cpp/llama_cpp.py"} <= names
+    assert not [n for n in names if "/ggml-vulkan/" in n or "/tools/" in n or "/.git/" in n]
+    for package in ("gguf", "diskcache", "bm25s"):
+        assert (out / "pydeps" / package / "__init__.py").is_file()
+    assert json.loads((out / "revision.json").read_text())["commit"] == subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    # The same bytes again: the GPU build's stamp hashes the tarball, so preparing again rebuilds nothing.
+    digest = hashlib.sha256((out / gpu_check_prepare.SOURCE_TAR).read_bytes()).hexdigest()
+    gpu_check_prepare.prepare(out, gpu_check_prepare.SDIST)
+    assert hashlib.sha256((out / gpu_check_prepare.SOURCE_TAR).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.skipif(not shutil.which("cmake") or not shutil.which("ninja"), reason="needs cmake and ninja")
+def test_trimmed_source_configures(tmp_path):
+    """CMake finds every file the build of ggml and llama.cpp names (CPU here; the CUDA part needs a toolkit)."""
+    gpu_check_prepare.write_trimmed_source(gpu_check_prepare.SDIST, tmp_path / "src.tar.gz")
+    with tarfile.open(tmp_path / "src.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    result = subprocess.run(["cmake", "-S", str(tmp_path / gpu_check_prepare.SOURCE_ROOT / "vendor" / "llama.cpp"),
+                             "-B", str(tmp_path / "build"), "-G", "Ninja", "-DBUILD_SHARED_LIBS=ON",
+                             "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+                             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "build" / "build.ninja").is_file()
+
+
+def test_gpu_check_arguments():
+    args = gpu_check.parse_args([])
+    assert (args.lengths, args.rounds, args.steps) == ((1024, 3072, 8192), gpu_check.ROUNDS, gpu_check.STEPS)
+    args = gpu_check.parse_args(["--lengths", "1024,8192", "--steps", "forward", "--searches", "2"])
+    assert (args.lengths, args.steps, args.searches) == ((1024, 8192), ("forward",), 2)
+    assert gpu_check.parse_args(["--smoke", "--lengths", "256,4096"]).lengths == (256, 512)
+    for bad in (["--lengths", "0"], ["--lengths", "1k"], ["--steps", "speed"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            gpu_check.parse_args(bad)
+
+
+def test_the_gpu_config_is_what_the_check_measures(tmp_path):
+    parameters = gpu_check.config_parameters(gpu_check.GPU_CONFIG.read_text())
+    assert parameters["n_gpu_layers"] == {"string_value": "-1"}
+    assert parameters["share_decodes"] == {"string_value": "true"}
+    config = gpu_check.gpu_engine_config(tmp_path / "m.gguf", tmp_path / "p.safetensors")
+    assert (config.llama.n_gpu_layers, config.llama.flash_attn, config.llama.main_gpu) == (-1, True, 0)
+    assert config.model_path == str(tmp_path / "m.gguf")
+    smoke = gpu_check.gpu_engine_config(tmp_path / "m.gguf", tmp_path / "p.safetensors", smoke=True)
+    assert smoke.llama.n_gpu_layers == 0
+
+
+@pytest.mark.parametrize(("name", "file"), [
+    ("NVIDIA H200", "gpu-h200.json"), ("NVIDIA H100 80GB HBM3", "gpu-h100-80gb-hbm3.json"),
+    ("NVIDIA GeForce RTX 4090", "gpu-geforce-rtx-4090.json"), ("", "gpu-unknown.json")])
+def test_results_are_named_after_the_gpu(name, file, tmp_path):
+    assert gpu_check.results_path(name, tmp_path) == tmp_path / file
+
+
+def test_searches_are_groups_of_five_concurrent_calls():
+    entries = list(range(20))
+    assert gpu_check.searches(entries) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14], [15, 16, 17, 18, 19]]
+    assert gpu_check.searches(entries, limit=1) == [[0, 1, 2, 3, 4]]
+    assert gpu_check.searches([0, 1, 2, 3]) == [[0, 1, 2, 3]]  # a workload of fewer entries: one batch of all
+
+
+def test_smoke_run_writes_the_results(tmp_path):
+    """The script's measuring steps end to end on the CPU (tiny model, few documents): what the GPU run writes."""
+    out = tmp_path / "gpu-smoke.json"
+    status = gpu_check.main(["--smoke", "--steps", "forward,librechat", "--lengths", "128", "--rounds", "1",
+                             "--search-rounds", "1", "--searches", "1", "--out", str(out)])
+    assert status == 0
+    results = json.loads(out.read_text())
+    assert results["complete"] is True
+    assert "fidelity" not in results
+    assert results["forward"]["lengths"]["128"]["engine"]["tokens_per_s"] > 0
+    search = results["librechat"]
+    assert search["workload"] in gpu_check.LIBRECHAT_WORKLOADS
+    for key in ("share_decodes_on", "share_decodes_off"):
+        batch = search[key]["search_batch"]
+        assert search[key]["searches_measured"] == 1
+        assert batch["requests"] == search["requests_per_search"]
+        assert batch["errors"] == 0
+        assert 0 < batch["latency_ms"]["p50"] <= batch["latency_ms"]["p99"] <= batch["latency_ms"]["max"]
+        assert results["meets_targets"][f"librechat_every_call_under_2s_{key}"] == (
+            batch["latency_ms"]["max"] < 2000)
+    assert "| share decodes on, " in gpu_check.table(results)
+    assert results["engine_options"]["n_gpu_layers"] == 0
+
+
+def test_a_stopped_run_keeps_the_steps_it_finished(tmp_path):
+    """Each step's results are written as it ends: a run cut short by the machine's time limit keeps them."""
+    out = tmp_path / "partial.json"
+    seen = []
+
+    def checkpoint(partial: dict) -> None:
+        gpu_check.write_results(partial, out)
+        seen.append(json.loads(out.read_text()))
+
+    args = gpu_check.parse_args(["--smoke", "--steps", "forward", "--lengths", "64", "--rounds", "1"])
+    results = gpu_check.run(args, lambda _: None, checkpoint)
+    assert [sorted(k for k in s if k in gpu_check.STEPS) for s in seen] == [["forward"]]
+    assert seen[-1]["forward"] == json.loads(json.dumps(results["forward"]))
+    assert not out.with_suffix(".tmp").exists()
+
+
+def test_the_check_builds_nothing_without_a_gpu():
+    result = subprocess.run(["bash", str(ROOT / "perf" / "gpu_check.sh"), "build"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable, "LLAMA_CUDA_ARCHITECTURES": ""}, timeout=60)
+    assert result.returncode == 1
+    assert "no CUDA build here (an NVIDIA GPU and nvcc are both needed)" in result.stderr
+    assert "GPU compute capabilities: none visible" in result.stderr
