@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.loadgen import percentile
+from perf.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.standin import PRESET, ensure_standin
 from perf.workloads import Entry, from_input_data, load
 from stack import cpu_features
@@ -102,7 +102,7 @@ def searches_of(entries: Sequence[Entry]) -> list[Search]:
 def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-bench", timeout_ms: int | None = None,
                agents_dir: Path = AGENTS_DIR, report: bool = True) -> list[dict]:
     """Every call's record (perf/librechat_rerank.mjs), searches one after another; prints a line per search."""
-    job = {"agents_dir": str(agents_dir), "timeout_ms": timeout_ms, "top_n": 5,
+    job = {"agents_dir": str(agents_dir), "timeout_ms": timeout_ms, "top_n": LIBRECHAT_TOP_N,
            "searches": [{"query": s.query, "pages": [list(p) for p in s.pages]} for s in searches]}
     env = {**os.environ, "JINA_API_URL": f"{url.rstrip('/')}/v1/rerank", "JINA_API_KEY": api_key}
     calls: list[dict] = []

@@ -29,11 +29,10 @@ import zlib
 from collections.abc import Sequence
 from functools import cache
 
-# LibreChat's defaults (SEARCH_MAX_CONTENT_LENGTH, SEARCH_CHUNK_SIZE, SEARCH_CHUNK_OVERLAP; topResults).
+# LibreChat's defaults (SEARCH_MAX_CONTENT_LENGTH, SEARCH_CHUNK_SIZE, SEARCH_CHUNK_OVERLAP).
 MAX_CONTENT_CHARS = 50_000
 CHUNK_SIZE, CHUNK_OVERLAP = 150, 50
 SEPARATORS = ("\n\n", "\n")
-TOP_N = 5
 
 LANGUAGE_SWITCHER = "English | Deutsch | Français | Español | Italiano | Русский | 中文 | 日本語"
 CODE_LANGUAGES = ("python", "bash", "javascript", "json")
