@@ -14,6 +14,10 @@
 # (default: the GPUs' compute capabilities, stack/gpu_features.py); GPU_CHECK_ARGS (more arguments for
 # perf/gpu_check.py, e.g. "--lengths 1024"); GPU_CHECK_MEASURE_TIMEOUT_S (stop measuring then, keeping the
 # steps done); OUT (a folder that also receives the results, the log and the build's record).
+#
+# Where one command may run 10 minutes at most (this project's H200, carrying .cache/gpu-check each time):
+# `perf/gpu_check.sh build`, then at once, while the machine still holds the build,
+# `GPU_CHECK_MEASURE_TIMEOUT_S=300 perf/gpu_check.sh measure`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,5 +110,5 @@ case "$step" in
     measure) measure ;;
     run) build && measure ;;
     all) prepare && build && measure ;;
-    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac
