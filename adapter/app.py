@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +29,19 @@ log = logging.getLogger("adapter")
 
 RERANK_PATHS = frozenset({"/rerank", "/v1/rerank"})
 ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 503, 504)}
+# A caller's own deadline for this request (milliseconds), instead of REQUEST_TIMEOUT_S; and the most it may ask.
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+MAX_CALLER_TIMEOUT_S = 600.0
+# How many documents the model scored, of how many: "64/489". Fewer than all: the rest were ranked lexically.
+SCORED_HEADER = "X-Rerank-Scored"
+# The status nginx logs for a client that left before its answer; nobody receives it.
+CLIENT_GONE = 499
+
+T = TypeVar("T")
+
+
+class ClientDisconnectedError(Exception):
+    """The HTTP client closed its connection before the answer was ready."""
 
 
 class ApiError(Exception):
@@ -44,6 +60,44 @@ def validation_message(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+def caller_timeout(header: str | None, default: float) -> float:
+    """Seconds this request may take: the caller's header when sent and valid, else ``default``."""
+    if header is None:
+        return default
+    try:
+        milliseconds = float(header)
+    except ValueError:
+        milliseconds = math.nan
+    if not 0 < milliseconds <= MAX_CALLER_TIMEOUT_S * 1000:
+        raise ApiError(422, "invalid_request", f"{TIMEOUT_HEADER}: expected milliseconds in (0, "
+                                               f"{MAX_CALLER_TIMEOUT_S * 1000:.0f}], got {header!r}")
+    return milliseconds / 1000
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it at once if the client disconnects first (its body is already read).
+
+    Cancelling the Triton call cancels it in Triton too (gRPC), and the model stops computing it.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # let the cancellation reach the Triton call before answering
+    raise ClientDisconnectedError
 
 
 def create_app(settings: AdapterSettings) -> FastAPI:
@@ -110,20 +164,34 @@ def create_app(settings: AdapterSettings) -> FastAPI:
               responses=ERROR_RESPONSES, dependencies=[Depends(authorize)], summary="Rerank (Jina API)")
     @app.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True,
               responses=ERROR_RESPONSES, dependencies=[Depends(authorize)], summary="Rerank (old service's API)")
-    async def rerank(body: RerankBody, request: Request) -> RerankResponse:
+    async def rerank(body: RerankBody, request: Request, response: Response,
+                     timeout_ms: str | None = Header(None, alias=TIMEOUT_HEADER, include_in_schema=False)
+                     ) -> RerankResponse | Response:
         started = time.perf_counter()
         check_limits(body)
+        timeout = caller_timeout(timeout_ms, settings.request_timeout_s)
+        budgeted = settings.rerank_mode == "budgeted"
         try:
-            scores = await request.app.state.backend.rerank(body.query, body.texts(), body.instruction,
-                                                            settings.request_timeout_s)
+            scores = await unless_disconnected(request, request.app.state.backend.rerank(
+                body.query, body.texts(), body.instruction, timeout, body.top_n, budgeted))
+        except ClientDisconnectedError:
+            log.info("rerank abandoned by the client documents=%d after_ms=%.0f", len(body.documents),
+                     (time.perf_counter() - started) * 1000)
+            return Response(status_code=CLIENT_GONE)
         except BackendError as exc:
             log.warning("rerank failed status=%d kind=%s documents=%d: %s", exc.status_code, exc.kind,
                         len(body.documents), exc)
             raise ApiError(exc.status_code, exc.kind, str(exc)) from None
-        metrics.documents.inc(len(body.documents))
+        n_docs, n_scored = len(body.documents), scores.n_scored
+        metrics.documents.inc(n_docs)
         metrics.tokens.inc(scores.tokens)
-        log.info("rerank documents=%d tokens=%d latency_ms=%.0f", len(body.documents), scores.tokens,
-                 (time.perf_counter() - started) * 1000)
+        metrics.ranked.labels("model").inc(n_scored)
+        metrics.ranked.labels("lexical").inc(n_docs - n_scored)
+        if n_scored < n_docs:
+            metrics.budgeted.inc()
+        response.headers[SCORED_HEADER] = f"{n_scored}/{n_docs}"
+        log.info("rerank documents=%d scored=%d/%d tokens=%d timeout_s=%g latency_ms=%.0f", n_docs, n_scored,
+                 n_docs, scores.tokens, timeout, (time.perf_counter() - started) * 1000)
         return RerankResponse(model=settings.model_name, usage=Usage(total_tokens=scores.tokens),
                               results=rank(scores.scores, body.documents, body.top_n, body.return_documents))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import aiohttp
 import numpy as np
@@ -30,6 +31,9 @@ GRPC_CHANNEL_ARGS = [
 ]
 # A CANCELLED sent at the deadline can be read a moment before asyncio's own timer for it has fired.
 DEADLINE_SLACK_S = 0.05
+# A budgeted request is due at its deadline; this much later the adapter stops waiting (a 504). Triton's own
+# timeout is set to the same point, so it never drops a request the model could still answer in time.
+BUDGETED_GRACE_S = 0.5
 # "is not healthy": a Python-backend process died; the stub watchdog reloads the model within seconds.
 UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "is not healthy")
 
@@ -60,6 +64,11 @@ class BackendRejectedError(BackendError):
 class Scores:
     scores: np.ndarray  # input order
     tokens: int
+    scored: np.ndarray  # bool, input order: True where the model scored the document, False where ranked lexically
+
+    @property
+    def n_scored(self) -> int:
+        return int(self.scored.sum())
 
 
 class TritonBackend:
@@ -88,27 +97,39 @@ class TritonBackend:
         tensor.set_data_from_numpy(array)
         return tensor
 
-    async def rerank(self, query: str, documents: list[str], instruction: str | None,
-                     timeout: float) -> Scores:
+    async def rerank(self, query: str, documents: list[str], instruction: str | None, timeout: float,
+                     top_n: int | None = None, budgeted: bool = True) -> Scores:
+        """Scores from the model, due ``timeout`` seconds from now.
+
+        Budgeted, the model answers by then whatever it could score (the rest ranked lexically);
+        exact, it scores everything or the call fails with BackendTimeoutError.
+        """
         inputs = [self._text_input("QUERY", [query]), self._text_input("DOCUMENTS", documents)]
         if instruction:
             inputs.append(self._text_input("INSTRUCTION", [instruction]))
-        outputs = [self._protocol.InferRequestedOutput("SCORES"), self._protocol.InferRequestedOutput("TOKENS")]
+        outputs = [self._protocol.InferRequestedOutput(name) for name in ("SCORES", "TOKENS", "SCORED")]
+        parameters: dict[str, object] = {"rerank_mode": "budgeted" if budgeted else "exact"}
+        if budgeted:
+            parameters["deadline_unix_ms"] = int((time.time() + timeout) * 1000)
+            parameters["top_n"] = top_n or 1
         # Triton gets the deadline too (µs): it drops the request from its queue once the deadline has
         # passed and the model stops computing it, so abandoned work does not delay other callers.
         # Over gRPC, giving up here also cancels the call, which the model notices within 50 ms.
+        limit = timeout + BUDGETED_GRACE_S if budgeted else timeout
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + limit
         try:
             result = await asyncio.wait_for(self._client.infer(
-                self.settings.triton_model, inputs, outputs=outputs, timeout=max(1, int(timeout * 1e6))), timeout)
+                self.settings.triton_model, inputs, outputs=outputs, timeout=max(1, int(limit * 1e6)),
+                parameters=parameters), limit)
         except asyncio.TimeoutError:
             raise BackendTimeoutError(f"the model did not answer within {timeout:g} s") from None
         except InferenceServerException as exc:
             raise classify(exc, deadline_passed=loop.time() >= deadline - DEADLINE_SLACK_S) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailableError(f"Triton is unreachable at {self.settings.triton_url} ({exc})") from None
-        return Scores(result.as_numpy("SCORES")[0], int(result.as_numpy("TOKENS")[0, 0]))
+        return Scores(result.as_numpy("SCORES")[0], int(result.as_numpy("TOKENS")[0, 0]),
+                      result.as_numpy("SCORED")[0].astype(bool))
 
 
 def classify(exc: InferenceServerException, deadline_passed: bool) -> BackendError:

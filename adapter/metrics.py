@@ -20,6 +20,11 @@ class Metrics:
         self.documents = Counter("rerank_documents", "Documents ranked.", registry=self.registry)
         self.tokens = Counter("rerank_tokens", "Tokens processed by the model.", registry=self.registry)
         self.errors = Counter("rerank_errors", "Failed rerank requests, by kind.", ["kind"], registry=self.registry)
+        self.budgeted = Counter("rerank_budgeted_requests",
+                                "Requests answered in time with part of their documents ranked lexically.",
+                                registry=self.registry)
+        self.ranked = Counter("rerank_ranked_documents", "Documents ranked, by who scored them (model or lexical).",
+                              ["by"], registry=self.registry)
         self.in_flight = Gauge("rerank_in_flight", "Rerank requests being answered.", registry=self.registry)
 
     def render(self) -> bytes:

@@ -225,8 +225,8 @@ def test_unreachable_triton_is_503(protocol, tmp_path):
         adapter.stop()
 
 
-def test_past_the_deadline_is_504(triton, tmp_path):
-    adapter = start_adapter(triton.grpc_url, tmp_path / "adapter.log", REQUEST_TIMEOUT_S="0.02")
+def test_past_the_deadline_in_exact_mode_is_504(triton, tmp_path):
+    adapter = start_adapter(triton.grpc_url, tmp_path / "adapter.log", REQUEST_TIMEOUT_S="0.02", RERANK_MODE="exact")
     try:
         docs = [f"passage {i} " * 20 for i in range(120)]
         response = httpx.post(f"{adapter.url}/v1/rerank", json={"query": "q", "documents": docs}, timeout=10)
