@@ -55,10 +55,17 @@ class EnvironmentSettings(BaseSettings):
 
     @classmethod
     def variable(cls, name: str) -> str:
-        """The environment variable of a field (given by name or alias)."""
-        field = cls.model_fields.get(name)
-        alias = field.validation_alias if field is not None else None
-        return (alias if isinstance(alias, str) else name).upper()
+        """The environment variable of a field, given by name or by alias."""
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+            if name in (field_name, alias):
+                return (alias or field_name).upper()
+        raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+    @classmethod
+    def environment(cls, **values: object) -> dict[str, str]:
+        """The environment variables that set these fields, for a child process."""
+        return {cls.variable(name): str(value) for name, value in values.items()}
 
 
 class AdapterSettings(EnvironmentSettings):

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from adapter.settings import AdapterSettings
 from stack.processes import ManagedProcess, http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,8 +17,8 @@ class AdapterServer(ManagedProcess):
     def __init__(self, port: int, triton_url: str, log_path: Path, protocol: str = "grpc",
                  extra_env: Mapping[str, str] | None = None, host: str = "127.0.0.1") -> None:
         self.port, self.host = port, host
-        env = {**os.environ, "ADAPTER_PORT": str(port), "ADAPTER_HOST": host, "TRITON_URL": triton_url,
-               "TRITON_PROTOCOL": protocol, **(extra_env or {})}
+        env = {**os.environ, **AdapterSettings.environment(adapter_port=port, adapter_host=host, triton_url=triton_url,
+                                                           triton_protocol=protocol), **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         super().__init__("adapter", [sys.executable, "-m", "adapter"], env, log_path)
 

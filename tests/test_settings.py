@@ -134,3 +134,12 @@ def test_the_model_name_is_the_folder_and_config_name():
     folder = REPOSITORY / TRITON_MODEL
     for config in (folder / "config.pbtxt", folder / "configs" / "cpu.pbtxt"):
         assert re.findall(r'^name:\s*"([^"]*)"', config.read_text(), re.MULTILINE) == [folder.name]
+
+
+def test_a_child_process_environment_names_each_field_by_its_variable():
+    assert AdapterSettings.environment(adapter_port=81, triton_url="h:1") == {"ADAPTER_PORT": "81", "TRITON_URL": "h:1"}
+    assert Settings.environment(model=Path("/m.gguf")) == {"RERANKER_MODEL": "/m.gguf"}
+    environ = Settings.environment(model="m", triton_grpc_port=9)
+    assert Settings.from_environment(environ) == Settings(model="m", triton_grpc_port=9)
+    with pytest.raises(KeyError, match="no field 'max_documents'"):
+        Settings.environment(max_documents=1)
