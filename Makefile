@@ -13,6 +13,8 @@ LLAMA_CPP_PYTHON_VERSION := 0.3.36
 LLAMA_CUDA_ARCHITECTURES ?=
 LLAMA_CMAKE_ARGS ?= $(strip $(shell $(PYTHON) stack/cpu_features.py cmake-args) \
 	$(shell $(PYTHON) stack/gpu_features.py cmake-args --architectures '$(LLAMA_CUDA_ARCHITECTURES)'))
+# The patches to ggml, space-separated, applied in order: our x86 kernels for the repacked Q8_0 path on
+# every build, the AMX fix with AMX. Each must apply exactly; their text is part of the key.
 LLAMA_PATCH ?= $(shell $(PYTHON) stack/cpu_features.py patch)
 LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)'; \
 	$(if $(LLAMA_PATCH),cat $(LLAMA_PATCH);) } | sha256sum | cut -c1-16)

@@ -63,13 +63,13 @@ def why_not_here() -> str | None:
                               llama_cpp.llama_print_system_info().decode(), cpu_features.cpu_model(text))
 
 
-def build_wheel(cmake_args: Sequence[str], patch: Path | None = None, say: Callable[[str], None] = print) -> Path:
-    """The llama-cpp-python wheel of the installed version with these flags and patch (built once, cached)."""
+def build_wheel(cmake_args: Sequence[str], patches: Sequence[Path] = (), say: Callable[[str], None] = print) -> Path:
+    """The llama-cpp-python wheel of the installed version with these flags and patches (built once, cached)."""
     version = importlib.metadata.version("llama_cpp_python")
     say(f"llama-cpp-python {version} with {' '.join(cmake_args)}: building once, several minutes, unless cached")
     env = {**os.environ, "PYTHON": sys.executable, "LLAMA_CPP_PYTHON_VERSION": version,
-           "LLAMA_CMAKE_ARGS": " ".join(cmake_args), "LLAMA_PATCH": str(patch or ""), "LLAMA_BUILD_ONLY": "1",
-           "CACHE_DIR": str(ROOT / ".cache")}
+           "LLAMA_CMAKE_ARGS": " ".join(cmake_args), "LLAMA_PATCH": " ".join(map(str, patches)),
+           "LLAMA_BUILD_ONLY": "1", "CACHE_DIR": str(ROOT / ".cache")}
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"building the comparison wheel failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}")
@@ -147,7 +147,8 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
     reason = why_not_here()
     if reason:
         return {"skipped": reason}
-    avx512 = unpack(build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False), say=say))
+    avx512 = unpack(build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False),
+                                 cpu_features.patches(amx=False), say=say))
     return side_by_side(model, options, lengths, rounds, {"amx": None, "avx512": avx512}, say)
 
 

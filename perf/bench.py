@@ -15,7 +15,8 @@ Triton config's parameters):
 Then, once the servers have stopped, the PyTorch CPU peer (perf/torch_peer.py): the engine's llama.cpp forward
 pass against transformers' Qwen3 in bf16 and fp32 on the same GGUF's weights, in this process (quick: 1,024
 tokens; full: 1,024, 3,072 and 8,192 tokens and the engine's CPU knobs), with per-op profiles of both; and
-where AMX is usable, llama.cpp's AMX build against its AVX-512 build at the same lengths (perf/amx_bench.py).
+where AMX is usable, llama.cpp's AMX build against its AVX-512 build at the same lengths (perf/amx_bench.py);
+and the installed build's extra buffer types (the repacked Q8_0 weights) on vs off (perf/q8_repack_bench.py).
 
 At concurrency 1 the baselines take turns request by request (order rotated each round), so a machine
 that slows down during the run slows all of them alike; the ratios compare those turns in tokens/s
@@ -49,7 +50,7 @@ import numpy as np
 from triton_contract import MODEL_ENV, PROJECTOR_ENV
 from triton_contract import engine_config as served_config
 
-from perf import MODEL_VERSION_DIR, ROOT, amx_bench, torch_peer
+from perf import MODEL_VERSION_DIR, ROOT, amx_bench, q8_repack_bench, torch_peer
 from perf.loadgen import (
     AdapterTarget,
     CallTarget,
@@ -323,6 +324,9 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
     results["cpu_peer"] = measure_peer(mode, model, options, say) if peer else {"skipped": "--no-peer"}
     results["amx"] = amx_bench.compare(model, options, torch_peer.LENGTHS[mode], amx_bench.ROUNDS[mode],
                                        say=lambda message: say(f"amx: {message}"))
+    say(f"repacked Q8_0 vs plain at {', '.join(map(str, torch_peer.LENGTHS[mode]))} tokens")
+    results["q8_repack"] = q8_repack_bench.compare(model, options, torch_peer.LENGTHS[mode], torch_peer.ROUNDS[mode],
+                                                   say=lambda message: say(f"q8 repack: {message}"))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
     return {
         "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
@@ -339,9 +343,11 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
                            **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                               if f.name not in ("model_path", "projector_path", "llama")}},
         "ratios_workload": headline,
-        "ratios": {**results["workloads"][headline]["ratios"], **cpu_ratios(results["cpu_peer"], results["amx"])},
+        "ratios": {**results["workloads"][headline]["ratios"], **cpu_ratios(results["cpu_peer"], results["amx"]),
+                   "q8_repack_vs_plain": results["q8_repack"]["q8_repack_vs_plain"][PEER_LENGTH]},
         "ratio_notes": {"engine_vs_torch_bf16": PEER_RATIO_NOTE,
-                        "amx_vs_avx512": results["amx"].get("skipped", AMX_RATIO_NOTE)},
+                        "amx_vs_avx512": results["amx"].get("skipped", AMX_RATIO_NOTE),
+                        "q8_repack_vs_plain": Q8_REPACK_RATIO_NOTE},
         "ratios_median_of_rounds": results["workloads"][headline]["ratios_median_of_rounds"], "ratio_targets": TARGETS,
         "meets_targets": {key: results["workloads"][headline]["ratios"][key] >= target
                           for key, target in TARGETS.items()},
@@ -354,6 +360,9 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
 PEER_LENGTH = "1024"  # the headline engine_vs_torch_bf16: measured in both modes
 AMX_RATIO_NOTE = (f"AMX build tokens/s over AVX-512 build tokens/s on {PEER_LENGTH}-token forward passes, same "
                   "version, flags otherwise, ids and options (amx: every length, the self-check's outcome)")
+Q8_REPACK_RATIO_NOTE = (f"tokens/s with llama.cpp's extra buffer types (repacked Q8_0 weights; AMX's where AMX is "
+                        f"in play) over tokens/s without, same build, {PEER_LENGTH}-token passes (q8_repack: every "
+                        "length)")
 PEER_RATIO_NOTE = (f"engine tokens/s over PyTorch bf16 tokens/s on {PEER_LENGTH}-token forward passes, same weights, "
                    "ids and threads (cpu_peer: rounds, profiles; in full mode every length and the knobs)")
 
@@ -405,7 +414,9 @@ def table(results: dict) -> str:
                  f"{rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
                  f"MiB (n_ctx {results['engine_options']['n_ctx']}). Other processes used "
                  f"{results['machine']['other_cpu_share']:.0%} of the CPU during the run.")
-    for key in ("engine_vs_torch_bf16", "amx_vs_avx512"):
+    for key in ("engine_vs_torch_bf16", "amx_vs_avx512", "q8_repack_vs_plain"):
+        if key not in results["ratio_notes"]:
+            continue
         value = results["ratios"].get(key)
         lines.append(f"`{key}` = {value:.2f} ({PEER_LENGTH} tokens)." if value is not None
                      else f"`{key}`: {results['ratio_notes'][key]}.")
@@ -421,6 +432,8 @@ def table(results: dict) -> str:
         lines += ["", torch_peer.table(results["cpu_peer"])]
     if "amx" in results:
         lines += ["", amx_bench.table(results["amx"])]
+    if "q8_repack" in results:
+        lines += ["", q8_repack_bench.table(results["q8_repack"])]
     return "\n".join(lines)
 
 

@@ -7,8 +7,8 @@
 # cache take part in the build. The sdist is kept too: it carries the real
 # Qwen2 BPE vocabulary that the test-model generator can use.
 #
-# LLAMA_PATCH, when set, names a patch applied to the sdist before building
-# (the AMX fix, see stack/cpu_features.py); it must apply exactly or the build stops.
+# LLAMA_PATCH, when set, names the patches applied to the sdist before building, space-separated, in order
+# (stack/cpu_features.py patch); each must apply exactly or the build stops. All are part of the key.
 #
 # LLAMA_BUILD_ONLY=1 builds (or finds) the wheel and prints its path instead of installing it: the
 # benchmark's second build, the same version without AMX (perf/amx_bench.py).
@@ -17,7 +17,7 @@ set -euo pipefail
 PYTHON="${PYTHON:?set PYTHON to the virtualenv interpreter}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:?}"
 CMAKE_ARGS="${LLAMA_CMAKE_ARGS:?}"
-PATCH_FILE="${LLAMA_PATCH:-}"
+read -r -a PATCH_FILES <<<"${LLAMA_PATCH:-}"
 CACHE="${CACHE_DIR:-.cache}"
 
 sdist="$CACHE/sdist/llama_cpp_python-$VERSION.tar.gz"
@@ -27,7 +27,7 @@ if [ ! -f "$sdist" ]; then
         "llama-cpp-python==$VERSION" -d "$CACHE/sdist"
 fi
 
-key=$( { printf '%s\n%s\n' "$VERSION" "$CMAKE_ARGS"; if [ -n "$PATCH_FILE" ]; then cat "$PATCH_FILE"; fi; } \
+key=$( { printf '%s\n%s\n' "$VERSION" "$CMAKE_ARGS"; for p in "${PATCH_FILES[@]}"; do cat "$p"; done; } \
       | sha256sum | cut -c1-16)
 wheel_dir="$CACHE/wheels/llama-cpp-python-$VERSION-$key"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
@@ -35,17 +35,19 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     tmp="$wheel_dir.tmp"
     rm -rf "$tmp" && mkdir -p "$tmp"
     source="$sdist"
-    if [ -n "$PATCH_FILE" ]; then
+    if [ "${#PATCH_FILES[@]}" -gt 0 ]; then
         tar -xzf "$sdist" -C "$tmp"
         source="$tmp/llama_cpp_python-$VERSION"
-        if ! patch -d "$source" -p1 --forward --fuzz=0 --batch --no-backup-if-mismatch <"$PATCH_FILE"; then
-            echo "error: $PATCH_FILE does not apply to llama-cpp-python $VERSION; update the patch" >&2
-            exit 1
-        fi
+        for p in "${PATCH_FILES[@]}"; do
+            if ! patch -d "$source" -p1 --forward --fuzz=0 --batch --no-backup-if-mismatch <"$p"; then
+                echo "error: $p does not apply to llama-cpp-python $VERSION; update the patch" >&2
+                exit 1
+            fi
+        done
     fi
     CMAKE_ARGS="$CMAKE_ARGS" "$PYTHON" -m pip wheel --no-cache-dir --no-deps "$source" -w "$tmp"
     rm -rf "$tmp/llama_cpp_python-$VERSION"
-    printf '%s\n%s\n' "$CMAKE_ARGS" "$PATCH_FILE" >"$tmp/BUILD_FLAGS"
+    printf '%s\n%s\n' "$CMAKE_ARGS" "${PATCH_FILES[*]}" >"$tmp/BUILD_FLAGS"
     rm -rf "$wheel_dir" && mv "$tmp" "$wheel_dir"
 fi
 

@@ -3,10 +3,11 @@
 ``-march=native`` is not used: on some virtual machines it compiles ggml's AMX kernels, which then die with
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
 /proc/cpuinfo. AMX is enabled only when the CPU lists it AND the kernel grants the XTILEDATA permission,
-and then only together with this project's patch of ggml's AMX code (stack/patches/).
+and then only together with this project's patch of ggml's AMX code (stack/patches/). Every build also gets
+this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI, AVX-VNNI, AVX2; stack/patches/).
 
     python stack/cpu_features.py cmake-args   # the flags, on one line
-    python stack/cpu_features.py patch        # the patch to apply to the sdist, or nothing
+    python stack/cpu_features.py patch        # the patches to apply to the sdist, in order, space-separated
     python stack/cpu_features.py describe     # what was detected
 """
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-amx-tile-config.patch"
+Q8_0_REPACK_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-repack-x86.patch"
 # (ggml option, cpuinfo flags that must all be present), in the order the flags are written.
 BASE = [
     ("GGML_AVX", ("avx",)),
@@ -77,6 +79,11 @@ def cmake_args(flags: set[str], amx: bool) -> list[str]:
     return ["-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name, needed in options if set(needed) <= flags]
 
 
+def patches(amx: bool) -> list[Path]:
+    """The patches applied to the sdist, in order: the Q8_0 repack kernels always, the AMX fix with AMX."""
+    return [Q8_0_REPACK_PATCH] + ([AMX_PATCH] if amx else [])
+
+
 def main(argv: list[str]) -> int:
     flags = cpu_flags()
     amx = amx_usable(flags, amx_permitted())
@@ -84,7 +91,7 @@ def main(argv: list[str]) -> int:
     if command == "cmake-args":
         print(" ".join(cmake_args(flags, amx)))
     elif command == "patch":
-        print(AMX_PATCH if amx else "")
+        print(" ".join(map(str, patches(amx))))
     elif command == "describe":
         print(f"AMX usable: {amx}\nCMake flags: {' '.join(cmake_args(flags, amx))}")
     else:

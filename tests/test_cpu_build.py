@@ -147,7 +147,7 @@ def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
     load llama.cpp from the unpacked copy and compute what the installed build computes."""
     flags = cpu_features.cpu_flags()
     amx = cpu_features.amx_usable(flags, cpu_features.amx_permitted())
-    wheel = amx_bench.build_wheel(cpu_features.cmake_args(flags, amx), cpu_features.AMX_PATCH if amx else None,
+    wheel = amx_bench.build_wheel(cpu_features.cmake_args(flags, amx), cpu_features.patches(amx),
                                   say=lambda _: None)
     unpacked = amx_bench.unpack(wheel, tmp_path)
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama

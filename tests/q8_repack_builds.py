@@ -1,0 +1,73 @@
+"""llama.cpp's CPU backend built once per x86 instruction-set path of the repacked Q8_0 kernels (test support).
+
+stack/patches/ggml-cpu-q8_0-repack-x86.patch gives ggml's repacked Q8_0 path an AVX-512 VNNI, an AVX-VNNI and an
+AVX2 kernel, chosen at compile time. The installed build compiles one of them (and on an AMX machine its extra
+buffer types are AMX's, not the repacking), so each path gets a build of its own: libggml-cpu from the installed
+version's sdist with the project's patches and that path's instruction sets, without AMX, beside a copy of the
+installed package (a child process puts the copy first on PYTHONPATH). Only the paths this CPU runs are built;
+about a minute each (only libggml-cpu is compiled), cached under .cache/q8-repack-builds/, keyed on everything
+that goes into them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from stack import cpu_features
+from tests import amx_emulation
+
+CACHE = amx_emulation.ROOT / ".cache" / "q8-repack-builds"
+# ggml options of the AVX2 build, the CPU flags they need; each path adds its own.
+AVX2 = ["GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"]
+# path: (ggml options, cpuinfo flags the CPU must have to run it)
+PATHS: dict[str, tuple[list[str], set[str]]] = {
+    "avx512-vnni": ([*AVX2, "GGML_AVX512", "GGML_AVX512_VNNI"],
+                    {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}),
+    "avx-vnni": ([*AVX2, "GGML_AVX_VNNI"], {"avx2", "fma", "f16c", "avx_vnni"}),
+    "avx2": (AVX2, {"avx2", "fma", "f16c"}),
+}
+
+
+def why_not_here(path: str) -> str | None:
+    """Why this CPU cannot run the build of ``path``, or None."""
+    missing = PATHS[path][1] - cpu_features.cpu_flags()
+    if missing:
+        return f"this CPU lacks {', '.join(sorted(missing))}"
+    tools = [tool for tool in ("cmake", "gcc", "g++", "patch") if shutil.which(tool) is None]
+    return f"missing build tools: {', '.join(tools)}" if tools else None
+
+
+def cmake_args(path: str) -> list[str]:
+    return ["-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name in PATHS[path][0]]
+
+
+def build(path: str) -> Path:
+    """A folder holding a copy of the installed llama_cpp package whose CPU backend is ``path``'s build."""
+    import llama_cpp
+
+    installed_package = Path(llama_cpp.__file__).parent
+    sdist = amx_emulation.installed_sdist()
+    patches = cpu_features.patches(amx=False)
+    digest = hashlib.sha256("\n".join([sdist.name, " ".join(cmake_args(path))]).encode())
+    for file in [*patches, *sorted((installed_package / "lib").iterdir())]:
+        digest.update(file.read_bytes())
+    target = CACHE / f"{path}-{digest.hexdigest()[:16]}"
+    if (target / "llama_cpp" / "__init__.py").is_file():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+        work = Path(scratch)
+        source = amx_emulation.unpack_llama_cpp(work / "src")
+        for patch in patches:
+            subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch"],
+                           input=patch.read_bytes(), check=True, capture_output=True)
+        amx_emulation._configure(source, work / "build", cmake_args(path))
+        amx_emulation._package(installed_package, amx_emulation._build_cpu_backend(work / "build"), work / "out")
+        if target.exists():
+            shutil.rmtree(target)
+        (work / "out").rename(target)
+    return target
