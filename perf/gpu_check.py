@@ -484,8 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
 
-    header = {"command": "perf/gpu_check.sh run" if args.build_info else
-              "python -m perf.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = " ".join(["python -m perf.gpu_check", *(argv if argv is not None else sys.argv[1:])])
+    header = {"command": f"perf/gpu_check.sh run, which ran: {command}" if args.build_info else command,
               "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
               "revision": _read_json(args.revision), "build": _read_json(args.build_info)}
     out = args.out or (RESULTS_DIR / "gpu-smoke.json" if args.smoke else results_path(gpu_facts().get("name", "")))
@@ -498,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_results(results, out)
     failed = [name for name in args.steps if "error" in results[name]]
     fidelity_passed = results.get("fidelity", {}).get("passed")
-    print(f"\n{table(results)}\n\nfidelity passed: {fidelity_passed}; targets: "
+    build = results["build"] or {}
+    built = f"CUDA libraries built in {build['seconds']} s on {build['jobs']} cores; " if "seconds" in build else ""
+    print(f"\n{table(results)}\n\n{built}fidelity passed: {fidelity_passed}; targets: "
           f"{json.dumps(results['meets_targets'])}\nwrote {out}" + (f"\nfailed steps: {', '.join(failed)}"
                                                                     if failed else ""))
     return 1 if failed or fidelity_passed is False else 0
