@@ -9,12 +9,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from stack.adapter_server import AdapterServer
 from stack.processes import free_port
 from stack.settings import Settings
 from stack.triton_server import MODEL_NAME, REPOSITORY, TritonServer
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail the test if it does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
 
 
 def triton_settings(paths: tuple[Path, Path]) -> Settings:

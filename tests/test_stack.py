@@ -8,15 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from stack.processes import http_ok
 from stack.stub_watchdog import STUB_NAME, alive
-from tests.servers import free_port, start_serve
+from tests.servers import free_port, start_serve, wait_for
 
 
 def run_module(module: str, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -75,13 +73,6 @@ def cpu_ticks(pids: list[int]) -> int:
     """User and system time the processes used so far, in clock ticks."""
     return sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
                for pid in pids)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def port_free(port: int) -> bool:
