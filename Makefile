@@ -52,7 +52,9 @@ $(VENV)/.llama-$(LLAMA_KEY): stack/build_llama_wheel.sh | $(VENV)/.deps-stamp
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+# librechat-client: LibreChat's own reranker client (npm, pinned, cached under .cache/) for the tests that
+# drive the stack through it.
+test: install lint librechat-client
 	$(PY) -m pytest
 
 serve: install
