@@ -322,8 +322,9 @@ class Reranker:
 
         Requests whose deadlines lie together (a search's requests arrive together) split the time to
         their deadline: first each one's floor, the time to model-score its top_n, for as many as fit,
-        then max-min fairly by predicted need. The one needing least goes first, and time it leaves
-        unused goes to the others, since shares are recomputed after each request.
+        then max-min fairly by predicted need. The one needing least among those whose floor fits goes
+        first, and time it leaves unused goes to the others, since shares are recomputed after each
+        request.
         """
         orders = {i: lexical_order(p.query, p.docs) for i, p in prepared.items()}
         remaining = set(prepared)
@@ -335,10 +336,13 @@ class Reranker:
             demands = [self._whole_seconds(prepared[i]) for i in group]
             floors = [self._subset_seconds(prepared[i])(orders[i][:requests[i].min_scored]) for i in group]
             shares = fair_shares(deadline - now - ANSWER_RESERVE_S, demands, floors)
-            index, share = group[0], shares[0]
+            # Requests whose top_n fits go first; one whose top_n does not fit goes last, where it gets whatever
+            # the others leave (passes often take less than predicted).
+            pick = next((k for k in range(len(group)) if shares[k] >= floors[k]), 0)
+            index, share = group[pick], shares[pick]
             remaining.discard(index)
             log.debug("request %d: share %.2f s of %.2f s left, needs %.2f s (top_n %.2f s)", index, share,
-                      deadline - now, demands[0], floors[0])
+                      deadline - now, demands[pick], floors[pick])
             stop = None if cancelled is None else functools.partial(cancelled, index)
             yield index, self._score_within(requests[index], prepared[index], orders[index], share, stop)
 
