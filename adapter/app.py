@@ -8,7 +8,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -18,8 +18,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from adapter import __version__
-from adapter.backend import BackendError, TritonBackend
+from adapter.backend import Backend, TritonBackend
 from adapter.body_limit import BodyLimitMiddleware
+from adapter.errors import (
+    ApiError,
+    BackendError,
+    BackendUnavailableError,
+    InvalidRequestError,
+    UnauthorizedError,
+    error_response,
+)
 from adapter.metrics import Metrics, RequestMetricsMiddleware
 from adapter.ranking import rank
 from adapter.schemas import ErrorBody, RerankBody, RerankResponse, Usage
@@ -37,21 +45,15 @@ SCORED_HEADER = "X-Rerank-Scored"
 # The status nginx logs for a client that left before its answer; nobody receives it.
 CLIENT_GONE = 499
 
+# HTTP errors of the framework (unknown path, wrong method) by the ``type`` of their body.
+HTTP_ERROR_KINDS = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}
+
 T = TypeVar("T")
+BackendFactory = Callable[[AdapterSettings], Backend]
 
 
 class ClientDisconnectedError(Exception):
     """The HTTP client closed its connection before the answer was ready."""
-
-
-class ApiError(Exception):
-    def __init__(self, status_code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code, self.kind, self.message, self.headers = status_code, kind, message, headers
-
-
-def error_json(status_code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message, "type": kind}, status_code=status_code, headers=headers)
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -71,8 +73,8 @@ def caller_timeout(header: str | None, default: float) -> float:
     except ValueError:
         milliseconds = math.nan
     if not 0 < milliseconds <= MAX_CALLER_TIMEOUT_S * 1000:
-        raise ApiError(422, "invalid_request", f"{TIMEOUT_HEADER}: expected milliseconds in (0, "
-                                               f"{MAX_CALLER_TIMEOUT_S * 1000:.0f}], got {header!r}")
+        raise InvalidRequestError(f"{TIMEOUT_HEADER}: expected milliseconds in (0, {MAX_CALLER_TIMEOUT_S * 1000:.0f}], "
+                                  f"got {header!r}")
     return milliseconds / 1000
 
 
@@ -100,12 +102,13 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientDisconnectedError
 
 
-def create_app(settings: AdapterSettings) -> FastAPI:
+def create_app(settings: AdapterSettings, backend_factory: BackendFactory = TritonBackend) -> FastAPI:
+    """The app; ``backend_factory(settings)`` makes its backend at start-up, inside the running event loop."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.backend = TritonBackend(settings)
+        app.state.backend = backend_factory(settings)
         try:
             yield
         finally:
@@ -120,24 +123,22 @@ def create_app(settings: AdapterSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    def fail(status_code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        metrics.errors.labels(kind).inc()
-        return error_json(status_code, kind, message, headers)
-
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return fail(exc.status_code, exc.kind, exc.message, exc.headers)
+        """Every error answer: the framework's own errors below come here as ApiErrors."""
+        metrics.errors.labels(exc.kind).inc()
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return fail(422, "invalid_request", validation_message(exc))
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await api_error(request, InvalidRequestError(validation_message(exc)))
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (not UTF-8, too deep)
-            return fail(422, "invalid_request", "the request body is not valid UTF-8 JSON")
-        kind = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return fail(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+            return await api_error(request, InvalidRequestError("the request body is not valid UTF-8 JSON"))
+        return await api_error(request, ApiError(str(exc.detail), exc.headers, status_code=exc.status_code,
+                                                 kind=HTTP_ERROR_KINDS.get(exc.status_code, "http_error")))
 
     async def authorize(authorization: str | None = Header(None, include_in_schema=False)) -> None:
         """With API_KEY set, require it as a bearer token; without, accept any token or none."""
@@ -145,20 +146,20 @@ def create_app(settings: AdapterSettings) -> FastAPI:
             return
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise ApiError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)",
-                           {"WWW-Authenticate": "Bearer"})
+            raise UnauthorizedError("missing or invalid API key (Authorization: Bearer <key>)",
+                                    {"WWW-Authenticate": "Bearer"})
 
     def check_limits(body: RerankBody) -> None:
         if len(body.documents) > settings.max_documents:
-            raise ApiError(422, "invalid_request",
-                           f"documents: {len(body.documents)} documents, at most {settings.max_documents} allowed")
+            raise InvalidRequestError(
+                f"documents: {len(body.documents)} documents, at most {settings.max_documents} allowed")
         if len(body.query) > settings.max_query_chars:
-            raise ApiError(422, "invalid_request",
-                           f"query: {len(body.query)} characters, at most {settings.max_query_chars} allowed")
+            raise InvalidRequestError(
+                f"query: {len(body.query)} characters, at most {settings.max_query_chars} allowed")
         for i, text in enumerate(body.texts()):
             if len(text) > settings.max_document_chars:
-                raise ApiError(422, "invalid_request", f"documents.{i}: {len(text)} characters, at most "
-                                                       f"{settings.max_document_chars} allowed")
+                raise InvalidRequestError(
+                    f"documents.{i}: {len(text)} characters, at most {settings.max_document_chars} allowed")
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
               responses=ERROR_RESPONSES, dependencies=[Depends(authorize)], summary="Rerank (Jina API)")
@@ -181,7 +182,7 @@ def create_app(settings: AdapterSettings) -> FastAPI:
         except BackendError as exc:
             log.warning("rerank failed status=%d kind=%s documents=%d: %s", exc.status_code, exc.kind,
                         len(body.documents), exc)
-            raise ApiError(exc.status_code, exc.kind, str(exc)) from None
+            raise
         n_docs, n_scored = len(body.documents), scores.n_scored
         metrics.documents.inc(n_docs)
         metrics.tokens.inc(scores.tokens)
@@ -202,8 +203,7 @@ def create_app(settings: AdapterSettings) -> FastAPI:
     @app.get("/ready", summary="Triton is reachable and the model is READY", responses={503: {"model": ErrorBody}})
     async def ready(request: Request) -> dict[str, str]:
         if not await request.app.state.backend.is_ready():
-            raise ApiError(503, "backend_unavailable",
-                           f"model {settings.triton_model} is not ready at {settings.triton_url}")
+            raise BackendUnavailableError(f"model {settings.triton_model} is not ready at {settings.triton_url}")
         return {"status": "ready"}
 
     @app.get("/info", summary="Served model, backend, limits and version")

@@ -2,14 +2,18 @@
 
 Clients never see Triton's details as 500s: an unreachable or not-ready model is a
 503 (and recovers by itself when Triton is back), a missed deadline a 504, a request
-Triton rejects as malformed a 422, anything else Triton reports a 502.
+Triton or the model rejects as malformed a 422, anything else Triton reports a 502.
+The cause is read from Triton's status code and from the marker the model puts in its
+errors (the engine's error kind), not from the wording of messages; see ``classify``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
+from typing import Protocol
 
 import aiohttp
 import numpy as np
@@ -17,6 +21,7 @@ import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
 from tritonclient.utils import InferenceServerException
 
+from adapter.errors import BackendError, BackendRejectedError, BackendTimeoutError, BackendUnavailableError
 from adapter.settings import AdapterSettings
 
 # Reconnect quickly after Triton restarts (gRPC's default backoff grows to two minutes).
@@ -34,30 +39,20 @@ DEADLINE_SLACK_S = 0.05
 # A budgeted request is due at its deadline; this much later the adapter stops waiting (a 504). Triton's own
 # timeout is set to the same point, so it never drops a request the model could still answer in time.
 BUDGETED_GRACE_S = 0.5
-# "is not healthy": a Python-backend process died; the stub watchdog reloads the model within seconds.
-UNAVAILABLE_MARKERS = ("unknown model", "not ready", "no available versions", "is not found", "is not healthy")
-
-
-class BackendError(Exception):
-    status_code = 502
-    kind = "backend_error"
-
-
-class BackendUnavailableError(BackendError):
-    status_code = 503
-    kind = "backend_unavailable"
-
-
-class BackendTimeoutError(BackendError):
-    status_code = 504
-    kind = "timeout"
-
-
-class BackendRejectedError(BackendError):
-    """Triton found the request malformed: the client's mistake."""
-
-    status_code = 422
-    kind = "invalid_request"
+# The model's errors: "[<engine error kind>] <message>". A wire format that triton_contract defines
+# (error_message, ERROR_KINDS) in the model's image, which the adapter's does not hold; the kinds are repeated
+# here and tests/test_backend_errors.py checks that both sides agree.
+MODEL_ERROR = re.compile(r"\[(?P<kind>[a-z_]+)\] (?P<message>.*)", re.DOTALL)
+INVALID_INPUT, CANCELLED, MODEL_LOAD, INTERNAL_ERROR = "invalid_input", "cancelled", "model_load", "internal"
+MODEL_ERROR_KINDS = frozenset({INVALID_INPUT, CANCELLED, MODEL_LOAD, INTERNAL_ERROR})
+# Triton's HTTP statuses as the gRPC codes they stand for. Over HTTP Triton 2.51 also answers UNKNOWN,
+# ALREADY_EXISTS and the model's CANCELLED with a 400: the model's marker tells its own errors apart.
+HTTP_CODES = {"400": "INVALID_ARGUMENT", "404": "NOT_FOUND", "500": "INTERNAL", "501": "UNIMPLEMENTED",
+              "503": "UNAVAILABLE", "504": "DEADLINE_EXCEEDED"}
+# The one condition that has a generic code (INTERNAL) and only its message to tell it by: the Python
+# backend's answer while a model instance's stub process is dead ("Stub process 'x_0_0' is not healthy.",
+# seen on Triton 2.51 by killing a stub) or not started. The stub watchdog restarts Triton within seconds.
+STUB_DOWN = re.compile(r"(?:Stub process|Model instance) '[^']+' is not (?:healthy|ready)\.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +64,21 @@ class Scores:
     @property
     def n_scored(self) -> int:
         return int(self.scored.sum())
+
+
+class Backend(Protocol):
+    """What the app needs of a model server: ``TritonBackend``, or a test's stand-in."""
+
+    async def rerank(self, query: str, documents: list[str], instruction: str | None, timeout: float,
+                     top_n: int | None = None, budgeted: bool = True) -> Scores:
+        """Scores due ``timeout`` seconds from now; failures are BackendErrors."""
+        ...
+
+    async def is_ready(self) -> bool:
+        ...
+
+    async def close(self) -> None:
+        ...
 
 
 class TritonBackend:
@@ -132,17 +142,43 @@ class TritonBackend:
                       result.as_numpy("SCORED")[0].astype(bool))
 
 
+def triton_code(status: str) -> str:
+    """Triton's status as a gRPC code's name: "StatusCode.UNAVAILABLE" (gRPC) or "503" (HTTP) -> "UNAVAILABLE"."""
+    return HTTP_CODES.get(status, status.removeprefix("StatusCode."))
+
+
 def classify(exc: InferenceServerException, deadline_passed: bool) -> BackendError:
-    """The error for what Triton reported. CANCELLED is the model giving up at the request's deadline, or
-    Triton dropping its requests as it stops: only the first is the caller's 504."""
-    status, message = str(exc.status() or ""), str(exc.message() or exc)
-    lowered = message.lower()
-    if "DEADLINE_EXCEEDED" in status or "timeout expired" in lowered or ("CANCELLED" in status and deadline_passed):
+    """The error for what Triton reported: the model's own errors by their marker, Triton's by their code.
+
+    A cancellation is the model giving up at the request's deadline, or Triton dropping its requests as it
+    stops: only the first is the caller's 504. So is UNAVAILABLE after the deadline: Triton drops a request
+    from its queue at its timeout ("Request timeout expired"), which it counts from the request's arrival.
+    """
+    message = str(exc.message() or exc)
+    marked = MODEL_ERROR.fullmatch(message)
+    if marked and marked["kind"] in MODEL_ERROR_KINDS:
+        kind, text = marked["kind"], marked["message"]
+        if kind == INVALID_INPUT:
+            return BackendRejectedError(text)
+        if kind == CANCELLED:
+            return late_or_unavailable(text, deadline_passed)
+        if kind == MODEL_LOAD:
+            return BackendUnavailableError(f"the model cannot be served: {text}")
+        return BackendError(f"the model failed: {text}")
+    code = triton_code(str(exc.status() or ""))
+    if code == "DEADLINE_EXCEEDED":
         return BackendTimeoutError(f"the model did not answer in time: {message}")
-    if "CANCELLED" in status:
-        return BackendUnavailableError(f"Triton cancelled the request before its deadline (stopping?): {message}")
-    if "UNAVAILABLE" in status or status == "503" or any(m in lowered for m in UNAVAILABLE_MARKERS):
+    if code in ("CANCELLED", "UNAVAILABLE"):
+        return late_or_unavailable(message, deadline_passed)
+    if code == "NOT_FOUND" or STUB_DOWN.match(message):  # unknown model, or loading: "has no available versions"
         return BackendUnavailableError(f"the model is not available: {message}")
-    if "INVALID_ARGUMENT" in status or status == "400":
+    if code == "INVALID_ARGUMENT":
         return BackendRejectedError(message)
     return BackendError(f"Triton failed: {message}")
+
+
+def late_or_unavailable(message: str, deadline_passed: bool) -> BackendError:
+    """Triton or the model gave up on the request: at its deadline a 504, before it (Triton stopping) a 503."""
+    if deadline_passed:
+        return BackendTimeoutError(f"the model did not answer in time: {message}")
+    return BackendUnavailableError(f"the model is not available (Triton stopping?): {message}")

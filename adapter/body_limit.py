@@ -6,11 +6,12 @@ Checks the declared Content-Length first, then counts what actually arrives
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
+
+from adapter.errors import TooLargeError, error_response
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -38,7 +39,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
         received = 0
         started = False
@@ -61,12 +62,9 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(scope, receive, send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.on_reject()
-        body = json.dumps({"detail": BodyTooLarge(self.max_bytes).detail, "type": "too_large"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        error = TooLargeError(BodyTooLarge(self.max_bytes).detail, {"Connection": "close"})
+        await error_response(error)(scope, receive, send)

@@ -15,19 +15,18 @@ import time
 import triton_contract as contract
 import triton_python_backend_utils as pb_utils
 
-from rerank_engine import InvalidInputError, RequestCancelledError, Reranker
+from rerank_engine import InvalidInputError, Reranker
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 def error_response(error: Exception) -> pb_utils.InferenceResponse:
-    if isinstance(error, InvalidInputError):
-        code = pb_utils.TritonError.INVALID_ARG
-    elif isinstance(error, RequestCancelledError):
-        code = pb_utils.TritonError.CANCELLED
-    else:
-        code = pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
+    """The error with the engine's kind in its message (triton_contract.error_message), which is what clients
+    read: over HTTP Triton answers both INVALID_ARG and CANCELLED with a 400. The code is Triton's closest."""
+    codes = pb_utils.TritonError  # only while serving: Triton's auto-complete step imports this module without it
+    code = {contract.INVALID_INPUT: codes.INVALID_ARG, contract.CANCELLED: codes.CANCELLED,
+            contract.MODEL_LOAD: codes.UNAVAILABLE}.get(contract.error_kind(error), codes.INTERNAL)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(contract.error_message(error), code))
 
 
 def input_array(request: pb_utils.InferenceRequest, name: str):

@@ -18,6 +18,11 @@ Deadlines: a budgeted request that cannot be scored whole before its deadline (t
 ``deadline_unix_ms`` and the request's timeout, counted from when the model receives it) is answered
 in time with the model's scores for the best lexical candidates and a lexical ranking below them. An
 exact request is scored whole or, past its timeout, cancelled.
+
+Errors: an error response's message starts with the engine's error kind in brackets, ``[invalid_input]
+documents is empty`` (``error_message``), so that a client tells the cause from that marker, never from the
+wording after it. Kinds: invalid_input (the caller's mistake), cancelled (the caller gave up or its deadline
+passed), model_load (the model files cannot be served), internal (anything else).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rerank_engine import EngineConfig, InvalidInputError, RerankRequest, RerankResult
+from rerank_engine import EngineConfig, RerankRequest, RerankResult
+from rerank_engine.errors import InvalidInputError, ModelLoadError, RequestCancelledError
 from rerank_engine.llama_runner import RunnerOptions
 
 QUERY, DOCUMENTS, INSTRUCTION = "QUERY", "DOCUMENTS", "INSTRUCTION"
@@ -39,6 +45,21 @@ SCORES, TOKENS, SCORED, DOC_EMBEDDINGS = "SCORES", "TOKENS", "SCORED", "DOC_EMBE
 MODES = ("budgeted", "exact")
 # Environment variables that name the model files; they take precedence over the config's parameters.
 MODEL_ENV, PROJECTOR_ENV = "RERANKER_MODEL", "RERANKER_PROJECTOR"
+# The engine's error kinds, as error messages carry them (a wire format: the adapter, which cannot import this
+# module, parses it in adapter/backend.py; tests/test_backend_errors.py checks that the two agree).
+INVALID_INPUT, CANCELLED, MODEL_LOAD, INTERNAL_ERROR = "invalid_input", "cancelled", "model_load", "internal"
+ERROR_KINDS: dict[type[Exception], str] = {InvalidInputError: INVALID_INPUT, RequestCancelledError: CANCELLED,
+                                           ModelLoadError: MODEL_LOAD}
+
+
+def error_kind(error: Exception) -> str:
+    """The engine's kind of ``error``; ``internal`` for any exception the engine does not name."""
+    return next((kind for cls, kind in ERROR_KINDS.items() if isinstance(error, cls)), INTERNAL_ERROR)
+
+
+def error_message(error: Exception) -> str:
+    """``error`` as the message of an error response: ``[kind] text``."""
+    return f"[{error_kind(error)}] {error}"
 
 
 def decode_texts(array: np.ndarray, name: str) -> list[str]:

@@ -1,0 +1,81 @@
+"""The adapter's errors as data: one exception type, ``ApiError``, and one place that builds its answer.
+
+Each kind of failure is a subclass naming its HTTP status and the ``type`` of the JSON body
+(``{"detail": message, "type": kind}``); ``error_response`` is the only code that writes that body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+
+from adapter.schemas import ErrorBody
+
+
+class ApiError(Exception):
+    """An answer other than 200. Subclasses fix ``status_code`` and ``kind``; a one-off may pass its own."""
+
+    status_code = 500
+    kind = "internal_error"
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None, *, status_code: int | None = None,
+                 kind: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+        if status_code is not None:
+            self.status_code = status_code
+        if kind is not None:
+            self.kind = kind
+
+
+class InvalidRequestError(ApiError):
+    """The request breaks the API's rules or a limit: the client's mistake."""
+
+    status_code = 422
+    kind = "invalid_request"
+
+
+class UnauthorizedError(ApiError):
+    status_code = 401
+    kind = "unauthorized"
+
+
+class TooLargeError(ApiError):
+    status_code = 413
+    kind = "too_large"
+
+
+class BackendError(ApiError):
+    """The model server failed in a way none of the subclasses names."""
+
+    status_code = 502
+    kind = "backend_error"
+
+
+class BackendUnavailableError(BackendError):
+    """Triton is unreachable, stopping, or the model is not loaded or not ready: retry later."""
+
+    status_code = 503
+    kind = "backend_unavailable"
+
+
+class BackendTimeoutError(BackendError):
+    """The request's deadline passed before the model answered."""
+
+    status_code = 504
+    kind = "timeout"
+
+
+class BackendRejectedError(BackendError):
+    """Triton or the model found the request invalid: the client's mistake."""
+
+    status_code = 422
+    kind = "invalid_request"
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    """The answer to ``error``: its status, its headers and the body ``{"detail", "type"}``."""
+    body = ErrorBody(detail=error.message, type=error.kind)
+    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=error.headers)
