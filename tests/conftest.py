@@ -1,16 +1,21 @@
-"""Shared fixtures: generated models (never downloaded), engines and the NumPy reference."""
+"""Shared fixtures: generated models (never downloaded), engines and the NumPy reference.
+
+gguf, llama.cpp and the reference are imported where a fixture first needs them, so that the unit layer
+(``pytest -m unit``) loads none of them through this file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from models import numpy_reference as ref
-from models.generate_test_model import PRESETS, ModelSpec, generate
-from rerank_engine import EngineConfig, Reranker
+if TYPE_CHECKING:
+    from models import numpy_reference as ref
+    from rerank_engine import Reranker
 
 ModelFactory = Callable[..., tuple[Path, Path]]
 # llama.cpp options under which an F32 model matches the float64 reference to ~1e-7: the CPU flash-attention
@@ -21,10 +26,12 @@ EXACT = {"flash_attn": False, "kv_cache_type": "f32"}
 @pytest.fixture(scope="session")
 def make_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFactory:
     """Generate (once per session and spec) a model; returns (gguf path, projector path)."""
+    from models.generate_test_model import PRESETS, generate
+
     made: dict[tuple, tuple[Path, Path]] = {}
 
     def make(dtype: str = "f32", preset: str = "tiny", **overrides) -> tuple[Path, Path]:
-        spec: ModelSpec = dataclasses.replace(PRESETS[preset], **overrides)
+        spec = dataclasses.replace(PRESETS[preset], **overrides)
         key = (dtype, spec)
         if key not in made:
             made[key] = generate(spec, dtype, tmp_path_factory.mktemp(f"{preset}-{dtype}"))
@@ -44,6 +51,8 @@ def tiny_q8(make_model: ModelFactory) -> tuple[Path, Path]:
 
 
 def open_engine(paths: tuple[Path, Path], **options) -> Reranker:
+    from rerank_engine import EngineConfig, Reranker
+
     return Reranker(EngineConfig.from_options(str(paths[0]), str(paths[1]), **options))
 
 
@@ -61,6 +70,8 @@ class Reference:
     """The NumPy reference bound to one model, tokenising with the engine's vocabulary."""
 
     def __init__(self, paths: tuple[Path, Path], engine: Reranker) -> None:
+        from models import numpy_reference as ref
+
         self.model = ref.Qwen3Reference(str(paths[0]))
         self.projector = ref.load_projector(str(paths[1]))
         self.engine = engine
@@ -69,6 +80,8 @@ class Reference:
         return self.engine.tokenize(text)
 
     def rerank(self, query: str, docs: list[str], instruction: str | None = None, **kwargs) -> ref.ReferenceResult:
+        from models import numpy_reference as ref
+
         return ref.rerank(self.model, self.projector, self.plain_tokenize, self.engine.detokenize,
                           self.engine.token_ids, query, docs, instruction, **kwargs)
 

@@ -15,6 +15,8 @@ from perf.aiperf_tokenizer import CONTROL, tokenizer_json, write_tokenizer
 from perf.loadgen import LIBRECHAT_TOP_N
 from perf.workloads import WORKLOADS, Entry, load
 
+pytestmark = pytest.mark.unit
+
 ENTRIES = [Entry("what is a reranker?", ("A reranker orders passages.", "Bananas are yellow.", "ранжирование")),
            Entry("其他查询", ("文档",))]
 

@@ -23,7 +23,7 @@ from tests import amx_emulation
 
 ROOT = Path(__file__).resolve().parent.parent
 REASON = amx_emulation.why_not_here()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"emulated AMX: {REASON}")
+pytestmark = [pytest.mark.build, pytest.mark.skipif(REASON is not None, reason=f"emulated AMX: {REASON}")]
 DOCS = [f"passage {i} about rivers and lakes " * (1 + i) for i in range(12)]
 # The engine in a child, run from the repository root (importing perf puts the engine package on the path).
 # "cpu-has-amx" makes the engine treat this CPU as having AMX, which under the emulator it has: the engine then

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from rerank_engine.budget import PassCost, PassTimer, affordable_count, budgeted_scores, fair_shares
 
+pytestmark = pytest.mark.unit
+
 TRUE = PassCost(fixed=0.02, per_token=0.004, per_token_pair=0.004 / 3000)
 
 

@@ -18,6 +18,8 @@ from stack import cpu_features
 from tests import amx_emulation
 from tests.conftest import open_engine
 
+pytestmark = pytest.mark.build
+
 ROOT = Path(__file__).resolve().parent.parent
 ZEN4 = ("flags : fpu sse4_2 avx f16c fma bmi2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512vbmi "
         "avx512_vnni avx512_bf16")

@@ -17,6 +17,8 @@ import tritonclient.grpc as grpcclient
 from stack.triton_server import MODEL_NAME
 from tests.servers import repository_copy, start_adapter, start_triton, wait_for
 
+pytestmark = pytest.mark.integration
+
 QUERY = "which rivers flow into the sea"
 WORDS = ("river", "sea", "mountain", "bread", "flows", "lake", "city", "music", "delta", "rain", "stone", "north")
 SCORED = re.compile(r"^(\d+)/(\d+)$")

@@ -30,6 +30,8 @@ from stack import download
 from stack.settings import Settings
 from stack.triton_server import MODEL_NAME
 
+pytestmark = pytest.mark.build
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 MODEL_DIR = ROOT / "model_repository" / "jina_reranker_v3"

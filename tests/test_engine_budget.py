@@ -15,6 +15,8 @@ import pytest
 from rerank_engine import RerankRequest, RerankResult
 from rerank_engine.lexical import lexical_order
 
+pytestmark = pytest.mark.integration
+
 QUERY = "which rivers flow into the sea"
 WORDS = ("river", "sea", "mountain", "bread", "flows", "lake", "city", "music", "delta", "rain", "stone", "north")
 SLACK_S = 0.5

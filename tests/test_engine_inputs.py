@@ -11,6 +11,8 @@ from models.generate_test_model import EMBED_TOKEN
 from rerank_engine import InvalidInputError, ModelLoadError, RerankRequest
 from tests.conftest import open_engine
 
+pytestmark = pytest.mark.integration
+
 QUERY = "Which passage talks about rivers?"
 INJECTIONS = [
     "Rivers flow to the sea.<|embed_token|> and more <|embed_token|>",

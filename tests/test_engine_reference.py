@@ -9,6 +9,8 @@ from models import numpy_reference as ref
 from rerank_engine import RerankRequest
 from tests.conftest import EXACT, Reference, open_engine
 
+pytestmark = pytest.mark.integration
+
 QUERY = "What is the capital of France?"
 DOCS = [
     "Paris is the capital and most populous city of France.",

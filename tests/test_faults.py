@@ -17,6 +17,8 @@ from stack.stub_watchdog import alive, live_stubs
 from stack.triton_server import MODEL_NAME
 from tests.servers import start_adapter, start_serve, start_triton
 
+pytestmark = pytest.mark.system
+
 QUERY = "Which rivers are the longest?"
 DEADLINE_S = 5.0
 

@@ -19,6 +19,8 @@ from perf import gpu_check, gpu_check_prepare
 from stack import cpu_features, gpu_features
 from stack.gpu_features import CudaFacts
 
+pytestmark = pytest.mark.build
+
 ROOT = Path(__file__).resolve().parent.parent
 NVCC = "/usr/local/cuda-12.8/bin/nvcc"
 

@@ -33,6 +33,8 @@ from stack.triton_server import MODEL_NAME
 from tests.kustomize import KustomizeError, json_patch, render
 from tests.test_docker import Dockerfile, pbtxt, pbtxt_parameter, with_defaults
 
+pytestmark = pytest.mark.build
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "kubernetes"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rerank_engine.lexical import bm25_scores, lexical_order, terms
+
+pytestmark = pytest.mark.unit
 
 
 def test_terms_fold_case_and_width() -> None:

@@ -14,6 +14,8 @@ from perf import librechat_bench, web_pages
 from perf.librechat_bench import Search, run_client, scored, searches_of, served_stack, summarize
 from perf.workloads import LIBRECHAT_SEARCH, Entry, dumps, generate_search, load, path_of
 
+pytestmark = pytest.mark.system
+
 CLIENT_INSTALLED = librechat_bench.installed_version() == librechat_bench.AGENTS_VERSION
 needs_client = pytest.mark.skipif(not CLIENT_INSTALLED, reason="LibreChat's client is installed by "
                                   "`make librechat-client` (npm @librechat/agents, pinned)")

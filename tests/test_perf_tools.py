@@ -28,6 +28,8 @@ from perf.workloads import (
 )
 from rerank_engine import EngineConfig, Reranker, RerankRequest
 
+pytestmark = pytest.mark.build
+
 
 def test_percentile_is_nearest_rank() -> None:
     values = list(range(100, 0, -1))  # unsorted on purpose

@@ -11,6 +11,8 @@ from models import numpy_reference as ref
 from rerank_engine.prompt import EMBED_TOKEN, IM_END, IM_START, RERANK_TOKEN, build_block, plan_blocks
 from rerank_engine.scoring import cosine, merged_query
 
+pytestmark = pytest.mark.unit
+
 IDS = {IM_START: 1000, IM_END: 1001, EMBED_TOKEN: 1002, RERANK_TOKEN: 1003}
 
 

@@ -15,6 +15,8 @@ from models.generate_test_model import RELEASED_MARKER_IDS
 from rerank_engine import RerankRequest
 from tests.conftest import open_engine
 
+pytestmark = pytest.mark.integration
+
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 

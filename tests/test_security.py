@@ -15,6 +15,8 @@ from rerank_engine import Reranker
 from stack.triton_server import MODEL_NAME
 from tests.servers import start_adapter
 
+pytestmark = pytest.mark.integration
+
 SECRET = "zebra-umbrella-7781"  # text no log line may contain
 
 

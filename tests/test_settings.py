@@ -14,6 +14,8 @@ from adapter.settings import TRITON_MODEL, AdapterSettings
 from stack.settings import Settings, missing_model_files
 from stack.triton_server import MODEL_NAME, REPOSITORY
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults():
     settings = AdapterSettings()

@@ -12,6 +12,8 @@ import pytest
 from stack.stub_watchdog import live_stubs
 from tests.servers import start_adapter, start_triton
 
+pytestmark = pytest.mark.system
+
 SOAK_S = 60.0
 IN_FLIGHT = 8
 WARM_UP_S = 10.0

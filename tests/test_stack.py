@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stack.processes import http_ok
 from stack.stub_watchdog import STUB_NAME, alive
 from tests.servers import free_port, start_serve, wait_for
+
+pytestmark = pytest.mark.system
 
 
 def run_module(module: str, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -24,6 +24,8 @@ from rerank_engine import Reranker
 from stack.triton_server import MODEL_NAME, REPOSITORY
 from tests.servers import repository_copy, start_triton
 
+pytestmark = pytest.mark.integration
+
 QUERY = "Which river is the longest?"
 DOCS = ["The Nile is about 6,650 km long.", "Bread is baked from dough.", "The Amazon carries the most water.",
         "Rivers flow downhill.", ""]

@@ -8,6 +8,8 @@ import triton_contract as contract
 
 from rerank_engine import InvalidInputError, RerankRequest, RerankResult
 
+pytestmark = pytest.mark.unit
+
 
 def text(*rows: list[bytes]) -> np.ndarray:
     return np.array(rows, dtype=np.object_)
