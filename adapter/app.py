@@ -25,6 +25,7 @@ from adapter.errors import (
     BackendError,
     BackendUnavailableError,
     InvalidRequestError,
+    TooLargeError,
     UnauthorizedError,
     error_response,
 )
@@ -46,7 +47,7 @@ SCORED_HEADER = "X-Rerank-Scored"
 CLIENT_GONE = 499
 
 # HTTP errors of the framework (unknown path, wrong method) by the ``type`` of their body.
-HTTP_ERROR_KINDS = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}
+HTTP_ERROR_KINDS = {413: TooLargeError.kind, 404: "not_found", 405: "method_not_allowed"}
 
 T = TypeVar("T")
 BackendFactory = Callable[[AdapterSettings], Backend]
@@ -117,7 +118,7 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
     app = FastAPI(title="jina-reranker-v3 rerank API", version=__version__, lifespan=lifespan,
                   description="Jina-compatible rerank API in front of NVIDIA Triton (jina-reranker-v3, llama.cpp).")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       on_reject=lambda: metrics.errors.labels("too_large").inc())
+                       on_reject=lambda: metrics.errors.labels(TooLargeError.kind).inc())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=RERANK_PATHS)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
