@@ -30,6 +30,10 @@ fi
 key=$( { printf '%s\n%s\n' "$VERSION" "$CMAKE_ARGS"; for p in "${PATCH_FILES[@]}"; do cat "$p"; done; } \
       | sha256sum | cut -c1-16)
 wheel_dir="$CACHE/wheels/llama-cpp-python-$VERSION-$key"
+# One build per key at a time: a second build of the same key (two test runs at once) waits, then finds the wheel.
+mkdir -p "$CACHE/wheels"
+exec 9>"$wheel_dir.lock"
+flock 9
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $VERSION (flags key $key); this takes several minutes"
     tmp="$wheel_dir.tmp"
