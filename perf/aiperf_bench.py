@@ -18,6 +18,10 @@ level favours neither. Targets:
 AIPerf counts tokens with a tokenizer made here from the stand-in's vocabulary (perf/aiperf_tokenizer.py),
 so it never asks a model hub; it runs with a dead HTTP proxy for every host but the servers', so a download
 attempt would fail the run instead of passing unnoticed. The run checks that tokenizer against the engine's.
+AIPerf 0.13's timing manager waits for a free slot by yielding to its event loop in a loop: a busy wait. On a
+machine that also runs the server, a process that never sleeps preempts one of llama.cpp's threads, and the
+other waits for it at every barrier; so the run records AIPerf's CPU inside its window, and measures the effect
+itself: our load generator at concurrency 1 alone and beside such a spinning process (``busy_wait_check``).
 
 Writes perf/results/aiperf-latest.json: per level both clients' requests/s (AIPerf's: its own count over its
 own benchmark durations), p50 and p99 latency (nearest-rank, as perf/loadgen.py reports them, for AIPerf over
@@ -32,10 +36,10 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import itertools
 import json
 import operator
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -81,7 +85,9 @@ def aiperf_command(target: str, url: str, dataset: Path, concurrency: int, reque
     """``aiperf profile`` for one level: the dataset's requests in order, ``concurrency`` in flight."""
     command = [str(AIPERF), "profile", "--url", url, "--input-file", str(dataset), "--tokenizer", str(tokenizer),
                "--concurrency", str(concurrency), "--request-count", str(requests),
-               "--request-timeout-seconds", str(TIMEOUT_S), "--artifact-dir", str(artifacts), "--ui-type", "none"]
+               "--request-timeout-seconds", str(TIMEOUT_S), "--artifact-dir", str(artifacts), "--ui-type", "none",
+               # No scraping of the server's metrics or GPU telemetry: load on the server and CPU here.
+               "--no-server-metrics", "--no-gpu-telemetry"]
     if target == "adapter":
         command += ["--endpoint-type", "cohere-rankings", "--endpoint", "/v1/rerank", "--model", LIBRECHAT_MODEL,
                     "--custom-dataset-type", "single_turn"]
@@ -116,23 +122,56 @@ def read_aiperf(artifacts: Path) -> dict:
             latencies.append(record["metrics"]["request_latency"]["value"])
     own = aggregate["request_latency"]
     return {"requests": len(latencies), "errors": errors, "wall_s": aggregate["benchmark_duration"]["avg"],
-            "latencies_ms": latencies,
+            "latencies_ms": latencies, **{key: datetime.datetime.fromisoformat(aggregate[f"{key}_time"]).timestamp()
+                                          for key in ("start", "end")},
             "own": {"requests_per_s": round(aggregate["request_throughput"]["avg"], 4),
                     "latency_p50_ms": round(own["p50"], 1), "latency_p99_ms": round(own["p99"], 1)}}
 
 
+def session_cpu_s(session: int) -> float:
+    """CPU time (user + system) of the live processes of a session: AIPerf and the services it spawns."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # the command name may hold spaces
+            if int(fields[3]) == session:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_between(samples: Sequence[tuple[float, float]], start: float, end: float) -> float | None:
+    """CPU seconds spent between two times, from (time, cumulative CPU) samples, interpolated linearly."""
+    def at(t: float) -> float | None:
+        for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
+        return None
+
+    first, last = at(start), at(end)
+    return None if first is None or last is None else last - first
+
+
 def run_aiperf(command: list[str], artifacts: Path, env: dict[str, str]) -> dict:
+    """One ``aiperf profile``; also the CPU its processes used inside its benchmark window, sampled twice a
+    second (on a small machine, CPU the server it measures did not get)."""
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    samples = []
     with (artifacts / "console.log").open("wb") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                   start_new_session=True)
+        while True:
+            samples.append((time.time(), session_cpu_s(process.pid)))
+            try:
+                returncode = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     if returncode != 0 or not (artifacts / "profile_export_aiperf.json").is_file():
         tail = "\n".join((artifacts / "console.log").read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"aiperf exited with {returncode} (log {artifacts / 'console.log'}):\n{tail}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return read_aiperf(artifacts) | {"client_cpu_s": cpu}
+    run = read_aiperf(artifacts)
+    return run | {"client_cpu_s": cpu_between(samples, run["start"], run["end"])}
 
 
 def combine_aiperf(runs: Sequence[dict]) -> dict:
@@ -143,7 +182,8 @@ def combine_aiperf(runs: Sequence[dict]) -> dict:
     return {"requests": requests, "errors": sum(run["errors"] for run in runs), "wall_s": round(wall, 3),
             "requests_per_s": round(requests / wall, 4) if requests and wall else 0.0,
             "latency_ms": {f"p{q}": round(percentile(latencies, q), 1) if latencies else None for q in (50, 99)},
-            "client_cpu_s": round(sum(run["client_cpu_s"] for run in runs), 1),
+            "client_cpu_s": None if any(run["client_cpu_s"] is None for run in runs)
+            else round(sum(run["client_cpu_s"] for run in runs), 1),
             "runs": [{"requests": run["requests"], "wall_s": round(run["wall_s"], 3), **run["own"]} for run in runs]}
 
 
@@ -175,6 +215,27 @@ def compare(aiperf: dict, loadgen: dict) -> dict:
               **{f"latency_{q}": ratio(aiperf["latency_ms"][q], loadgen["latency_ms"][q]) for q in ("p50", "p99")}}
     throughput = ratios["requests_per_s"]
     return {"ratios": ratios, "throughput_agrees": throughput is not None and abs(throughput - 1) <= AGREEMENT}
+
+
+# An asyncio loop that only yields to itself, as AIPerf's timing manager does while every slot is taken.
+SPINNER = "import asyncio\nasync def spin():\n    while True:\n        await asyncio.sleep(0)\nasyncio.run(spin())"
+
+
+async def busy_wait_check(target: Target, name: str, requests: int = 2) -> dict:
+    """Our load generator at concurrency 1, alone and beside a busy-waiting process, in the order A B B A:
+    how much a client that spins on the server's machine slows the server."""
+    runs: dict[str, list[Level]] = {"alone": [], "beside_spinner": []}
+    for which in ("alone", "beside_spinner", "beside_spinner", "alone"):
+        spinner = subprocess.Popen([sys.executable, "-c", SPINNER]) if which == "beside_spinner" else None
+        try:
+            runs[which].append(await run_level(target, name, 1, requests))
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    alone, beside = (summarize(functools.reduce(operator.add, levels))["requests_per_s"] for levels in runs.values())
+    return {"target": target.name, "workload": name, "requests_per_s_alone": alone,
+            "requests_per_s_beside_spinner": beside, "ratio": ratio(beside, alone)}
 
 
 def aiperf_version() -> str:
@@ -209,8 +270,9 @@ def tokenizer_agreement(tokenizer: Path, entries: Sequence[Entry], model: Path) 
 
 
 @contextlib.contextmanager
-def local_stack() -> Iterator[tuple[str, str]]:
-    """Triton on the CPU config and the adapter, on the stand-in, on free loopback ports (as `make bench`)."""
+def local_stack() -> Iterator[tuple[str, str, Callable[[], None]]]:
+    """Triton on the CPU config and the adapter, on the stand-in, on free loopback ports (as `make bench`), and a
+    check that raises if either has exited."""
     from perf.standin import ensure_standin
     from stack.adapter_server import AdapterServer
     from stack.processes import free_port
@@ -229,16 +291,23 @@ def local_stack() -> Iterator[tuple[str, str]]:
         adapter.start()
         try:
             adapter.wait_ready()
-            yield adapter.url, triton.http_url
+
+            def check() -> None:
+                for server in (triton, adapter):
+                    if not server.running():
+                        raise RuntimeError(f"{server.name} exited during the run:\n{server.log_tail()}")
+
+            yield adapter.url, triton.http_url, check
         finally:
             adapter.stop()
 
 
 async def measure(urls: dict[str, str], names: Sequence[str], concurrencies: Sequence[int], tokenizer: Path,
-                  api_key: str, say: Callable[[str], None]) -> list[dict]:
+                  api_key: str, say: Callable[[str], None], check: Callable[[], None]) -> tuple[list[dict], dict]:
     """Per level, each client runs twice on half the requests, in the order A B B A (which client is A
-    alternates from level to level), so a machine that speeds up or slows down during a level favours neither."""
-    levels, turn = [], 0
+    alternates from level to level), so a machine that speeds up or slows down during a level favours neither.
+    Then, on the first target and workload, ``busy_wait_check``."""
+    levels, turn, spin = [], 0, {}
     env = offline_environment([u if "://" in u else f"http://{u}" for u in urls.values()])
     for target_name, url in urls.items():
         for name in names:
@@ -279,9 +348,15 @@ async def measure(urls: dict[str, str], names: Sequence[str], concurrencies: Seq
                              "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
                     say(f"  AIPerf / loadgen: {json.dumps(level['ratios'])}")
                     levels.append(level)
+                    check()
+                if not spin:
+                    say(f"{target_name} {name}: loadgen at concurrency 1 alone and beside a busy-waiting process")
+                    spin = await busy_wait_check(target, name)
+                    say(f"  {json.dumps(spin)}")
+                    check()
             finally:
                 await target.close()
-    return levels
+    return levels, spin
 
 
 def table(levels: Sequence[dict]) -> str:
@@ -340,13 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"AIPerf's tokenizer ({tokenizer}) against the engine's: {json.dumps(checks)}")
     with contextlib.ExitStack() as stack:
         if args.adapter_url:
-            urls = {"adapter": args.adapter_url, "triton": args.triton_url}
+            urls, check = {"adapter": args.adapter_url, "triton": args.triton_url}, lambda: None
         else:
             say("starting Triton (CPU config) and the adapter on the stand-in (logs in .cache/aiperf/)")
-            adapter_url, triton_url = stack.enter_context(local_stack())
+            adapter_url, triton_url, check = stack.enter_context(local_stack())
             urls = {"adapter": adapter_url, "triton": triton_url}
         urls = {key: urls[key] for key in TARGETS if key in targets}
-        levels = asyncio.run(measure(urls, names, concurrencies, tokenizer, args.api_key, say))
+        levels, spin = asyncio.run(measure(urls, names, concurrencies, tokenizer, args.api_key, say, check))
     results = {
         "command": "python -m perf.aiperf_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -356,12 +431,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"logical_cpus": os.cpu_count(), "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "aiperf_version": aiperf_version(),
         "tokenizer_vs_engine": checks, "agreement_bar": AGREEMENT,
-        "all_throughputs_agree": all(v["throughput_agrees"] for v in levels),
+        "all_throughputs_agree": all(v["throughput_agrees"] for v in levels), "busy_wait_check": spin,
         "levels": levels,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n{table(levels)}\n\nwrote {args.out} in {results['duration_s']:.0f} s")
+    print(f"\n{table(levels)}\n\nloadgen beside a busy-waiting process / alone: {spin.get('ratio')} requests/s "
+          f"({spin.get('target')}, {spin.get('workload')}, concurrency 1)\n"
+          f"wrote {args.out} in {results['duration_s']:.0f} s")
     return 0 if all(v["aiperf"]["errors"] == 0 and v["loadgen"]["errors"] == 0 for v in levels) else 1
 
 

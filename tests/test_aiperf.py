@@ -10,7 +10,7 @@ import pytest
 
 from models.generate_test_model import CHAT_TOKENS, EMBED_TOKEN, PRESETS, build_vocab
 from perf import aiperf_dataset
-from perf.aiperf_bench import aiperf_command, combine_aiperf, compare, requests_at
+from perf.aiperf_bench import aiperf_command, combine_aiperf, compare, cpu_between, requests_at
 from perf.aiperf_tokenizer import CONTROL, tokenizer_json, write_tokenizer
 from perf.loadgen import LIBRECHAT_TOP_N
 from perf.workloads import WORKLOADS, Entry, load
@@ -120,6 +120,13 @@ def test_aiperf_runs_combine_like_loadgen_levels() -> None:
     assert combined["latency_ms"] == {"p50": 5000.0, "p99": 9000.0}  # nearest rank over all four
     assert combined["client_cpu_s"] == 5.5
     assert [r["latency_p50_ms"] for r in combined["runs"]] == [5000.0, 7000.0]
+
+
+def test_cpu_inside_a_window_is_interpolated_from_samples() -> None:
+    samples = [(100.0, 5.0), (101.0, 5.5), (102.0, 7.5)]
+    assert cpu_between(samples, 100.5, 101.5) == pytest.approx(6.5 - 5.25)
+    assert cpu_between(samples, 100.0, 102.0) == pytest.approx(2.5)
+    assert cpu_between(samples, 99.0, 101.0) is None  # before the first sample: unknown, not zero
 
 
 def test_comparison_ratios_and_the_agreement_bar() -> None:
