@@ -106,11 +106,45 @@ def unpack_llama_cpp(into: Path) -> Path:
     return into / members[0].name.split("/", 1)[0]
 
 
-def apply_patch(source: Path, reverse: bool = False) -> None:
-    """This project's AMX patch applied to (or taken back from) an unpacked sdist; it must apply exactly."""
+def apply_patch(source: Path, reverse: bool = False, patch: Path = cpu_features.AMX_PATCH) -> None:
+    """One of this project's patches (the AMX one by default) applied to (or taken back from) an unpacked sdist;
+    it must apply exactly."""
     subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch",
                     *(["--reverse"] if reverse else [])],
-                   input=cpu_features.AMX_PATCH.read_bytes(), check=True, capture_output=True)
+                   input=patch.read_bytes(), check=True, capture_output=True)
+
+
+def avx512_variant() -> Path:
+    """A folder holding a copy of the installed llama_cpp package whose CPU backend is built without AMX.
+
+    On an AMX machine this is the AVX-512 build to compare the AMX build with, for the price of
+    libggml-cpu alone (a minute or two) instead of a second wheel. Cached like the emulated builds.
+    """
+    import llama_cpp
+
+    installed_package = Path(llama_cpp.__file__).parent
+    sdist = installed_sdist()
+    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False)
+    patches = cpu_features.patches(amx=False)
+    digest = hashlib.sha256("\n".join(["avx512", sdist.name, " ".join(cmake_args)]).encode())
+    for path in [*patches, *sorted((installed_package / "lib").iterdir())]:
+        digest.update(path.read_bytes())
+    target = CACHE / f"avx512-{digest.hexdigest()[:16]}"
+    if (target / "complete").is_file():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+        work = Path(scratch)
+        source = unpack_llama_cpp(work / "src")
+        for patch in patches:
+            apply_patch(source, patch=patch)
+        _configure(source, work / "build", cmake_args)
+        _package(installed_package, _build_cpu_backend(work / "build"), work / "out")
+        (work / "out" / "complete").write_text(" ".join(cmake_args) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        (work / "out").rename(target)
+    return target
 
 
 def _configure(source: Path, build: Path, cmake_args: list[str]) -> None:

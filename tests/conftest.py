@@ -17,10 +17,20 @@ if TYPE_CHECKING:
     from models import numpy_reference as ref
     from rerank_engine import Reranker
 
+from tests.layers import LAYERS, module_layers
+
 ModelFactory = Callable[..., tuple[Path, Path]]
 # llama.cpp options under which an F32 model matches the float64 reference to ~1e-7: the CPU flash-attention
 # kernel rounds through F16 (~1e-3 in hidden states) and so does an F16 KV cache.
 EXACT = {"flash_attn": False, "kv_cache_type": "f32"}
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``-m <layer>``, modules of other layers are not even imported: the unit layer needs no llama.cpp."""
+    layer = config.getoption("markexpr")
+    if layer in LAYERS and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return layer not in module_layers(collection_path)
+    return None
 
 
 @pytest.fixture(scope="session")

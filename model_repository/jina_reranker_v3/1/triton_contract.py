@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rerank_engine import EngineConfig, RerankRequest, RerankResult
+from rerank_engine.config import RunnerOptions
 from rerank_engine.errors import InvalidInputError, ModelLoadError, RequestCancelledError
-from rerank_engine.llama_runner import RunnerOptions
 
 QUERY, DOCUMENTS, INSTRUCTION = "QUERY", "DOCUMENTS", "INSTRUCTION"
 SCORES, TOKENS, SCORED, DOC_EMBEDDINGS = "SCORES", "TOKENS", "SCORED", "DOC_EMBEDDINGS"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .llama_runner import RunnerOptions
+    from .config import RunnerOptions
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def checked_options(options: RunnerOptions, model_path: str) -> RunnerOptions:
 
 
 def hidden_states(model_path: str, extra_buffers: bool) -> np.ndarray:
-    from .llama_runner import LlamaRunner, RunnerOptions
+    from .config import RunnerOptions
+    from .llama_runner import LlamaRunner
 
     runner = LlamaRunner(model_path, RunnerOptions(n_ctx=512, n_batch=512, n_ubatch=512, extra_buffers=extra_buffers))
     try:

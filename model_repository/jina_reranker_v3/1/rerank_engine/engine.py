@@ -15,11 +15,13 @@ import numpy as np
 
 from . import amx_check
 from .budget import PassTimer, affordable_count, budgeted_scores, fair_shares
+from .config import EngineConfig
 from .errors import InvalidInputError, ModelLoadError, RequestCancelledError
 from .lexical import lexical_order
-from .llama_runner import LlamaRunner, RunnerOptions
+from .llama_runner import LlamaRunner
 from .projector import load_projector
 from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks
+from .request import RerankRequest, RerankResult
 from .scoring import cosine, merged_query
 
 log = logging.getLogger(__name__)
@@ -40,55 +42,6 @@ SAME_DEADLINE_S = 1.0
 # planned from the timing of the first. A later round with fewer documents than this is not worth its pass.
 FIRST_ROUND_FRACTION = 0.5
 MIN_ROUND_DOCUMENTS = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    model_path: str
-    projector_path: str
-    llama: RunnerOptions = dataclasses.field(default_factory=RunnerOptions)
-    max_query_tokens: int = 512  # also the limit for an instruction
-    max_doc_tokens: int = 2048
-    max_docs_per_block: int = 125
-    # Tokens one request may decode, all passes together; bounds how long one request can hold an instance.
-    max_request_tokens: int = 262_144
-    # Tokens of one timed pass at start, so deadline budgets use this machine's speed from the first request.
-    calibration_tokens: int = 256
-
-    @classmethod
-    def from_options(cls, model_path: str, projector_path: str, **options: object) -> EngineConfig:
-        """Build from flat options (as Triton parameters come), split between engine and llama.cpp.
-
-        An unknown option raises TypeError naming it.
-        """
-        llama_names = {f.name for f in dataclasses.fields(RunnerOptions)}
-        llama = RunnerOptions(**{k: v for k, v in options.items() if k in llama_names})  # type: ignore[arg-type]
-        rest = {k: v for k, v in options.items() if k not in llama_names}
-        return cls(model_path, projector_path, llama, **rest)  # type: ignore[arg-type]
-
-
-@dataclasses.dataclass(frozen=True)
-class RerankRequest:
-    query: str
-    documents: Sequence[str]
-    instruction: str | None = None
-    return_embeddings: bool = False
-    # time.monotonic() by which the answer must be ready. None: score every document, however long it takes.
-    # Otherwise, when not every document can be scored in time, the best lexical candidates are.
-    deadline: float | None = None
-    min_scored: int = 1  # the model scores at least this many documents whenever any model work fits (top_n)
-
-
-@dataclasses.dataclass(frozen=True)
-class RerankResult:
-    scores: np.ndarray  # float32 [n_documents], input order
-    tokens: int  # tokens decoded for this request, all blocks together
-    doc_embeddings: np.ndarray | None = None  # float32 [n_documents, projector width], when asked for
-    scored: np.ndarray | None = None  # bool [n_documents]: scored by the model (False: ranked lexically)
-
-    @property
-    def n_scored(self) -> int:
-        return len(self.scores) if self.scored is None else int(self.scored.sum())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,6 @@ eval callback.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import logging
 import os
@@ -28,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp
 import numpy as np
 
+from .config import RunnerOptions
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -58,29 +58,6 @@ def _init_llama_once() -> None:
         llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _init_llama_once.done = True  # type: ignore[attr-defined]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunnerOptions:
-    """llama.cpp model and context settings."""
-
-    n_ctx: int = 8192
-    n_batch: int = 2048
-    n_ubatch: int = 512
-    n_seq_max: int = 16
-    n_threads: int = 0  # 0: one per available core
-    n_gpu_layers: int = 0  # -1: all
-    main_gpu: int = 0
-    # Off by default: with the F16 cache it rounds attention through F16. The CPU config turns it on together
-    # with an F32 cache (faster at 1k-8k tokens, measured); the GPU config turns it on.
-    flash_attn: bool = False
-    kv_cache_type: str = "f16"  # "f32" for exact comparisons; "q8_0" measured 3x slower on CPU
-    # Several requests' passes in one llama.cpp decode. Measured 0.8x on CPU (attention then spans
-    # every sequence's cells); meant for GPUs, where small decodes leave the device idle.
-    share_decodes: bool = False
-    # llama.cpp's extra CPU buffer types: weights repacked for AVX-512, or for AMX where built and present.
-    # Turned off only when the AMX self-check fails (rerank_engine.amx_check).
-    extra_buffers: bool = True
 
 
 class DecodeAbortedError(Exception):
