@@ -45,6 +45,11 @@ _ggml_base.ggml_nbytes.argtypes = [ctypes.c_void_p]
 _ggml_base.ggml_nbytes.restype = ctypes.c_size_t
 _ggml_base.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
 _ggml_base.ggml_backend_tensor_get.restype = None
+_ggml_base.ggml_op_desc.argtypes = [ctypes.c_void_p]
+_ggml_base.ggml_op_desc.restype = ctypes.c_char_p
+
+# A profiler's hook: ggml's op description of a graph node (``MUL_MAT``), its name (``ffn_up-3``) and its seconds.
+NodeObserver = Callable[[str, str, float], None]
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -65,9 +70,15 @@ class DecodeAbortedError(Exception):
 
 
 class LlamaRunner:
-    """One model and one context. Not thread-safe: callers serialise access."""
+    """One model and one context. Not thread-safe: callers serialise access.
 
-    def __init__(self, model_path: str, options: RunnerOptions) -> None:
+    ``on_node`` (for profiling; the engine passes none): the scheduler is then asked for every graph node, so
+    each node is computed on its own (a few percent slower), and once computed it is reported with its op,
+    its name and the seconds since the previous node was reported (or since the decode call began). The
+    hidden states are the same with or without it.
+    """
+
+    def __init__(self, model_path: str, options: RunnerOptions, on_node: NodeObserver | None = None) -> None:
         if options.kv_cache_type not in KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type must be one of {sorted(KV_CACHE_TYPES)}, not {options.kv_cache_type!r}")
         _init_llama_once()
@@ -92,9 +103,17 @@ class LlamaRunner:
         self._rows: list[np.ndarray] = []
         self._stop: Callable[[], bool] | None = None
         self._next_stop_check = 0.0
+        self._on_node = on_node
+        self._node_clock = 0.0  # when the last node was reported, or the decode call began
         # Kept on the instance: llama.cpp holds raw pointers to them for the context's lifetime.
         self._callback = llama_cpp.ggml_backend_sched_eval_callback(self._observe)
         self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
+
+    @property
+    def model(self) -> llama_cpp.llama_model_p | None:
+        """llama.cpp's handle of the loaded model, for a caller that creates a context of its own with
+        llama_cpp's API; None once closed. The runner owns it: close() frees it."""
+        return self._model
 
     def architecture(self) -> str:
         buf = ctypes.create_string_buffer(256)
@@ -202,16 +221,33 @@ class LlamaRunner:
     # -- decoding -----------------------------------------------------------------------------
 
     def _observe(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        """Scheduler eval callback: ask for ``result_norm`` only, and copy it when computed."""
+        """Scheduler eval callback: ask for ``result_norm`` only, and copy it when computed (with ``on_node``:
+        ask for every node, and report each)."""
+        if self._on_node is not None:
+            return self._report_node(tensor, ask)
         if _ggml_base.ggml_get_name(tensor) != HIDDEN_STATE_TENSOR:
             return not ask
         if ask:
             return True
+        self._copy_rows(tensor)
+        return True
+
+    def _report_node(self, tensor: int, ask: bool) -> bool:
+        if ask:
+            return True
+        seconds = time.perf_counter() - self._node_clock
+        name = _ggml_base.ggml_get_name(tensor)
+        self._on_node(_ggml_base.ggml_op_desc(tensor).decode(), name.decode(), seconds)  # type: ignore[misc]
+        if name == HIDDEN_STATE_TENSOR:
+            self._copy_rows(tensor)
+        self._node_clock = time.perf_counter()  # the time spent here is no node's
+        return True
+
+    def _copy_rows(self, tensor: int) -> None:
         nbytes = _ggml_base.ggml_nbytes(tensor)
         rows = np.empty(nbytes // 4, dtype=np.float32)
         _ggml_base.ggml_backend_tensor_get(tensor, rows.ctypes.data, 0, nbytes)
         self._rows.append(rows.reshape(-1, self.n_embd))
-        return True
 
     def _should_abort(self, _data: int) -> bool:
         """ggml's abort callback, called between graph nodes on the CPU: stops a decode nobody waits for."""
@@ -342,6 +378,7 @@ class LlamaRunner:
         if stop is not None and stop():  # between calls too: GPU backends ignore the abort callback
             raise DecodeAbortedError
         self._batch.n_tokens = n_tokens
+        self._node_clock = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status == DECODE_ABORTED:
             raise DecodeAbortedError
