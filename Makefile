@@ -22,14 +22,25 @@ REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack
 	perf/requirements.txt
 # The bench's PyTorch CPU peer only: torch and transformers, never installed by install or test.
 PEER_REQUIREMENTS := perf/peer-requirements.txt
+# The engine's folder and the repository root on the virtualenv's import path, as Triton and pytest's pythonpath
+# put them (the benches import rerank_engine and triton_contract): a .pth file in its site-packages, written
+# again only when they change (a moved checkout: the key is the paths).
+IMPORT_PATHS := $(CURDIR)/model_repository/jina_reranker_v3/1 $(CURDIR)
+IMPORT_PATHS_KEY := $(shell printf '%s\n' $(IMPORT_PATHS) | sha256sum | cut -c1-16)
 
-.PHONY: install test lint serve triton bench bench-aiperf clean
+.PHONY: install test lint serve triton bench bench-aiperf clean import-paths
 
-install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY) $(VENV)/.checkov-stamp
+install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY) $(VENV)/.checkov-stamp $(VENV)/.import-paths-$(IMPORT_PATHS_KEY)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+import-paths: $(VENV)/.import-paths-$(IMPORT_PATHS_KEY)
+
+$(VENV)/.import-paths-$(IMPORT_PATHS_KEY): | $(PY)
+	printf '%s\n' $(IMPORT_PATHS) > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/jina_reranker_v3_triton.pth"
+	rm -f $(VENV)/.import-paths-* && touch $@
 
 $(VENV)/.deps-stamp: $(PY) $(REQUIREMENTS)
 	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))

@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 
 from perf import ROOT, aiperf_dataset
 from perf.aiperf_tokenizer import ensure_tokenizer
+from perf.common import utc_iso
 from perf.loadgen import (
     LIBRECHAT_MODEL,
     MODEL,
@@ -424,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels, spin = asyncio.run(measure(urls, names, concurrencies, tokenizer, args.api_key, say, check))
     results = {
         "command": "python -m perf.aiperf_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": utc_iso(started),
         "duration_s": round(time.time() - started, 1),
         "servers": "started here: Triton CPU config + adapter, qwen3-0.6b Q8_0 stand-in" if not args.adapter_url
         else {"adapter": args.adapter_url, "triton": args.triton_url},

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from perf import ROOT
-from perf.torch_peer import LENGTHS, WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
+from perf.common import LENGTHS, WARMUP_TOKENS, cosine_rows, engine_config, probe, timed_engine_pass, tokens_per_s
+from perf.standin import ensure_standin
 from stack import cpu_features
 
 BUILDS_DIR = ROOT / ".cache" / "llama-builds"
@@ -208,9 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         child(args.child, args.options, lengths, args.out)
         return 0
-    from perf.bench import engine_config
-    from perf.standin import ensure_standin
-
     model, projector = ensure_standin()
     result = compare(model, engine_config(model, projector).llama, lengths, ROUNDS[args.mode])
     print(table(result))

@@ -33,24 +33,22 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import functools
 import json
 import operator
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from triton_contract import MODEL_ENV, PROJECTOR_ENV
-from triton_contract import engine_config as served_config
 
-from perf import MODEL_VERSION_DIR, ROOT, amx_bench, q8_repack_bench, torch_peer
+# The orchestrator: the other comparisons are run through their modules' compare() and table(); none of them
+# imports this module or another bench (tests/test_import_graph.py).
+from perf import ROOT, amx_bench, q8_repack_bench, torch_peer
+from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, engine_config, load_averages, machine, revision, utc_iso
 from perf.loadgen import (
     AdapterTarget,
     CallTarget,
@@ -63,17 +61,16 @@ from perf.loadgen import (
     summarize,
     write_csv,
 )
+from perf.qwen3_torch import peer_available
 from perf.seed_approach import SeedApproach
 from perf.standin import PRESET, ensure_standin
 from perf.workloads import Entry, ensure_workloads, load, token_stats
-from rerank_engine import EngineConfig, Reranker, RerankRequest
-from stack import cpu_features
+from rerank_engine import Reranker, RerankRequest
 from stack.adapter_server import AdapterServer
 from stack.processes import free_port
 from stack.settings import Settings
 from stack.triton_server import TritonServer
 
-CPU_CONFIG = MODEL_VERSION_DIR.parent / "configs" / "cpu.pbtxt"
 RESULTS = ROOT / "perf" / "results" / "cpu-latest.json"
 LOGS = ROOT / ".cache" / "perf"
 BASELINES = ("seed_approach", "engine", "triton_grpc", "triton_http", "adapter")
@@ -104,48 +101,6 @@ MODES = {
              "docs-20x400": WorkloadPlan(rounds=3, sweep=(2, 4), requests_per_worker=1),
              "long": WorkloadPlan(rounds=2, sweep=(2,), requests_per_worker=1)},
 }
-
-
-# -- the machine and the served configuration ---------------------------------------------------------
-
-
-def cpu_parameters(config: Path = CPU_CONFIG) -> dict[str, dict[str, str]]:
-    """The CPU config's ``parameters``, shaped as Triton hands them to model.py."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
-    return {key: {"string_value": value.string_value} for key, value in parsed.parameters.items()}
-
-
-def engine_config(model: Path, projector: Path) -> EngineConfig:
-    """The engine options Triton's CPU config serves, with the stand-in's files."""
-    return served_config(cpu_parameters(), "KIND_CPU", 0, {MODEL_ENV: str(model), PROJECTOR_ENV: str(projector)})
-
-
-def machine() -> dict:
-    import llama_cpp
-
-    info = {"cpu_model": None, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "memory_bytes": None, "platform": platform.platform(), "python": platform.python_version(),
-            "llama_cpp_python": llama_cpp.__version__,
-            "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
-    with contextlib.suppress(OSError):
-        info["cpu_model"] = cpu_features.cpu_model()
-    with contextlib.suppress(OSError, StopIteration):
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        info["memory_bytes"] = 1024 * next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    return info
-
-
-def revision() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 # -- peak memory of the Triton server -----------------------------------------------------------------
@@ -322,21 +277,18 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
         results["triton_peak_rss"] = triton_peak_rss(triton.process.pid)
         say("stopping the servers")
     results["cpu_peer"] = measure_peer(mode, model, options, say) if peer else {"skipped": "--no-peer"}
-    results["amx"] = amx_bench.compare(model, options, torch_peer.LENGTHS[mode], amx_bench.ROUNDS[mode],
+    results["amx"] = amx_bench.compare(model, options, LENGTHS[mode], amx_bench.ROUNDS[mode],
                                        say=lambda message: say(f"amx: {message}"))
-    say(f"repacked Q8_0 vs plain at {', '.join(map(str, torch_peer.LENGTHS[mode]))} tokens")
-    results["q8_repack"] = q8_repack_bench.compare(model, options, torch_peer.LENGTHS[mode], torch_peer.ROUNDS[mode],
+    say(f"repacked Q8_0 vs plain at {', '.join(map(str, LENGTHS[mode]))} tokens")
+    results["q8_repack"] = q8_repack_bench.compare(model, options, LENGTHS[mode], ROUNDS[mode],
                                                    say=lambda message: say(f"q8 repack: {message}"))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
     return {
         "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
                                                            if list(names) != list(MODES[mode]) else ""),
         "mode": mode,
-        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 1), "revision": revision(),
-        "machine": machine() | {"load_average_before": [round(x, 2) for x in load_before],
-                                "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                                "other_cpu_share": cpu.other_share()},
+        "started": utc_iso(started), "duration_s": round(time.time() - started, 1), "revision": revision(),
+        "machine": machine() | load_averages(load_before) | {"other_cpu_share": cpu.other_share()},
         "model": {"preset": PRESET, "path": str(model.relative_to(ROOT)), "bytes": model.stat().st_size,
                   "note": "generated stand-in: real Qwen3-0.6B shapes and vocabulary, random weights"},
         "engine_options": {"source": str(CPU_CONFIG.relative_to(ROOT)), **dataclasses.asdict(options),
@@ -369,13 +321,13 @@ PEER_RATIO_NOTE = (f"engine tokens/s over PyTorch bf16 tokens/s on {PEER_LENGTH}
 
 def measure_peer(mode: str, model: Path, options: object, say: Callable[[str], None]) -> dict:
     """The PyTorch peer at the mode's lengths, or why it was skipped (torch not installed)."""
-    missing = torch_peer.peer_available()
+    missing = peer_available()
     if missing:
         say(f"warning: PyTorch peer skipped: {missing}")
         return {"skipped": missing}
-    lengths = torch_peer.LENGTHS[mode]
+    lengths = LENGTHS[mode]
     say(f"PyTorch CPU peer: engine vs torch bf16/fp32 at {', '.join(map(str, lengths))} tokens")
-    return torch_peer.compare(model, options, lengths, torch_peer.ROUNDS[mode], profile=True,
+    return torch_peer.compare(model, options, lengths, ROUNDS[mode], profile=True,
                               knobs=torch_peer.KNOBS if mode == "full" else None,
                               say=lambda message: say(f"peer: {message}"))
 

@@ -12,7 +12,7 @@ In order, each step's figures kept even when a later one fails:
               scores within 0.05 and in the reference's order)
   forward     the ``qwen3-0.6b`` Q8_0 stand-in: the engine's forward pass with the GPU config's options at 1k, 3k
               and 8k tokens against transformers' Qwen3 in bfloat16 (SDPA) on the same GPU, weights and token
-              ids (perf/torch_peer.py's model and probe), turns alternating, median of the rounds
+              ids (perf/qwen3_torch.py, perf/common.py's probe), turns alternating, median of the rounds
   librechat   LibreChat's web search (perf/workloads.py ``librechat-search``: five concurrent requests per
               search), in-process with the GPU config's options, ``share_decodes`` on and off: latency per call
               with the search's requests in one batch (as Triton's dynamic batcher hands them over) and alone
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -41,13 +40,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from perf import MODEL_VERSION_DIR, ROOT
-from perf.torch_peer import WARMUP_TOKENS, TorchQwen3, cosine_rows, peer_available, probe, timed_engine_pass
+from perf import ROOT
+from perf.common import GPU_CONFIG, WARMUP_TOKENS, cosine_rows, engine_config, probe, timed_engine_pass, utc_iso
+from perf.qwen3_torch import TorchQwen3, peer_available
 
 if TYPE_CHECKING:  # the engine loads llama.cpp when imported: only once the run has begun
     from rerank_engine import EngineConfig
 
-GPU_CONFIG = MODEL_VERSION_DIR.parent / "config.pbtxt"
 RESULTS_DIR = ROOT / "perf" / "results"
 STEPS = ("fidelity", "forward", "librechat")
 LENGTHS = (1024, 3072, 8192)
@@ -60,28 +59,16 @@ LIBRECHAT_BUDGET_S = 100.0  # both settings together; at least one search each, 
 SMOKE_DOCUMENTS = 16  # per request in --smoke: the CPU computes the real searches' 40k-token requests slowly
 TARGETS = {"librechat_call_max_s": 2.0, "engine_vs_torch_bf16_min": 0.8}
 F32_HIDDEN_COSINE, F32_SCORE_ATOL, Q8_SCORE_ATOL = 0.99999, 1e-4, 0.05
-_PARAMETER = re.compile(r'\{\s*key:\s*"([^"]+)"\s*,\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
 
 
 # -- configuration ------------------------------------------------------------------------------------
-
-
-def config_parameters(text: str) -> dict[str, dict[str, str]]:
-    """A Triton config's ``parameters`` as Triton hands them to model.py, read without protobuf (not on GPU
-    images): ``{ key: "n_ctx", value: { string_value: "16384" } }`` entries, comments ignored."""
-    body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    return {key: {"string_value": value} for key, value in _PARAMETER.findall(body)}
 
 
 def gpu_engine_config(model: Path, projector: Path, smoke: bool = False) -> EngineConfig:
     """The engine options the GPU config serves on its first GPU, with these model files (``smoke``: on the
     CPU, as the CPU instance kind would place them, without llama.cpp's extra buffer types: its AMX kernels die
     with SIGILL in a process where PyTorch's bf16 kernels ran first, as seen on an AMX machine)."""
-    from triton_contract import MODEL_ENV, PROJECTOR_ENV, engine_config
-
-    parameters = config_parameters(GPU_CONFIG.read_text())
-    config = engine_config(parameters, "KIND_CPU" if smoke else "KIND_GPU", 0,
-                           {MODEL_ENV: str(model), PROJECTOR_ENV: str(projector)})
+    config = engine_config(model, projector, GPU_CONFIG, "KIND_CPU" if smoke else "KIND_GPU")
     if not smoke:
         return config
     return dataclasses.replace(config, llama=dataclasses.replace(config.llama, extra_buffers=False))
@@ -191,7 +178,7 @@ def reference_order_kept(scores: np.ndarray, expected: np.ndarray) -> bool:
 
 
 class TorchOnDevice:
-    """perf/torch_peer.py's Qwen3 in bfloat16 (SDPA), moved to ``device``, timed to the device's completion."""
+    """perf/qwen3_torch.py's Qwen3 in bfloat16 (SDPA), moved to ``device``, timed to the device's completion."""
 
     def __init__(self, model_path: Path, device: str) -> None:
         import torch
@@ -486,8 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = " ".join(["python -m perf.gpu_check", *(argv if argv is not None else sys.argv[1:])])
     header = {"command": f"perf/gpu_check.sh run, which ran: {command}" if args.build_info else command,
-              "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-              "revision": _read_json(args.revision), "build": _read_json(args.build_info)}
+              "started": utc_iso(started), "revision": _read_json(args.revision), "build": _read_json(args.build_info)}
     out = args.out or (RESULTS_DIR / "gpu-smoke.json" if args.smoke else results_path(gpu_facts().get("name", "")))
 
     def finished(results: dict, complete: bool) -> dict:

@@ -93,8 +93,10 @@ measure() {
         exit 1
     fi
     if [ -n "${GPU_CHECK_MEASURE_TIMEOUT_S:-}" ]; then limit=(timeout --signal=INT "$GPU_CHECK_MEASURE_TIMEOUT_S"); fi
+    # The engine's folder and the repository too: a carried tree has no virtualenv, so no .pth file naming them.
     # shellcheck disable=SC2086  # GPU_CHECK_ARGS are words
-    PYTHONPATH="$WORK/site:$CARRY/pydeps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 \
+    PYTHONPATH="$WORK/site:$CARRY/pydeps:$PWD/model_repository/jina_reranker_v3/1:$PWD${PYTHONPATH:+:$PYTHONPATH}" \
+        PYTHONUNBUFFERED=1 \
         "${limit[@]}" "$PYTHON" -m perf.gpu_check --build-info "$WORK/build.json" --revision "$CARRY/revision.json" \
         ${GPU_CHECK_ARGS:-} 2>&1 | tee "$log" || status=$?
     if [ -n "${OUT:-}" ]; then

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from perf import ROOT
+from perf.common import revision
 
 CARRY_DIR = ROOT / ".cache" / "gpu-check"
 SDIST = ROOT / ".cache" / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
@@ -116,8 +117,6 @@ def prepare(out: Path = CARRY_DIR, sdist: Path = SDIST, pydeps: Iterable[str] = 
     files = write_trimmed_source(sdist, out / SOURCE_TAR)
     for name in pydeps:
         copy_distribution(name, out / "pydeps")
-    from perf.bench import revision  # the results' record of the commit, as make bench writes it
-
     (out / "revision.json").write_text(json.dumps(revision()) + "\n")
     return {"folder": str(out), "source_files": files, "source_tar_bytes": (out / SOURCE_TAR).stat().st_size,
             "folder_bytes": folder_bytes(out)}

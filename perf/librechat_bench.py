@@ -23,7 +23,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from perf import ROOT
+from perf.common import load_averages, utc_iso
 from perf.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.standin import PRESET, ensure_standin
 from perf.workloads import Entry, from_input_data, load
@@ -283,11 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {
         "command": " ".join(["python -m perf.librechat_bench", *(sys.argv[1:] if argv is None else argv)]),
         "label": args.label,
-        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 1),
+        "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
         "machine": {"cpu_model": _cpu_model(), "usable_cpus": len(os.sched_getaffinity(0)),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+                    **load_averages(load_before)},
         "client": {"package": AGENTS_PACKAGE, "version": AGENTS_VERSION, "reranker": "jina",
                    "timeout_ms": args.timeout_ms or "client default (10000)"},
         "target": {"url": args.url} if args.url else {"started": "python -m stack.serve (make serve's defaults)",

@@ -18,8 +18,17 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from perf.common import (
+    LENGTHS,
+    ROUNDS,
+    WARMUP_TOKENS,
+    cosine_rows,
+    engine_config,
+    probe,
+    timed_engine_pass,
+    tokens_per_s,
+)
 from perf.standin import ensure_standin
-from perf.torch_peer import LENGTHS, ROUNDS, WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
 
 
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
@@ -71,8 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
     args = parser.parse_args(argv)
-    from perf.bench import engine_config
-
     model, projector = ensure_standin()
     result = compare(model, engine_config(model, projector).llama, LENGTHS[args.mode], ROUNDS[args.mode])
     print(json.dumps(result, indent=1))

@@ -61,7 +61,7 @@ class SeedApproach:
             cparams.embeddings = True
             cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
             cparams.no_perf = True
-            ctx = llama_cpp.llama_init_from_model(runner._model, cparams)
+            ctx = llama_cpp.llama_init_from_model(runner.model, cparams)
             if not ctx:
                 raise RuntimeError(f"llama.cpp could not create a context with n_ctx={o.n_ctx}")
             batch = llama_cpp.llama_batch_init(o.n_batch, 0, 1)

@@ -9,7 +9,7 @@ Both sides compute the same thing from the same weights, on the same token ids, 
   engine      rerank_engine.llama_runner.LlamaRunner with the CPU Triton config's options: the Q8_0 GGUF,
               outputs only at the ~20 probe positions, final-norm hidden states read in the eval callback
   torch_bf16  transformers' Qwen3Model (SDPA attention), config from the GGUF's metadata, weights the GGUF's
-              own tensors dequantised with the ``gguf`` package, then held in bfloat16
+              own tensors dequantised with the ``gguf`` package, then held in bfloat16 (perf/qwen3_torch.py)
   torch_fp32  the same model in float32
 
 One forward pass per length and round, no LM head on the torch side (llama.cpp computes logits for the 20
@@ -20,40 +20,50 @@ rounds them to bfloat16 in bf16 mode), but llama.cpp quantises activations to Q8
 and keeps the KV cache in the configured type.
 
 The profiles say where each side spends a pass: torch.profiler grouped by aten op (self time), and for
-llama.cpp the scheduler's eval callback asked for every graph node, so each node is computed on its own and
-timed (that costs a few percent; the profiled pass's total is reported beside the plain one). The knobs
-are engine options worth trying on a CPU, measured side by side against the configured ones.
+llama.cpp the runner's ``on_node`` observer: the scheduler is asked for every graph node, so each node is
+computed on its own and timed (that costs a few percent; the profiled pass's total is reported beside the
+plain one). The knobs are engine options worth trying on a CPU, measured side by side against the configured
+ones.
 
-Nothing here imports torch at module level: the pure parts (weight names, metadata, grouping, tables) are
-tested without it (CI does not install torch; ``make bench`` installs perf/peer-requirements.txt).
+Nothing here imports torch at module level: the pure parts (grouping, tables) are tested without it (CI does
+not install torch; ``make bench`` installs perf/peer-requirements.txt).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import dataclasses
-import datetime
 import json
 import os
 import re
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from perf import ROOT
+from perf.common import (
+    CPU_CONFIG,
+    LENGTHS,
+    N_OUTPUTS,
+    ROUNDS,
+    WARMUP_TOKENS,
+    cosine_rows,
+    engine_config,
+    load_averages,
+    machine,
+    probe,
+    timed_engine_pass,
+    tokens_per_s,
+    utc_iso,
+)
+from perf.qwen3_torch import TorchQwen3, peer_available
+from perf.standin import PRESET, ensure_standin
 
 RESULTS = ROOT / "perf" / "results" / "cpu-peer-latest.json"
-PEER_REQUIREMENTS = ROOT / "perf" / "peer-requirements.txt"
-LENGTHS = {"quick": (1024,), "full": (1024, 3072, 8192)}
-ROUNDS = {"quick": 2, "full": 1}
-N_OUTPUTS = 20  # ~ a LibreChat request's documents: one marker each, and the query's
-WARMUP_TOKENS = 256
 PATHS = ("engine", "torch_bf16", "torch_fp32")
 
 # Engine options worth trying on a CPU, measured against the configured ones in the same run. "weights"
@@ -67,88 +77,6 @@ KNOBS: dict[str, dict[str, object]] = {
     "n_ubatch 2048": {"n_ubatch": 2048},
     "BF16 GGUF": {"weights": "bf16"},
 }
-
-# -- GGUF -> transformers -------------------------------------------------------------------------------
-
-_LAYER_TENSORS = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-_GLOBAL_TENSORS = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
-                   "output.weight": None}  # an untied LM head: not part of Qwen3Model
-_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-
-
-def hf_name(gguf_name: str) -> str | None:
-    """transformers' ``Qwen3Model`` parameter name for a GGUF tensor; None for the LM head (not used)."""
-    if gguf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[gguf_name]
-    match = _LAYER.fullmatch(gguf_name)
-    if not match or match[2] not in _LAYER_TENSORS:
-        raise KeyError(f"no Qwen3Model counterpart for GGUF tensor {gguf_name!r}")
-    return f"layers.{match[1]}.{_LAYER_TENSORS[match[2]]}.{match[3]}"
-
-
-def qwen3_config(metadata: Mapping[str, object], vocab_size: int) -> dict[str, object]:
-    """``Qwen3Config`` arguments from the GGUF's ``qwen3.*`` metadata: nothing comes from a hub."""
-    arch = metadata["general.architecture"]
-    if arch != "qwen3":
-        raise ValueError(f"architecture {arch!r}: the peer is a Qwen3 forward")
-
-    def hp(key: str) -> object:
-        return metadata[f"{arch}.{key}"]
-
-    n_head = int(hp("attention.head_count"))
-    return {
-        "vocab_size": vocab_size,
-        "hidden_size": int(hp("embedding_length")),
-        "intermediate_size": int(hp("feed_forward_length")),
-        "num_hidden_layers": int(hp("block_count")),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": int(metadata.get(f"{arch}.attention.head_count_kv", n_head)),
-        "head_dim": int(hp("attention.key_length")),
-        "rms_norm_eps": float(hp("attention.layer_norm_rms_epsilon")),
-        "max_position_embeddings": int(hp("context_length")),
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(hp("rope.freq_base"))},
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "tie_word_embeddings": False,
-        "use_cache": False,
-    }
-
-
-def gguf_metadata(reader: object) -> dict[str, object]:
-    """The GGUF's scalar metadata (strings and numbers; arrays such as the vocabulary left out)."""
-    import gguf
-
-    values: dict[str, object] = {}
-    for key, field in reader.fields.items():  # type: ignore[attr-defined]
-        if not field.types or field.types[0] == gguf.GGUFValueType.ARRAY:
-            continue
-        part = field.parts[field.data[0]]
-        values[key] = bytes(part).decode() if field.types[0] == gguf.GGUFValueType.STRING else part[0].item()
-    return values
-
-
-# -- the probe ------------------------------------------------------------------------------------------
-
-
-def probe(n_tokens: int, vocab_size: int, n_outputs: int = N_OUTPUTS, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Token ids (ordinary vocabulary, fixed seed) and ascending output positions spread over the pass,
-    the last token among them (where the query marker sits in a real prompt)."""
-    rng = np.random.default_rng(seed + n_tokens)
-    ids = rng.integers(0, min(vocab_size, 150_000), n_tokens).tolist()
-    positions = np.linspace(n_tokens - 1, 0, min(n_outputs, n_tokens), endpoint=False)[::-1]
-    return ids, sorted({int(p) for p in np.round(positions)})
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two [rows, width] arrays (float64)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-
 
 # -- grouping of profiles -------------------------------------------------------------------------------
 
@@ -194,11 +122,6 @@ def profile_summary(by_group: Mapping[str, float], by_op: Mapping[str, float], w
             "top_ops": [[op, round(s, 3)] for op, s in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]}
 
 
-def tokens_per_s(tokens: int, seconds: Sequence[float]) -> float:
-    """Throughput over every round: tokens of all rounds over their summed time."""
-    return round(tokens * len(seconds) / sum(seconds), 1)
-
-
 def length_ratios(lengths: Mapping[str, dict]) -> dict[str, dict[str, float]]:
     """Engine tokens/s over each torch path's, per length."""
     return {f"engine_vs_{path}": {n: round(m["engine"]["tokens_per_s"] / m[path]["tokens_per_s"], 3)
@@ -208,119 +131,47 @@ def length_ratios(lengths: Mapping[str, dict]) -> dict[str, dict[str, float]]:
 # -- the engine side ------------------------------------------------------------------------------------
 
 
-def _engine_runner_class() -> type:
-    """LlamaRunner, and a subclass that times every graph node (imported late: it loads llama.cpp)."""
-    from rerank_engine.llama_runner import HIDDEN_STATE_TENSOR, LlamaRunner, _ggml_base
+def engine_profile(model_path: Path, options: object, ids: Sequence[int], positions: Sequence[int]
+                   ) -> tuple[dict[str, float], dict[str, float], float]:
+    """One pass with every graph node timed (the runner's ``on_node``): seconds per group and per op, and the
+    pass's wall time."""
+    from rerank_engine.llama_runner import LlamaRunner
 
-    _ggml_base.ggml_op_desc.argtypes = [ctypes.c_void_p]
-    _ggml_base.ggml_op_desc.restype = ctypes.c_char_p
-
-    class ProfilingRunner(LlamaRunner):
-        """Asks the scheduler for every node: each is then computed alone and its time read between callbacks."""
-
-        nodes: list[tuple[str, str, float]]
-        _last = 0.0
-
-        def _observe(self, tensor: int, ask: bool, user_data: int) -> bool:
-            if ask:
-                return True
-            now = time.perf_counter()
-            name = _ggml_base.ggml_get_name(tensor)
-            self.nodes.append((_ggml_base.ggml_op_desc(tensor).decode(), name.decode(), now - self._last))
-            if name == HIDDEN_STATE_TENSOR:
-                super()._observe(tensor, False, user_data)
-            self._last = time.perf_counter()
-            return True
-
-        def profile(self, ids: Sequence[int], positions: Sequence[int]) -> tuple[np.ndarray, float]:
-            self.nodes = []
-            start = self._last = time.perf_counter()
-            (hidden,) = self.hidden_states([ids], [positions])
-            return hidden, time.perf_counter() - start
-
-    return LlamaRunner, ProfilingRunner
+    nodes: list[tuple[str, str, float]] = []
+    runner = LlamaRunner(str(model_path), options, on_node=lambda *node: nodes.append(node))  # type: ignore[arg-type]
+    try:
+        runner.start()
+        _, wall = timed_engine_pass(runner, ids, positions)
+    finally:
+        runner.close()
+    by_group, by_op = node_times(nodes)
+    return by_group, by_op, wall
 
 
-def engine_profile(runner: object) -> dict:
-    by_group: dict[str, float] = collections.defaultdict(float)
+def node_times(nodes: Iterable[tuple[str, str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per group (every group present) and per op and name (layer numbers dropped) of timed graph nodes."""
     by_op: dict[str, float] = collections.defaultdict(float)
-    for op, name, seconds in runner.nodes:  # type: ignore[attr-defined]
-        by_group[ggml_group(op, name)] += seconds
+    grouped = []
+    for op, name, seconds in nodes:
+        grouped.append((ggml_group(op, name), seconds))
         by_op[f"{op} {re.sub(r'-[0-9]+$', '', name)}"] += seconds
-    return {**group_times(by_group.items()), "_by_op": dict(by_op)}
+    return group_times(grouped), dict(by_op)
 
 
 # -- the torch side -------------------------------------------------------------------------------------
 
 
-class TorchQwen3:
-    """transformers' Qwen3Model built from a GGUF: config from its metadata, weights dequantised from it."""
+def torch_profile(peer: TorchQwen3, dtype_name: str, ids: Sequence[int], positions: Sequence[int]) -> dict:
+    """One pass of the torch model under torch.profiler, grouped by aten op (self time)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self, gguf_path: Path, threads: int) -> None:
-        import gguf
-        import torch
-
-        torch.set_num_threads(threads)
-        started = time.perf_counter()
-        reader = gguf.GGUFReader(str(gguf_path))
-        self.metadata = gguf_metadata(reader)
-        self.weights: dict[str, np.ndarray] = {}
-        self.weights_type = "?"  # the GGUF's type for the big matrices, e.g. Q8_0
-        for tensor in reader.tensors:
-            name = hf_name(tensor.name)
-            if name is None:
-                continue
-            if name.endswith("self_attn.q_proj.weight"):
-                self.weights_type = tensor.tensor_type.name
-            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            self.weights[name] = np.ascontiguousarray(
-                np.asarray(values, dtype=np.float32).reshape([int(d) for d in reversed(tensor.shape)]))
-        self.vocab_size = self.weights["embed_tokens.weight"].shape[0]
-        self.config_args = qwen3_config(self.metadata, self.vocab_size)
-        self.dequantise_s = time.perf_counter() - started
-        self.models: dict[str, object] = {}
-
-    def build(self, dtype_name: str) -> float:
-        """Build the model in ``bfloat16`` or ``float32``, as from_pretrained would (RoPE tables in fp32)."""
-        import torch
-        from transformers import Qwen3Config, Qwen3Model
-        from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
-
-        started = time.perf_counter()
-        dtype = getattr(torch, dtype_name)
-        config = Qwen3Config(**self.config_args)
-        config._attn_implementation = "sdpa"
-        with torch.device("meta"):
-            model = Qwen3Model(config)
-        with warnings.catch_warnings():  # read-only arrays: the model is only ever run under inference_mode
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            state = {name: torch.from_numpy(w).to(dtype) for name, w in self.weights.items()}
-        model.load_state_dict(state, strict=True, assign=True)
-        model.rotary_emb = Qwen3RotaryEmbedding(config=config)  # its tables are buffers the meta model lacks
-        self.models[dtype_name] = model.eval()
-        return time.perf_counter() - started
-
-    def forward(self, dtype_name: str, ids: Sequence[int], positions: Sequence[int]) -> tuple[np.ndarray, float]:
-        import torch
-
-        model = self.models[dtype_name]
-        with torch.inference_mode():
-            input_ids = torch.tensor([list(ids)], dtype=torch.long)
-            start = time.perf_counter()
-            hidden = model(input_ids=input_ids, use_cache=False).last_hidden_state[0, list(positions)]
-            seconds = time.perf_counter() - start
-        return hidden.float().numpy(), seconds
-
-    def profile(self, dtype_name: str, ids: Sequence[int], positions: Sequence[int]) -> dict:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            _, seconds = self.forward(dtype_name, ids, positions)
-        by_op: dict[str, float] = collections.defaultdict(float)
-        for event in prof.key_averages():
-            by_op[event.key] += event.self_cpu_time_total / 1e6
-        by_group = group_times((torch_group(op), s) for op, s in by_op.items())
-        return profile_summary(by_group, by_op, seconds)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _, seconds = peer.forward(dtype_name, ids, positions)
+    by_op: dict[str, float] = collections.defaultdict(float)
+    for event in prof.key_averages():
+        by_op[event.key] += event.self_cpu_time_total / 1e6
+    by_group = group_times((torch_group(op), s) for op, s in by_op.items())
+    return profile_summary(by_group, by_op, seconds)
 
 
 # -- the comparison -------------------------------------------------------------------------------------
@@ -339,30 +190,21 @@ def _versions() -> dict[str, str]:
             "torch_mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
 
-def peer_available() -> str | None:
-    """None when torch and transformers import; otherwise why not (and how to install them)."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as error:
-        return f"{error}: pip install -r {PEER_REQUIREMENTS.relative_to(ROOT)} (make bench does)"
-    return None
-
-
 def compare(model_path: Path, options: object, lengths: Sequence[int] = LENGTHS["quick"], rounds: int = 1,
             profile: bool = True, knobs: Mapping[str, Mapping[str, object]] | None = None,
             say: Callable[[str], None] = _log) -> dict:
     """Engine against torch bf16 and fp32 at each length, one process, same ids and threads."""
     import torch
 
-    llama_runner, profiling_runner = _engine_runner_class()
+    from rerank_engine.llama_runner import LlamaRunner
+
     threads = options.n_threads or len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
     started = time.perf_counter()
     peer = TorchQwen3(model_path, threads)
     build_s = {dtype: peer.build(dtype) for dtype in ("bfloat16", "float32")}
     say(f"torch model from the GGUF: dequantised in {peer.dequantise_s:.1f} s, built in "
         f"{sum(build_s.values()):.1f} s; {torch.get_num_threads()} threads")
-    engine = llama_runner(str(model_path), options)
+    engine = LlamaRunner(str(model_path), options)  # type: ignore[arg-type]
     engine.start()
     runs: dict[str, Callable[[list[int], list[int]], tuple[np.ndarray, float]]] = {
         "engine": lambda ids, pos: timed_engine_pass(engine, ids, pos),
@@ -403,8 +245,7 @@ def compare(model_path: Path, options: object, lengths: Sequence[int] = LENGTHS[
             measured["cosine_vs_engine"]["torch_bf16_vs_torch_fp32"] = {"min": round(float(cos.min()), 5),
                                                                         "mean": round(float(cos.mean()), 5)}
             if profile:
-                measured["profile"] = _profiles(profiling_runner, model_path, options, peer, ids, positions,
-                                                seconds["engine"])
+                measured["profile"] = _profiles(model_path, options, peer, ids, positions, seconds["engine"])
                 say(f"{n} tokens, profile shares: " + "; ".join(
                     f"{side} " + ", ".join(f"{g} {s:.0%}" for g, s in p["shares"].items() if s)
                     for side, p in measured["profile"].items()))
@@ -413,39 +254,25 @@ def compare(model_path: Path, options: object, lengths: Sequence[int] = LENGTHS[
         results["ratios"] = length_ratios(results["lengths"])
         if knobs:
             engine.close()
-            results["knobs"] = _knobs(llama_runner, model_path, options, references, knobs, say)
+            results["knobs"] = _knobs(model_path, options, references, knobs, say)
     finally:
         engine.close()
     results["duration_s"] = round(time.perf_counter() - started, 1)
     return results
 
 
-def timed_engine_pass(runner: object, ids: Sequence[int], positions: Sequence[int]) -> tuple[np.ndarray, float]:
-    """One pass of a started LlamaRunner: the hidden states at ``positions`` and the seconds it took."""
-    start = time.perf_counter()
-    (hidden,) = runner.hidden_states([ids], [positions])  # type: ignore[attr-defined]
-    return hidden, time.perf_counter() - start
+def _profiles(model_path: Path, options: object, peer: TorchQwen3, ids: list[int], positions: list[int],
+              plain_engine_s: Sequence[float]) -> dict:
+    by_group, by_op, wall = engine_profile(model_path, options, ids, positions)
+    engine = profile_summary(by_group, by_op, wall) | {"plain_wall_s": round(min(plain_engine_s), 3)}
+    return {"engine": engine, "torch_bf16": torch_profile(peer, "bfloat16", ids, positions)}
 
 
-def _profiles(profiling_runner: type, model_path: Path, options: object, peer: TorchQwen3, ids: list[int],
-              positions: list[int], plain_engine_s: Sequence[float]) -> dict:
-    runner = profiling_runner(str(model_path), options)
-    try:
-        runner.start()
-        _, wall = runner.profile(ids, positions)
-        times = engine_profile(runner)
-    finally:
-        runner.close()
-    by_op = times.pop("_by_op")
-    engine = profile_summary(times, by_op, wall) | {"plain_wall_s": round(min(plain_engine_s), 3)}
-    return {"engine": engine, "torch_bf16": peer.profile("bfloat16", ids, positions)}
-
-
-def _knobs(llama_runner: type, model_path: Path, options: object, references: Mapping[int, tuple],
+def _knobs(model_path: Path, options: object, references: Mapping[int, tuple],
            knobs: Mapping[str, Mapping[str, object]], say: Callable[[str], None]) -> dict:
     """Each option set's tokens/s per length, and its hidden states' cosine to torch fp32 on the same weights
     (the BF16 stand-in has other random weights: no cosine). Per length the sets take turns, order rotated."""
-    from perf.standin import ensure_standin
+    from rerank_engine.llama_runner import LlamaRunner
 
     measured: dict[str, dict] = {label: {"changes": dict(changes), "tokens_per_s": {}, "cosine_vs_torch_fp32": {}}
                                  for label, changes in knobs.items()}
@@ -455,7 +282,7 @@ def _knobs(llama_runner: type, model_path: Path, options: object, references: Ma
             changes = dict(knobs[label])
             weights = changes.pop("weights", None)
             path = ensure_standin(dtype=str(weights))[0] if weights else model_path
-            runner = llama_runner(str(path), dataclasses.replace(options, **changes))  # type: ignore[type-var]
+            runner = LlamaRunner(str(path), dataclasses.replace(options, **changes))  # type: ignore[type-var]
             try:
                 runner.start()
                 timed_engine_pass(runner, *probe(WARMUP_TOKENS, 1000))  # pages in, as the comparison's warm-up
@@ -537,9 +364,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = peer_available()
     if missing:
         parser.error(missing)
-    from perf.bench import CPU_CONFIG, engine_config, machine
-    from perf.standin import PRESET, ensure_standin
-
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else list(LENGTHS[args.mode])
     rounds = args.rounds or ROUNDS[args.mode]
     knobs = KNOBS if (args.knobs if args.knobs is not None else args.mode == "full") else None
@@ -550,9 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     peer = compare(model, options, lengths, rounds, args.profile, knobs)
     results = {"command": "python -m perf.torch_peer " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine() | {"load_average_before": [round(x, 2) for x in load_before],
-                                       "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+               "started": utc_iso(started), "machine": machine() | load_averages(load_before),
                "model": {"preset": PRESET if not args.model else None, "path": _shown(model),
                          "bytes": model.stat().st_size},
                "engine_options_source": str(CPU_CONFIG.relative_to(ROOT)),

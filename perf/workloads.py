@@ -3,7 +3,8 @@
     python -m perf.workloads                # (re)generate perf/workloads/*.json and print their token counts
     python -m perf.workloads --check        # exit 1 if the committed files differ from what the script makes
 
-Both also write (check) perf/aiperf/*, AIPerf's datasets of the same requests (perf/aiperf_dataset.py).
+AIPerf's datasets of the same requests (perf/aiperf/*) are written from these files, after them, by
+``python -m perf.aiperf_dataset`` (``--check`` likewise).
 
 | workload           | query      | documents                           | as                                  |
 |--------------------|------------|-------------------------------------|-------------------------------------|
@@ -240,7 +241,6 @@ def ensure_workloads(names: Sequence[str], model_path: Path, directory: Path = W
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from perf import aiperf_dataset
     from perf.standin import ensure_standin
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,14 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.check:
                 if not path.is_file() or path.read_text(encoding="utf-8") != dumps(entries):
                     differ.append(str(path))
-                differ += map(str, aiperf_dataset.differing(name, entries, args.out.parent / "aiperf"))
             else:
                 args.out.mkdir(parents=True, exist_ok=True)
                 path.write_text(dumps(entries), encoding="utf-8")
-                aiperf_dataset.write(name, entries, args.out.parent / "aiperf")
             print(f"{name}: {json.dumps(token_stats(entries, tokenize))}")
     finally:
         release()
+    if not args.check:
+        print("AIPerf's datasets of these requests: python -m perf.aiperf_dataset rewrites perf/aiperf/ from them")
     if differ:
         print(f"differ from what the generator makes: {', '.join(differ)}", file=sys.stderr)
         return 1

@@ -25,12 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 REASON = amx_emulation.why_not_here()
 pytestmark = [pytest.mark.build, pytest.mark.skipif(REASON is not None, reason=f"emulated AMX: {REASON}")]
 DOCS = [f"passage {i} about rivers and lakes " * (1 + i) for i in range(12)]
-# The engine in a child, run from the repository root (importing perf puts the engine package on the path).
+# The engine in a child, run from the repository root (the engine package is on the path: make install's .pth).
 # "cpu-has-amx" makes the engine treat this CPU as having AMX, which under the emulator it has: the engine then
 # runs its AMX self-check (itself a child, under the same build and emulator) before serving.
 ENGINE = """
 import json, logging, sys
-import perf
 import llama_cpp
 from perf.amx_bench import loaded_llama_libraries
 from rerank_engine import EngineConfig, Reranker, amx_check
@@ -98,7 +97,7 @@ def test_emulator_faults_where_the_hardware_does(builds, tmp_path, mode, dies_wi
 def test_released_amx_code_dies_at_its_first_tile_load(builds, tiny_q8, tmp_path):
     """ggml's AMX code as released, compiled as the build compiles it: GCC keeps only the palette byte of the
     stack configuration (its LDTILECFG intrinsic says it reads 8 bytes), so the first tile load faults."""
-    check = [sys.executable, "-c", "import perf, sys; from rerank_engine import amx_check; "
+    check = [sys.executable, "-c", "import sys; from rerank_engine import amx_check; "
              "sys.exit(amx_check.main(sys.argv[1]))", str(tiny_q8[0])]
     result = emulated(builds, check, builds.unpatched, tmp_path / "report")
     assert result.returncode == -signal.SIGILL

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from perf import gpu_check, gpu_check_prepare
+from perf.common import GPU_CONFIG, config_parameters
 from stack import cpu_features, gpu_features
 from stack.gpu_features import CudaFacts
 
@@ -200,7 +201,7 @@ def test_gpu_check_arguments():
 
 
 def test_the_gpu_config_is_what_the_check_measures(tmp_path):
-    parameters = gpu_check.config_parameters(gpu_check.GPU_CONFIG.read_text())
+    parameters = config_parameters(GPU_CONFIG.read_text())
     assert parameters["n_gpu_layers"] == {"string_value": "-1"}
     assert parameters["share_decodes"] == {"string_value": "true"}
     config = gpu_check.gpu_engine_config(tmp_path / "m.gguf", tmp_path / "p.safetensors")

@@ -11,8 +11,18 @@ import sys
 import numpy as np
 import pytest
 
-from perf import torch_peer
-from perf.bench import PEER_LENGTH, cpu_parameters, cpu_ratios, engine_config, ratios, table
+from perf import qwen3_torch, torch_peer
+from perf.bench import PEER_LENGTH, cpu_ratios, ratios, table
+from perf.common import (
+    CPU_CONFIG,
+    GPU_CONFIG,
+    LENGTHS,
+    N_OUTPUTS,
+    config_parameters,
+    engine_config,
+    probe,
+    tokens_per_s,
+)
 from perf.loadgen import Level, Sample, Target, format_line, percentile, plot, run_level, summarize, write_csv
 from perf.seed_approach import SeedApproach
 from perf.workloads import (
@@ -155,8 +165,19 @@ def test_text_of_tokens_stops_at_the_closer_length() -> None:
     assert text_of_tokens(8, lambda: next(sentences), " ", tokenize) == "aaaa bb"
 
 
+@pytest.mark.parametrize("path", [CPU_CONFIG, GPU_CONFIG], ids=lambda p: p.name)
+def test_config_parameters_read_as_triton_does(path) -> None:
+    """The benches read the configs without protobuf (not on GPU images): the same parameters as Triton's parser."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    parsed = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    assert config_parameters(path.read_text()) == {key: {"string_value": value.string_value}
+                                                   for key, value in parsed.parameters.items()}
+
+
 def test_bench_serves_the_cpu_config_options(tmp_path) -> None:
-    parameters = cpu_parameters()
+    parameters = config_parameters(CPU_CONFIG.read_text())
     config = engine_config(tmp_path / "m.gguf", tmp_path / "p.safetensors")
     assert config.llama.n_ctx == int(parameters["n_ctx"]["string_value"])
     assert config.llama.n_gpu_layers == 0
@@ -200,7 +221,8 @@ HF_LAYER_NAMES = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_att
 
 def test_peer_modules_do_not_import_torch() -> None:
     """CI does not install torch: the bench and the peer's pure parts must import without it."""
-    code = "import sys, perf.bench, perf.torch_peer; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    code = ("import sys, perf.bench, perf.torch_peer, perf.qwen3_torch, perf.gpu_check; "
+            "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=torch_peer.ROOT)
 
 
@@ -208,10 +230,10 @@ def test_gguf_tensors_map_onto_every_qwen3model_parameter(tiny_q8) -> None:
     import gguf
 
     reader = gguf.GGUFReader(str(tiny_q8[0]))
-    metadata = torch_peer.gguf_metadata(reader)
-    names = {t.name: torch_peer.hf_name(t.name) for t in reader.tensors}
+    metadata = qwen3_torch.gguf_metadata(reader)
+    names = {t.name: qwen3_torch.hf_name(t.name) for t in reader.tensors}
     shapes = {names[t.name]: [int(d) for d in reversed(t.shape)] for t in reader.tensors if names[t.name]}
-    config = torch_peer.qwen3_config(metadata, shapes["embed_tokens.weight"][0])
+    config = qwen3_torch.qwen3_config(metadata, shapes["embed_tokens.weight"][0])
     n_layer = config["num_hidden_layers"]
     expected = {"embed_tokens.weight", "norm.weight"} | {f"layers.{i}.{name}" for i in range(n_layer)
                                                          for name in HF_LAYER_NAMES}
@@ -226,24 +248,24 @@ def test_gguf_tensors_map_onto_every_qwen3model_parameter(tiny_q8) -> None:
 
 
 def test_gguf_names_outside_qwen3model() -> None:
-    assert torch_peer.hf_name("output.weight") is None  # an untied LM head: the peer computes none
-    assert torch_peer.hf_name("blk.12.ffn_down.weight") == "layers.12.mlp.down_proj.weight"
+    assert qwen3_torch.hf_name("output.weight") is None  # an untied LM head: the peer computes none
+    assert qwen3_torch.hf_name("blk.12.ffn_down.weight") == "layers.12.mlp.down_proj.weight"
     with pytest.raises(KeyError, match="attn_qkv"):
-        torch_peer.hf_name("blk.0.attn_qkv.weight")
+        qwen3_torch.hf_name("blk.0.attn_qkv.weight")
     with pytest.raises(ValueError, match="llama"):
-        torch_peer.qwen3_config({"general.architecture": "llama"}, 10)
+        qwen3_torch.qwen3_config({"general.architecture": "llama"}, 10)
 
 
 def test_probe_is_fixed_and_ends_on_the_last_token() -> None:
-    ids, positions = torch_peer.probe(1024, 151_936)
-    assert (ids, positions) == torch_peer.probe(1024, 151_936)
+    ids, positions = probe(1024, 151_936)
+    assert (ids, positions) == probe(1024, 151_936)
     assert len(ids) == 1024
     assert max(ids) < 150_000
-    assert len(positions) == torch_peer.N_OUTPUTS
+    assert len(positions) == N_OUTPUTS
     assert positions == sorted(positions)
     assert positions[-1] == 1023
     assert positions[0] > 0
-    short = torch_peer.probe(5, 100)[1]
+    short = probe(5, 100)[1]
     assert short[-1] == 4
     assert short == sorted(set(short))
 
@@ -271,7 +293,7 @@ def test_profile_summary_and_ratios() -> None:
     summary = torch_peer.profile_summary(by_group, {"a": 1.0, "b": 4.0}, 5.2, top=1)
     assert summary["shares"] == {"matmul": 0.8, "attention": 0.2, "lm_head": 0.0, "other": 0.0}
     assert summary["top_ops"] == [["b", 4.0]]
-    assert torch_peer.tokens_per_s(1000, [4.0, 6.0]) == 200.0
+    assert tokens_per_s(1000, [4.0, 6.0]) == 200.0
     lengths = {"1024": {"engine": {"tokens_per_s": 150.0}, "torch_bf16": {"tokens_per_s": 300.0},
                         "torch_fp32": {"tokens_per_s": 120.0}}}
     assert torch_peer.length_ratios(lengths) == {"engine_vs_torch_bf16": {"1024": 0.5},
@@ -281,7 +303,7 @@ def test_profile_summary_and_ratios() -> None:
                                                                                "amx_vs_avx512": 1.9}
     assert cpu_ratios({"skipped": "no torch"}, {"skipped": "no AMX"}) == {"engine_vs_torch_bf16": None,
                                                                           "amx_vs_avx512": None}
-    assert int(PEER_LENGTH) in torch_peer.LENGTHS["quick"]
+    assert int(PEER_LENGTH) in LENGTHS["quick"]
 
 
 def test_peer_tables_render(tmp_path) -> None:
@@ -308,24 +330,23 @@ def test_peer_tables_render(tmp_path) -> None:
         assert "engine / torch bf16" in table(results)
 
 
-def test_profiling_runner_times_every_node_and_changes_nothing(tiny_q8) -> None:
-    """The eval-callback profile of llama.cpp: same hidden states as a plain pass, every node timed and grouped."""
+def test_engine_profile_times_every_node_and_groups_them(tiny_q8) -> None:
+    """The llama.cpp side of the peer's profile: every graph node timed (the runner's on_node) and grouped."""
     options = EngineConfig.from_options(str(tiny_q8[0]), str(tiny_q8[1]), n_ctx=512).llama
-    plain_class, profiling_class = torch_peer._engine_runner_class()
-    plain, profiled = plain_class(str(tiny_q8[0]), options), profiling_class(str(tiny_q8[0]), options)
-    ids, positions = torch_peer.probe(200, plain.n_vocab - 8)  # clear of the template tokens at the end
-    try:
-        plain.start()
-        profiled.start()
-        (expected,) = plain.hidden_states([ids], [positions])
-        hidden, wall = profiled.profile(ids, positions)
-        times = torch_peer.engine_profile(profiled)
-    finally:
-        plain.close()
-        profiled.close()
-    np.testing.assert_array_equal(hidden, expected)
-    by_op = times.pop("_by_op")
-    assert times["matmul"] > 0
-    assert times["attention"] > 0
-    assert sum(times.values()) <= wall
+    ids, positions = probe(200, 256)  # the byte tokens: clear of the template tokens at the end
+    by_group, by_op, wall = torch_peer.engine_profile(tiny_q8[0], options, ids, positions)
+    assert set(by_group) == set(torch_peer.GROUPS)
+    assert by_group["matmul"] > 0
+    assert by_group["attention"] > 0
+    assert sum(by_group.values()) == pytest.approx(sum(by_op.values()))
+    assert sum(by_group.values()) <= wall
     assert any(op.startswith("MUL_MAT kq") for op in by_op)
+
+
+def test_node_times_drop_layer_numbers() -> None:
+    nodes = [("MUL_MAT", "ffn_up-0", 1.0), ("MUL_MAT", "ffn_up-1", 2.0), ("SOFT_MAX", "kq_soft_max-0", 0.5),
+             ("MUL_MAT", "result_output", 0.25)]
+    by_group, by_op = torch_peer.node_times(nodes)
+    assert by_group == {"matmul": 3.0, "attention": 0.5, "lm_head": 0.25, "other": 0.0}
+    assert by_op == {"MUL_MAT ffn_up": 3.0, "SOFT_MAX kq_soft_max": 0.5, "MUL_MAT result_output": 0.25}
+

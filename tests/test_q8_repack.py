@@ -54,9 +54,8 @@ print(json.dumps([kernel_errors(lib, *map(int, shape.split("x"))) for shape in s
 """
 MODEL = """
 import json, logging, sys
-import perf  # puts the engine package on the path
 from perf.amx_bench import loaded_llama_libraries
-from perf.torch_peer import cosine_rows, probe
+from perf.common import cosine_rows, probe
 from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
 repacked = []

@@ -1,0 +1,127 @@
+"""What the benches share: the engine options a Triton config serves, the machine and commit a result was
+measured on, and the engine's forward pass on a fixed probe, timed, with the hidden states it captures.
+
+Nothing here loads llama.cpp, torch or Triton's client when imported: the engine is imported by the functions
+that need it, once a bench has begun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from perf import MODEL_VERSION_DIR, ROOT
+from stack import cpu_features
+
+if TYPE_CHECKING:
+    from rerank_engine import EngineConfig
+    from rerank_engine.llama_runner import LlamaRunner
+
+CPU_CONFIG = MODEL_VERSION_DIR.parent / "configs" / "cpu.pbtxt"
+GPU_CONFIG = MODEL_VERSION_DIR.parent / "config.pbtxt"
+# Forward-pass lengths and rounds of the CPU comparisons (PyTorch peer, repacked Q8_0) per `make bench` mode.
+LENGTHS = {"quick": (1024,), "full": (1024, 3072, 8192)}
+ROUNDS = {"quick": 2, "full": 1}
+N_OUTPUTS = 20  # ~ a LibreChat request's documents: one marker each, and the query's
+WARMUP_TOKENS = 256
+_PARAMETER = re.compile(r'\{\s*key:\s*"([^"]+)"\s*,\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
+
+
+# -- the served configuration -------------------------------------------------------------------------
+
+
+def config_parameters(text: str) -> dict[str, dict[str, str]]:
+    """A Triton config's ``parameters`` as Triton hands them to model.py, read without protobuf (not on GPU
+    images): ``{ key: "n_ctx", value: { string_value: "16384" } }`` entries, comments ignored."""
+    body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return {key: {"string_value": value} for key, value in _PARAMETER.findall(body)}
+
+
+def engine_config(model: Path, projector: Path, config: Path = CPU_CONFIG, kind: str = "KIND_CPU") -> EngineConfig:
+    """The engine options a Triton config serves on an instance of ``kind`` (device 0), with these model files."""
+    from triton_contract import MODEL_ENV, PROJECTOR_ENV
+    from triton_contract import engine_config as served_config
+
+    return served_config(config_parameters(config.read_text()), kind, 0,
+                         {MODEL_ENV: str(model), PROJECTOR_ENV: str(projector)})
+
+
+# -- the machine and the commit -----------------------------------------------------------------------
+
+
+def machine() -> dict:
+    """The CPU, memory, platform and llama.cpp build a result was measured with."""
+    import llama_cpp
+
+    info = {"cpu_model": None, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "memory_bytes": None, "platform": platform.platform(), "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__,
+            "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
+    with contextlib.suppress(OSError):
+        info["cpu_model"] = cpu_features.cpu_model()
+    with contextlib.suppress(OSError, StopIteration):
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        info["memory_bytes"] = 1024 * next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return info
+
+
+def load_averages(before: Sequence[float]) -> dict[str, list[float]]:
+    """The load averages at the start (``before``) and now, for the results' machine facts."""
+    return {"load_average_before": [round(x, 2) for x in before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def revision() -> dict:
+    """The commit measured, and whether tracked files differed from it; None for both outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def utc_iso(timestamp: float) -> str:
+    """A time.time() value as the results write it: ``2026-12-01T15:11:50+00:00``."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- the forward pass ---------------------------------------------------------------------------------
+
+
+def probe(n_tokens: int, vocab_size: int, n_outputs: int = N_OUTPUTS, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Token ids (ordinary vocabulary, fixed seed) and ascending output positions spread over the pass,
+    the last token among them (where the query marker sits in a real prompt)."""
+    rng = np.random.default_rng(seed + n_tokens)
+    ids = rng.integers(0, min(vocab_size, 150_000), n_tokens).tolist()
+    positions = np.linspace(n_tokens - 1, 0, min(n_outputs, n_tokens), endpoint=False)[::-1]
+    return ids, sorted({int(p) for p in np.round(positions)})
+
+
+def timed_engine_pass(runner: LlamaRunner, ids: Sequence[int], positions: Sequence[int]) -> tuple[np.ndarray, float]:
+    """One pass of a started LlamaRunner: the hidden states at ``positions`` and the seconds it took."""
+    start = time.perf_counter()
+    (hidden,) = runner.hidden_states([ids], [positions])
+    return hidden, time.perf_counter() - start
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two [rows, width] arrays (float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def tokens_per_s(tokens: int, seconds: Sequence[float]) -> float:
+    """Throughput over every round: tokens of all rounds over their summed time."""
+    return round(tokens * len(seconds) / sum(seconds), 1)
