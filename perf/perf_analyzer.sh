@@ -37,7 +37,7 @@ OUT=perf/results/perf_analyzer
 
 if ! docker info >/dev/null 2>&1; then
     echo "perf_analyzer.sh: needs a running Docker engine to start ${SDK_IMAGE}; without one, use" \
-         "python -m perf.loadgen (see README, Performance)" >&2
+         "python -m perf.loadgen (see perf/README.md)" >&2
     exit 2
 fi
 mkdir -p "${OUT}"
