@@ -32,6 +32,8 @@ from tests import amx_emulation, q8_repack_builds
 
 pytestmark = pytest.mark.build
 
+pytestmark = pytest.mark.build  # builds libggml-cpu once per instruction-set path (cached)
+
 ROOT = Path(__file__).resolve().parent.parent
 MIN_COSINE = 0.99999  # the hidden states of all output rows as one vector; 2-layer models
 MIN_COSINE_STANDIN = 0.9995  # 28 layers: see the module's docstring
