@@ -45,6 +45,13 @@ def cmake_args(path: str) -> list[str]:
     return ["-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name in PATHS[path][0]]
 
 
+def apply_patches(source: Path, patches: list[Path]) -> None:
+    """``patches`` applied in order to an unpacked sdist, each exactly (as stack/build_llama_wheel.sh does)."""
+    for patch in patches:
+        subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch"],
+                       input=patch.read_bytes(), check=True, capture_output=True)
+
+
 def build(path: str) -> Path:
     """A folder holding a copy of the installed llama_cpp package whose CPU backend is ``path``'s build."""
     import llama_cpp
@@ -62,9 +69,7 @@ def build(path: str) -> Path:
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
         work = Path(scratch)
         source = amx_emulation.unpack_llama_cpp(work / "src")
-        for patch in patches:
-            subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch"],
-                           input=patch.read_bytes(), check=True, capture_output=True)
+        apply_patches(source, patches)
         amx_emulation._configure(source, work / "build", cmake_args(path))
         amx_emulation._package(installed_package, amx_emulation._build_cpu_backend(work / "build"), work / "out")
         if target.exists():

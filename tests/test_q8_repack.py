@@ -164,9 +164,7 @@ def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
 
 def test_the_patches_apply_exactly_in_order(tmp_path):
     source = amx_emulation.unpack_llama_cpp(tmp_path)
-    for patch in cpu_features.patches(amx=True):
-        subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch"],
-                       input=patch.read_bytes(), check=True, capture_output=True)
+    q8_repack_builds.apply_patches(source, cpu_features.patches(amx=True))
     repack = (source / "vendor/llama.cpp/ggml/src/ggml-cpu/repack.cpp").read_text()
     assert "return &q8_0_16x4_q8_0;" in repack  # registered in the repack type selection
 
