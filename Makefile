@@ -80,8 +80,10 @@ $(VENV)/.peer-stamp: $(PEER_REQUIREMENTS) | $(VENV)/.deps-stamp
 
 # BENCH=quick (default, under 5 minutes on 2 cores) or BENCH=full (every workload; hours on 2 cores).
 BENCH ?= quick
+# Each bench target then writes perf/README.md's figures from the results files (perf/report.py).
 bench: install $(VENV)/.peer-stamp
 	$(PY) -m perf.bench --mode $(BENCH)
+	$(PY) -m perf.report
 
 # On a host with an NVIDIA GPU and nvcc: llama.cpp's CUDA libraries for this GPU, the engine's fidelity on it, its
 # speed beside PyTorch bf16 (perf/gpu_check.sh; results in perf/results/gpu-<gpu>.json).
@@ -106,6 +108,7 @@ bench-aiperf: install $(AIPERF_VENV)/.stamp
 	$(PY) -m perf.aiperf_bench --workloads $(AIPERF_WORKLOADS) --concurrency $(AIPERF_CONCURRENCY) \
 		$(if $(AIPERF_ADAPTER_URL),--adapter-url $(AIPERF_ADAPTER_URL) \
 		$(if $(AIPERF_TRITON_URL),--triton-url $(AIPERF_TRITON_URL),--targets adapter))
+	$(PY) -m perf.report
 
 # LibreChat's web-search load sent by LibreChat's own reranker client (npm @librechat/agents, pinned, installed
 # under .cache/librechat-agents by librechat-client): 10 searches of 5 pages against a stack started as make
@@ -116,6 +119,7 @@ librechat-client: install
 
 bench-librechat: librechat-client
 	$(PY) -m perf.librechat_bench $(if $(LIBRECHAT_URL),--url $(LIBRECHAT_URL))
+	$(PY) -m perf.report
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""perf/README.md's figures, rendered from the results files, so that they cannot go stale.
+
+    python -m perf.report           # rewrite the generated blocks of perf/README.md (the bench targets run it)
+    python -m perf.report --check   # exit 1 if perf/README.md says other than the results files
+
+A generated block is everything between ``<!-- figures: NAME -->`` and ``<!-- end figures -->``. NAME picks a
+results file in perf/results/ and renders it with the table function of the bench that wrote it (make bench's
+table holds the PyTorch peer's and the AMX comparison's too). The prose around the blocks is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from perf import ROOT, aiperf_bench, bench, librechat_bench, torch_peer
+
+README = ROOT / "perf" / "README.md"
+RESULTS = ROOT / "perf" / "results"
+BLOCK = re.compile(r"(<!-- figures: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end figures -->)", re.S)
+
+
+def _librechat(results: dict) -> str:
+    label = results.get("label") or "-"
+    return (f"{librechat_bench.format_summary(results['summary'])}\n\n"
+            f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
+
+
+RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "cpu-latest": ("cpu-latest.json", bench.table),
+    "cpu-peer": ("cpu-peer-latest.json", lambda results: torch_peer.table(results["cpu_peer"])),
+    "aiperf": ("aiperf-latest.json", lambda results: aiperf_bench.table(results["levels"])),
+    "librechat-search": ("librechat-search-cpu.json", _librechat),
+    "librechat-search-before": ("librechat-search-cpu-before.json", _librechat),
+}
+
+
+def render_block(name: str, results_dir: Path = RESULTS) -> str:
+    if name not in RENDERERS:
+        raise KeyError(f"no renderer for the generated block {name!r}; known: {', '.join(sorted(RENDERERS))}")
+    filename, render = RENDERERS[name]
+    return render(json.loads((results_dir / filename).read_text())).rstrip() + "\n"
+
+
+def render(text: str, results_dir: Path = RESULTS) -> str:
+    """``text`` with every generated block rendered again from ``results_dir``."""
+    return BLOCK.sub(lambda m: m[1] + render_block(m["name"], results_dir) + m[4], text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if perf/README.md is not up to date")
+    args = parser.parse_args(argv)
+    current = README.read_text()
+    rendered = render(current)
+    if args.check:
+        if rendered != current:
+            print(f"{README} is stale: run python -m perf.report", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(rendered)
+    print(f"wrote {README} ({len(BLOCK.findall(rendered))} generated blocks)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
