@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import ROOT
+from perf import MODEL_VERSION_DIR, ROOT
 from perf.workloads import WORKLOADS, Entry, from_input_data, load
 
-MODEL = "jina_reranker_v3"
+MODEL = MODEL_VERSION_DIR.parent.name  # the Triton model is its folder (tests check it is TRITON_MODEL)
 # LibreChat's body: it always names the v2 model and asks for the top 5 with the documents back.
 LIBRECHAT_MODEL, LIBRECHAT_TOP_N = "jina-reranker-v2-base-multilingual", 5
 DEFAULT_URLS = {"triton-grpc": "127.0.0.1:8001", "triton-http": "127.0.0.1:8000", "adapter": "http://127.0.0.1:8080"}

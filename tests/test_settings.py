@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapter.settings import TRITON_MODEL, AdapterSettings
+from perf import loadgen
 from stack.settings import Settings, missing_model_files
 from stack.triton_server import MODEL_NAME, REPOSITORY
 
@@ -132,7 +133,7 @@ def test_missing_model_file_names_its_variable(tmp_path):
 
 
 def test_the_model_name_is_the_folder_and_config_name():
-    assert MODEL_NAME == TRITON_MODEL == AdapterSettings().triton_model
+    assert MODEL_NAME == TRITON_MODEL == AdapterSettings().triton_model == loadgen.MODEL
     folder = REPOSITORY / TRITON_MODEL
     for config in (folder / "config.pbtxt", folder / "configs" / "cpu.pbtxt"):
         assert re.findall(r'^name:\s*"([^"]*)"', config.read_text(), re.MULTILINE) == [folder.name]
