@@ -61,7 +61,7 @@ class Plan:
 
     blocks: list[list[int]]  # document indices per pass
     prompts: list[Block]
-    prepared: Prepared | None = None
+    prepared: Prepared
 
     @property
     def tokens(self) -> int:
@@ -263,7 +263,6 @@ class Reranker:
         """The result from a plan's passes: exact when every document's pass finished, else partial."""
         finished = [(block, prompt, hidden) for block, prompt, hidden in passes if hidden is not None]
         prepared = plan.prepared
-        assert prepared is not None
         if len(finished) == len(passes) and sum(len(block) for block, _, _ in finished) == len(prepared.docs):
             return self._score(request, plan, [hidden for _, _, hidden in finished])
         return self._score_partial(request, finished, lexical or lexical_order(prepared.query, prepared.docs))
@@ -284,9 +283,10 @@ class Reranker:
         while remaining:
             now = time.monotonic()
             deadline = min(requests[i].deadline or math.inf for i in remaining)
-            group = sorted((i for i in remaining if (requests[i].deadline or math.inf) <= deadline + SAME_DEADLINE_S),
-                           key=lambda i: (self._whole_seconds(prepared[i]), i))
-            demands = [self._whole_seconds(prepared[i]) for i in group]
+            need = {i: self._whole_seconds(prepared[i]) for i in remaining
+                    if (requests[i].deadline or math.inf) <= deadline + SAME_DEADLINE_S}
+            group = sorted(need, key=lambda i: (need[i], i))
+            demands = [need[i] for i in group]
             floors = [self._subset_seconds(prepared[i])(orders[i][:requests[i].min_scored]) for i in group]
             shares = fair_shares(deadline - now - ANSWER_RESERVE_S, demands, floors)
             # Requests whose top_n fits go first; one whose top_n does not fit goes last, where it gets whatever
@@ -297,10 +297,11 @@ class Reranker:
             log.debug("request %d: share %.2f s of %.2f s left, needs %.2f s (top_n %.2f s)", index, share,
                       deadline - now, demands[pick], floors[pick])
             stop = None if cancelled is None else functools.partial(cancelled, index)
-            yield index, self._score_within(requests[index], prepared[index], orders[index], share, stop)
+            yield index, self._score_within(requests[index], prepared[index], orders[index], share, need[index], stop)
 
     def _score_within(self, request: RerankRequest, prepared: Prepared, order: list[int], share: float,
-                      cancelled: Callable[[], bool] | None) -> RerankResult | RequestCancelledError:
+                      whole_seconds: float, cancelled: Callable[[], bool] | None
+                      ) -> RerankResult | RequestCancelledError:
         """Score ``request`` within ``share`` seconds: whole if predicted to fit, else in rounds of candidates.
 
         Candidates are taken from the top of the lexical ranking ``order``. The first round is planned
@@ -309,12 +310,18 @@ class Reranker:
         rest of the share is planned.
         """
         stop = self._stop_check(request, cancelled)
-        if request.deadline is None or self._whole_seconds(prepared) <= share * PLAN_FRACTION:
-            plan = self._pack(prepared, range(len(prepared.docs)))
-            passes = self._decode_passes(plan, stop, ())
-            if cancelled is not None and cancelled():
-                return RequestCancelledError("cancelled while it was being scored")
+        whole = request.deadline is None or whole_seconds <= share * PLAN_FRACTION
+        plan = self._pack(prepared, range(len(prepared.docs))) if whole else None
+        passes = self._decode_passes(plan, stop, ()) if plan else self._rounds(request, prepared, order, share, stop)
+        if cancelled is not None and cancelled():
+            return RequestCancelledError("cancelled while it was being scored")
+        if plan:
             return self._finish(request, plan, passes, order)
+        return self._score_partial(request, [p for p in passes if p[2] is not None], order)
+
+    def _rounds(self, request: RerankRequest, prepared: Prepared, order: list[int], share: float,
+                stop: Callable[[], bool]) -> list[tuple[list[int], Block, np.ndarray | None]]:
+        """The passes of the rounds that fit ``share``, best lexical candidates first (see ``_score_within``)."""
         cost_of = self._subset_seconds(prepared)
         share_ends = time.monotonic() + share
         passes, taken = [], 0
@@ -333,9 +340,7 @@ class Reranker:
                       candidates.tokens - len(self._prefix), cost_of(rest[:count]), available,
                       time.monotonic() - started)
             taken += count
-        if cancelled is not None and cancelled():
-            return RequestCancelledError("cancelled while it was being scored")
-        return self._score_partial(request, [p for p in passes if p[2] is not None], order)
+        return passes
 
     def _decode_passes(self, plan: Plan, stop: Callable[[], bool], prefix: Sequence[int]
                        ) -> list[tuple[list[int], Block, np.ndarray | None]]:
