@@ -63,6 +63,7 @@ from perf.loadgen import (
     run_level,
     summarize,
 )
+from perf.tables import aiperf_table
 from perf.workloads import WORKLOADS, Entry, load, model_tokenizer
 
 AIPERF = ROOT / ".cache" / "aiperf-venv" / "bin" / "aiperf"
@@ -360,27 +361,6 @@ async def measure(urls: dict[str, str], names: Sequence[str], concurrencies: Seq
     return levels, spin
 
 
-def table(levels: Sequence[dict]) -> str:
-    def ms(x: float | None) -> str:
-        return f"{x / 1000:.2f} s" if x is not None else "-"
-
-    def num(x: float | None) -> str:
-        return f"{x:.2f}" if x is not None else "-"
-
-    lines = ["| target | workload | concurrency | requests | requests/s AIPerf / loadgen | p50 AIPerf / loadgen "
-             "| p99 AIPerf / loadgen | ratio requests/s, p50, p99 | load average |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for v in levels:
-        a, g, r = v["aiperf"], v["loadgen"], v["ratios"]
-        lines.append(f"| {v['target']} | {v['workload']} | {v['concurrency']} | {v['requests']} | "
-                     f"{a['requests_per_s']:.3f} / {g['requests_per_s']:.3f} | "
-                     f"{ms(a['latency_ms']['p50'])} / {ms(g['latency_ms']['p50'])} | "
-                     f"{ms(a['latency_ms']['p99'])} / {ms(g['latency_ms']['p99'])} | "
-                     f"{num(r['requests_per_s'])}, {num(r['latency_p50'])}, {num(r['latency_p99'])} | "
-                     f"{v['load_average_1m'][0]:.1f} -> {v['load_average_1m'][1]:.1f} |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="short", help=f"comma-separated, of {', '.join(WORKLOADS)}")
@@ -437,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n{table(levels)}\n\nloadgen beside a busy-waiting process / alone: {spin.get('ratio')} requests/s "
+    print(f"\n{aiperf_table(levels)}\n\nloadgen beside a busy-waiting process / alone: {spin.get('ratio')} requests/s "
           f"({spin.get('target')}, {spin.get('workload')}, concurrency 1)\n"
           f"wrote {args.out} in {results['duration_s']:.0f} s")
     return 0 if all(v["aiperf"]["errors"] == 0 and v["loadgen"]["errors"] == 0 for v in levels) else 1

@@ -12,11 +12,14 @@ Triton config's parameters):
   c  triton_grpc    through Triton (CPU config) over gRPC, the adapter's protocol; triton_http beside it
   d  adapter        through the adapter (Jina API over HTTP, then gRPC to Triton)
 
-Then, once the servers have stopped, the PyTorch CPU peer (perf/torch_peer.py): the engine's llama.cpp forward
-pass against transformers' Qwen3 in bf16 and fp32 on the same GGUF's weights, in this process (quick: 1,024
-tokens; full: 1,024, 3,072 and 8,192 tokens and the engine's CPU knobs), with per-op profiles of both; and
-where AMX is usable, llama.cpp's AMX build against its AVX-512 build at the same lengths (perf/amx_bench.py);
-and the installed build's extra buffer types (the repacked Q8_0 weights) on vs off (perf/q8_repack_bench.py).
+Then, once the servers have stopped, the PyTorch CPU peer (perf/torch_comparison.py): the engine's llama.cpp
+forward pass against transformers' Qwen3 in bf16 and fp32 on the same GGUF's weights, in this process (quick:
+1,024 tokens; full: 1,024, 3,072 and 8,192 tokens and the engine's CPU knobs), with per-op profiles of both; and
+where AMX is usable, llama.cpp's AMX build against its AVX-512 build at the same lengths
+(perf/amx_comparison.py); and the installed build's extra buffer types (the repacked Q8_0 weights) on vs off
+(perf/q8_repack_comparison.py). Those comparisons are library modules, which perf/torch_peer.py,
+perf/amx_bench.py and perf/q8_repack_bench.py also run on their own; the tables printed at the end are
+perf/tables.py's, as perf/README.md's (perf/report.py). No bench imports another (tests/test_import_graph.py).
 
 At concurrency 1 the baselines take turns request by request (order rotated each round), so a machine
 that slows down during the run slows all of them alike; the ratios compare those turns in tokens/s
@@ -45,10 +48,19 @@ from pathlib import Path
 
 import numpy as np
 
-# The orchestrator: the other comparisons are run through their modules' compare() and table(); none of them
-# imports this module or another bench (tests/test_import_graph.py).
-from perf import ROOT, amx_bench, q8_repack_bench, torch_peer
-from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, engine_config, load_averages, machine, revision, utc_iso
+from perf import ROOT, amx_comparison, q8_repack_comparison, torch_comparison
+from perf.common import (
+    CPU_CONFIG,
+    LENGTHS,
+    PEER_LENGTH,
+    ROUNDS,
+    SWEPT,
+    engine_config,
+    load_averages,
+    machine,
+    revision,
+    utc_iso,
+)
 from perf.loadgen import (
     AdapterTarget,
     CallTarget,
@@ -64,6 +76,7 @@ from perf.loadgen import (
 from perf.qwen3_torch import peer_available
 from perf.seed_approach import SeedApproach
 from perf.standin import PRESET, ensure_standin
+from perf.tables import bench_table
 from perf.workloads import Entry, ensure_workloads, load, token_stats
 from rerank_engine import Reranker, RerankRequest
 from stack.adapter_server import AdapterServer
@@ -74,7 +87,6 @@ from stack.triton_server import TritonServer
 RESULTS = ROOT / "perf" / "results" / "cpu-latest.json"
 LOGS = ROOT / ".cache" / "perf"
 BASELINES = ("seed_approach", "engine", "triton_grpc", "triton_http", "adapter")
-SWEPT = ("triton_grpc", "adapter")
 # name: (numerator, denominator); b/a, c/b, d/b of the issue, and HTTP beside gRPC.
 RATIOS = {"engine_vs_seed_approach": ("engine", "seed_approach"), "triton_vs_engine": ("triton_grpc", "engine"),
           "adapter_vs_engine": ("adapter", "engine"), "triton_http_vs_engine": ("triton_http", "engine")}
@@ -277,11 +289,11 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
         results["triton_peak_rss"] = triton_peak_rss(triton.process.pid)
         say("stopping the servers")
     results["cpu_peer"] = measure_peer(mode, model, options, say) if peer else {"skipped": "--no-peer"}
-    results["amx"] = amx_bench.compare(model, options, LENGTHS[mode], amx_bench.ROUNDS[mode],
-                                       say=lambda message: say(f"amx: {message}"))
+    results["amx"] = amx_comparison.compare(model, options, LENGTHS[mode], amx_comparison.ROUNDS[mode],
+                                            say=lambda message: say(f"amx: {message}"))
     say(f"repacked Q8_0 vs plain at {', '.join(map(str, LENGTHS[mode]))} tokens")
-    results["q8_repack"] = q8_repack_bench.compare(model, options, LENGTHS[mode], ROUNDS[mode],
-                                                   say=lambda message: say(f"q8 repack: {message}"))
+    results["q8_repack"] = q8_repack_comparison.compare(model, options, LENGTHS[mode], ROUNDS[mode],
+                                                        say=lambda message: say(f"q8 repack: {message}"))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
     return {
         "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
@@ -307,9 +319,8 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
     }
 
 
-# -- the PyTorch CPU peer -----------------------------------------------------------------------------
+# -- the CPU comparisons' headline ratios: the PyTorch peer, AMX, repacked Q8_0 -----------------------
 
-PEER_LENGTH = "1024"  # the headline engine_vs_torch_bf16: measured in both modes
 AMX_RATIO_NOTE = (f"AMX build tokens/s over AVX-512 build tokens/s on {PEER_LENGTH}-token forward passes, same "
                   "version, flags otherwise, ids and options (amx: every length, the self-check's outcome)")
 Q8_REPACK_RATIO_NOTE = (f"tokens/s with llama.cpp's extra buffer types (repacked Q8_0 weights; AMX's where AMX is "
@@ -327,9 +338,9 @@ def measure_peer(mode: str, model: Path, options: object, say: Callable[[str], N
         return {"skipped": missing}
     lengths = LENGTHS[mode]
     say(f"PyTorch CPU peer: engine vs torch bf16/fp32 at {', '.join(map(str, lengths))} tokens")
-    return torch_peer.compare(model, options, lengths, ROUNDS[mode], profile=True,
-                              knobs=torch_peer.KNOBS if mode == "full" else None,
-                              say=lambda message: say(f"peer: {message}"))
+    return torch_comparison.compare(model, options, lengths, ROUNDS[mode], profile=True,
+                                    knobs=torch_comparison.KNOBS if mode == "full" else None,
+                                    say=lambda message: say(f"peer: {message}"))
 
 
 def cpu_ratios(peer: dict, amx: dict) -> dict[str, float | None]:
@@ -339,56 +350,6 @@ def cpu_ratios(peer: dict, amx: dict) -> dict[str, float | None]:
             "amx_vs_avx512": amx.get("amx_vs_avx512", {}).get(PEER_LENGTH)}
 
 
-# -- report -------------------------------------------------------------------------------------------
-
-LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)", "engine": "b. engine in-process",
-          "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
-
-
-def table(results: dict) -> str:
-    """The README's tables: concurrency-1 figures per workload and path, the ratios, then the sweep."""
-    lines = ["| workload | path | tokens/request | latency p50 | tokens/s | vs engine |",
-             "|---|---|---:|---:|---:|---:|"]
-    for name, measured in results["workloads"].items():
-        engine_tps = measured["baselines"]["engine"]["tokens_per_s"]
-        for key, s in measured["baselines"].items():
-            lines.append(f"| {name} | {LABELS[key]} | {s['tokens_per_request']:.0f} | "
-                         f"{s['latency_ms']['p50'] / 1000:.2f} s | {s['tokens_per_s']:.1f} | "
-                         f"{s['tokens_per_s'] / engine_tps:.2f} |")
-    lines += ["", f"Ratios ({results['ratios_workload']}, tokens/s at concurrency 1): "
-              + ", ".join(f"`{key}` = {results['ratios'][key]:.2f} (target >= {target})"
-                          for key, target in results["ratio_targets"].items())
-              + "; median of the rounds' ratios: "
-              + ", ".join(f"{results['ratios_median_of_rounds'][key]:.2f}" for key in results["ratio_targets"]) + "."]
-    rss = results["triton_peak_rss"]
-    lines.append(f"Triton peak RSS (VmHWM): tritonserver {rss['tritonserver_vmhwm_bytes'] / 2**20:.0f} MiB + "
-                 f"{rss['stub_processes']} Python backend stubs (one per model instance) "
-                 f"{rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
-                 f"MiB (n_ctx {results['engine_options']['n_ctx']}). Other processes used "
-                 f"{results['machine']['other_cpu_share']:.0%} of the CPU during the run.")
-    for key in ("engine_vs_torch_bf16", "amx_vs_avx512", "q8_repack_vs_plain"):
-        if key not in results["ratio_notes"]:
-            continue
-        value = results["ratios"].get(key)
-        lines.append(f"`{key}` = {value:.2f} ({PEER_LENGTH} tokens)." if value is not None
-                     else f"`{key}`: {results['ratio_notes'][key]}.")
-    lines += ["", "| workload | path | concurrency | requests/s | tokens/s | latency p50 | p90 | p99 |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for s in results["levels"]:
-        if s["target"] in SWEPT:
-            lat = s["latency_ms"]
-            lines.append(f"| {s['workload']} | {LABELS[s['target']]} | {s['concurrency']} | "
-                         f"{s['requests_per_s']:.3f} | {s['tokens_per_s']:.1f} | {lat['p50'] / 1000:.2f} s | "
-                         f"{lat['p90'] / 1000:.2f} s | {lat['p99'] / 1000:.2f} s |")
-    if "cpu_peer" in results:
-        lines += ["", torch_peer.table(results["cpu_peer"])]
-    if "amx" in results:
-        lines += ["", amx_bench.table(results["amx"])]
-    if "q8_repack" in results:
-        lines += ["", q8_repack_bench.table(results["q8_repack"])]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
@@ -396,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "(default: the mode's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON; CSV and PNG are written beside it")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
-                        help="skip the PyTorch CPU peer (perf/torch_peer.py)")
+                        help="skip the PyTorch CPU peer (perf/torch_comparison.py)")
     args = parser.parse_args(argv)
     names = args.workloads.split(",") if args.workloads else list(MODES[args.mode])
     unknown = sorted(set(names) - set(MODES["full"]))
@@ -408,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(results["levels"], args.out.with_suffix(".csv"))
     plot(results["levels"], args.out.with_suffix(".png"),
          f"{results['machine']['cpu_model']}, {results['machine']['usable_cpus']} cores, {PRESET} Q8_0 stand-in")
-    print(f"\n{table(results)}\n\nwrote {args.out} (+ .csv, .png) in {results['duration_s']:.0f} s")
+    print(f"\n{bench_table(results)}\n\nwrote {args.out} (+ .csv, .png) in {results['duration_s']:.0f} s")
     return 0
 
 

@@ -1,5 +1,6 @@
 """What the benches share: the engine options a Triton config serves, the machine and commit a result was
-measured on, and the engine's forward pass on a fixed probe, timed, with the hidden states it captures.
+measured on, the engine's forward pass on a fixed probe, timed, with the hidden states it captures, and the
+names a results file and its tables (perf/tables.py) both use.
 
 Nothing here loads llama.cpp, torch or Triton's client when imported: the engine is imported by the functions
 that need it, once a bench has begun.
@@ -32,6 +33,11 @@ GPU_CONFIG = MODEL_VERSION_DIR.parent / "config.pbtxt"
 # Forward-pass lengths and rounds of the CPU comparisons (PyTorch peer, repacked Q8_0) per `make bench` mode.
 LENGTHS = {"quick": (1024,), "full": (1024, 3072, 8192)}
 ROUNDS = {"quick": 2, "full": 1}
+PEER_LENGTH = "1024"  # the length of make bench's headline CPU ratios (engine_vs_torch_bf16 ...): in both modes
+# Where a profiled forward pass spends its time (the PyTorch peer's profiles), in the tables' column order.
+PROFILE_GROUPS = ("matmul", "attention", "lm_head", "other")
+# make bench's paths that its concurrency sweep raises past 1 (and its sweep table shows).
+SWEPT = ("triton_grpc", "adapter")
 N_OUTPUTS = 20  # ~ a LibreChat request's documents: one marker each, and the query's
 WARMUP_TOKENS = 256
 _PARAMETER = re.compile(r'\{\s*key:\s*"([^"]+)"\s*,\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')

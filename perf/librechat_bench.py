@@ -39,6 +39,7 @@ from perf import ROOT
 from perf.common import load_averages, utc_iso
 from perf.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.standin import PRESET, ensure_standin
+from perf.tables import librechat_summary
 from perf.workloads import Entry, from_input_data, load
 from stack import cpu_features
 from stack.processes import free_port
@@ -181,18 +182,6 @@ def summarize(calls: Sequence[dict], deadline_s: float = DEADLINE_S) -> dict:
     }
 
 
-def format_summary(summary: dict) -> str:
-    lat = summary["latency_ms"]
-    share, unknown = summary["model_scored_share"], summary["answered_without_scored_header"]
-    causes = ", ".join(f"{n} {cause}" for cause, n in summary["fallback_causes"].items())
-    return (f"{summary['searches']} searches, {summary['calls']} calls: {summary['fallbacks']} fell back"
-            f"{f' ({causes})' if causes else ''}, {summary['answered_within_deadline']} answered within "
-            f"{summary['deadline_s']} s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
-            f"documents scored by the model: {summary['documents_model_scored']}/{summary['documents_of_known_calls']}"
-            + (f" ({share:.1%})" if share is not None else "")
-            + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
-
-
 # -- the stack, as make serve starts it ---------------------------------------------------------------
 
 
@@ -296,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    print(f"\n{format_summary(summary)}\nwrote {args.out}")
+    print(f"\n{librechat_summary(summary)}\nwrote {args.out}")
     return 0
 
 

@@ -4,8 +4,10 @@
     python -m perf.report --check   # exit 1 if perf/README.md says other than the results files
 
 A generated block is everything between ``<!-- figures: NAME -->`` and ``<!-- end figures -->``. NAME picks a
-results file in perf/results/ and renders it with the table function of the bench that wrote it (make bench's
-table holds the PyTorch peer's and the AMX comparison's too). The prose around the blocks is written by hand.
+results file in perf/results/ and renders it with perf/tables.py, whose functions the bench that wrote the file
+prints too (make bench's table holds the PyTorch peer's, the AMX comparison's and the repacked Q8_0's too). This
+module imports no bench: rendering needs neither llama.cpp nor torch. The prose around the blocks is written by
+hand.
 """
 
 from __future__ import annotations
@@ -17,25 +19,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from perf import ROOT, aiperf_bench, bench, librechat_bench, torch_peer
+from perf import ROOT, tables
 
 README = ROOT / "perf" / "README.md"
 RESULTS = ROOT / "perf" / "results"
 BLOCK = re.compile(r"(<!-- figures: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end figures -->)", re.S)
 
 
-def _librechat(results: dict) -> str:
-    label = results.get("label") or "-"
-    return (f"{librechat_bench.format_summary(results['summary'])}\n\n"
-            f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
-
-
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "cpu-latest": ("cpu-latest.json", bench.table),
-    "cpu-peer": ("cpu-peer-latest.json", lambda results: torch_peer.table(results["cpu_peer"])),
-    "aiperf": ("aiperf-latest.json", lambda results: aiperf_bench.table(results["levels"])),
-    "librechat-search": ("librechat-search-cpu.json", _librechat),
-    "librechat-search-before": ("librechat-search-cpu-before.json", _librechat),
+    "cpu-latest": ("cpu-latest.json", tables.bench_table),
+    "cpu-peer": ("cpu-peer-latest.json", lambda results: tables.peer_table(results["cpu_peer"])),
+    "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
+    "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
+    "librechat-search-before": ("librechat-search-cpu-before.json", tables.librechat_run),
 }
 
 

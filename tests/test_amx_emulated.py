@@ -31,7 +31,7 @@ DOCS = [f"passage {i} about rivers and lakes " * (1 + i) for i in range(12)]
 ENGINE = """
 import json, logging, sys
 import llama_cpp
-from perf.amx_bench import loaded_llama_libraries
+from perf.amx_comparison import loaded_llama_libraries
 from rerank_engine import EngineConfig, Reranker, amx_check
 logging.basicConfig(level=logging.INFO)
 if sys.argv[4] == "cpu-has-amx":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import amx_bench
+from perf import amx_comparison, tables
 from rerank_engine import EngineConfig, amx_check
 from stack import cpu_features
 from tests import amx_emulation
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ZEN4 = ("flags : fpu sse4_2 avx f16c fma bmi2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512vbmi "
         "avx512_vnni avx512_bf16")
 SAPPHIRE_RAPIDS = ZEN4 + " avx_vnni amx_bf16 amx_tile amx_int8"
-NO_AMX_REASON = amx_bench.why_not_here()
+NO_AMX_REASON = amx_comparison.why_not_here()
 AVX2_ONLY = "flags : fpu sse4_2 avx f16c fma bmi2 avx2"
 # The flags verified on the build machines (../shared/notes/environment.md).
 VERIFIED = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
@@ -139,7 +139,7 @@ def test_extra_buffer_types_and_plain_path_agree_on_q8(tiny_q8):
     ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, True, "AVX512 = 1 | AMX_INT8 = 1", None),
 ])
 def test_amx_comparison_runs_only_where_amx_does(flags, permitted, info, reason):
-    found = amx_bench.unavailable_reason(flags, permitted, info, "AMD EPYC")
+    found = amx_comparison.unavailable_reason(flags, permitted, info, "AMD EPYC")
     assert found is None if reason is None else reason in found
 
 
@@ -149,12 +149,12 @@ def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
     load llama.cpp from the unpacked copy and compute what the installed build computes."""
     flags = cpu_features.cpu_flags()
     amx = cpu_features.amx_usable(flags, cpu_features.amx_permitted())
-    wheel = amx_bench.build_wheel(cpu_features.cmake_args(flags, amx), cpu_features.patches(amx),
-                                  say=lambda _: None)
-    unpacked = amx_bench.unpack(wheel, tmp_path)
+    wheel = amx_comparison.build_wheel(cpu_features.cmake_args(flags, amx), cpu_features.patches(amx),
+                                       say=lambda _: None)
+    unpacked = amx_comparison.unpack(wheel, tmp_path)
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
-    result = amx_bench.side_by_side(tiny_q8[0], options, [300], 2, {"amx": None, "avx512": unpacked},
-                                    say=lambda _: None)
+    result = amx_comparison.side_by_side(tiny_q8[0], options, [300], 2, {"amx": None, "avx512": unpacked},
+                                         say=lambda _: None)
     installed, copy = result["builds"]["amx"], result["builds"]["avx512"]
     assert Path(copy["llama_cpp_file"]).is_relative_to(unpacked)
     assert copy["libraries"]
@@ -164,7 +164,7 @@ def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
     assert copy["system_info"] == installed["system_info"]
     assert result["cosine_amx_vs_avx512"]["300"] >= 0.99999
     assert result["amx_vs_avx512"]["300"] == round(installed["tokens_per_s"]["300"] / copy["tokens_per_s"]["300"], 3)
-    assert "| 300 | " in amx_bench.table(result)
+    assert "| 300 | " in tables.amx_table(result)
 
 
 @pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
@@ -173,7 +173,7 @@ def test_amx_and_avx512_builds_agree(tiny_q8):
     without AMX, cached) give the same hidden states within Q8_0 tolerance."""
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=1024).llama
     paths = {"amx": None, "avx512": amx_emulation.avx512_variant()}
-    result = amx_bench.side_by_side(tiny_q8[0], options, [512], 1, paths, say=lambda _: None)
+    result = amx_comparison.side_by_side(tiny_q8[0], options, [512], 1, paths, say=lambda _: None)
     assert result["amx_self_check_passed"]
     assert "AMX_INT8 = 1" in result["builds"]["amx"]["system_info"]
     assert "AMX_INT8 = 1" not in result["builds"]["avx512"]["system_info"]

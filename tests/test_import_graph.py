@@ -1,5 +1,6 @@
-"""The repository's import graph, read from the source with ``ast``: no cycle in any package, no bench that
-imports another bench, and no ``sys.path`` edit outside the tests' conftest.
+"""The repository's import graph, read from the source with ``ast``: no cycle in any package, no module outside
+the tests that imports a bench (so no bench imports another: what they share is in library modules), and no
+``sys.path`` edit outside the tests' conftest.
 
 Every import statement counts, at module level or inside a function, ``TYPE_CHECKING`` blocks included. The
 engine's folder is an import root of its own, as it is on Triton's path and in the installed .pth file.
@@ -21,11 +22,11 @@ ENGINE_DIR = ROOT / "model_repository" / "jina_reranker_v3" / "1"
 # Import root -> the packages and modules under it.
 SOURCES = {ROOT: ("adapter", "stack", "perf", "models", "tests"),
            ENGINE_DIR: ("rerank_engine", "model.py", "triton_contract.py")}
-# The benches: each measures something and writes or prints its results (`python -m perf.<name>`).
+# The benches: each measures something and writes or prints its results (`python -m perf.<name>`). They are
+# leaves of the graph: the comparisons they run (perf/*_comparison.py) and the tables they print
+# (perf/tables.py) are library modules, which make bench (perf.bench) and perf.report import instead.
 BENCHES = {"perf.bench", "perf.torch_peer", "perf.amx_bench", "perf.q8_repack_bench", "perf.gpu_check",
            "perf.librechat_bench", "perf.aiperf_bench"}
-# `make bench` (perf/bench.py) runs these comparisons through their compare() and table(), in its own process.
-ORCHESTRATED = {"perf.bench": {"perf.torch_peer", "perf.amx_bench", "perf.q8_repack_bench"}}
 SYS_PATH_ALLOWED = {ROOT / "tests" / "conftest.py"}
 
 
@@ -95,6 +96,12 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def bench_importers(graph: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    """Module outside the tests -> the benches it imports, for every such module that imports one."""
+    return {module: sorted(targets & BENCHES) for module, targets in graph.items()
+            if targets & BENCHES and module != "tests" and not module.startswith("tests.")}
+
+
 def python_files(root: Path = ROOT) -> Iterator[Path]:
     """The repository's Python files: hidden folders (.venv, .cache, .git) and node_modules left out."""
     for folder, subfolders, files in os.walk(root):
@@ -139,7 +146,23 @@ def test_no_package_has_an_import_cycle(graph) -> None:
 
 @pytest.mark.parametrize("bench", sorted(BENCHES))
 def test_no_bench_imports_another(graph, bench: str) -> None:
-    assert graph[bench] & BENCHES <= ORCHESTRATED.get(bench, set())
+    assert graph[bench] & BENCHES == set()
+
+
+def test_bench_importers_are_found() -> None:
+    graph = {"perf.report": {"perf.bench", "perf.tables"}, "perf.tables": {"perf.common"},
+             "tests.test_perf_tools": {"perf.bench"}, "perf.bench": {"perf.tables"}}
+    assert bench_importers(graph) == {"perf.report": ["perf.bench"]}
+
+
+def test_no_module_outside_the_tests_imports_a_bench(graph) -> None:
+    """The benches are leaves: what another module needs of one belongs in a library module."""
+    assert bench_importers(graph) == {}
+
+
+def test_the_report_renders_with_the_tables_alone(graph) -> None:
+    assert graph["perf.report"] == {"perf", "perf.tables"}
+    assert "perf.tables" in graph["perf.bench"]
 
 
 def test_sys_path_edits_are_found(tmp_path) -> None:

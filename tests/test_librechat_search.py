@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from perf import librechat_bench, web_pages
+from perf import librechat_bench, tables, web_pages
 from perf.librechat_bench import Search, run_client, scored, searches_of, served_stack, summarize
 from perf.workloads import LIBRECHAT_SEARCH, Entry, dumps, generate_search, load, path_of
 
@@ -96,7 +96,7 @@ def test_summary_counts_fallbacks_latency_and_the_model_scored_share() -> None:
     assert [librechat_bench.outcome(c) for c in calls[:3]] == [
         "489 docs in 8.0 s answered, 64 scored by the model", "300 docs in 0.3 s answered",
         "400 docs in 10.0 s fell back (client timeout)"]
-    line = librechat_bench.format_summary(summary)
+    line = tables.librechat_summary(summary)
     assert "2 fell back" in line
     assert "75/900" in line
     assert "1 answers without an X-Rerank-Scored header" in line

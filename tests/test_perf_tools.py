@@ -11,13 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from perf import qwen3_torch, torch_peer
-from perf.bench import PEER_LENGTH, cpu_ratios, ratios, table
+from perf import ROOT, qwen3_torch, tables, torch_comparison
+from perf.bench import cpu_ratios, ratios
 from perf.common import (
     CPU_CONFIG,
     GPU_CONFIG,
     LENGTHS,
     N_OUTPUTS,
+    PEER_LENGTH,
+    PROFILE_GROUPS,
     config_parameters,
     engine_config,
     probe,
@@ -221,9 +223,9 @@ HF_LAYER_NAMES = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_att
 
 def test_peer_modules_do_not_import_torch() -> None:
     """CI does not install torch: the bench and the peer's pure parts must import without it."""
-    code = ("import sys, perf.bench, perf.torch_peer, perf.qwen3_torch, perf.gpu_check; "
-            "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=torch_peer.ROOT)
+    code = ("import sys, perf.bench, perf.torch_peer, perf.torch_comparison, perf.qwen3_torch, perf.gpu_check, "
+            "perf.tables; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_gguf_tensors_map_onto_every_qwen3model_parameter(tiny_q8) -> None:
@@ -277,30 +279,30 @@ def test_probe_is_fixed_and_ends_on_the_last_token() -> None:
     ("RMS_NORM", "norm-3", "other"), ("SET_ROWS", "cache_v_l3", "other"),
 ])
 def test_ggml_nodes_are_grouped(op: str, name: str, group: str) -> None:
-    assert torch_peer.ggml_group(op, name) == group
+    assert torch_comparison.ggml_group(op, name) == group
 
 
 def test_torch_ops_are_grouped() -> None:
-    assert torch_peer.torch_group("aten::mm") == "matmul"
-    assert torch_peer.torch_group("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
-    assert torch_peer.torch_group("aten::_softmax") == "attention"
-    assert torch_peer.torch_group("aten::mul") == "other"
+    assert torch_comparison.torch_group("aten::mm") == "matmul"
+    assert torch_comparison.torch_group("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert torch_comparison.torch_group("aten::_softmax") == "attention"
+    assert torch_comparison.torch_group("aten::mul") == "other"
 
 
 def test_profile_summary_and_ratios() -> None:
-    by_group = torch_peer.group_times([("matmul", 3.0), ("attention", 1.0), ("matmul", 1.0)])
+    by_group = torch_comparison.group_times([("matmul", 3.0), ("attention", 1.0), ("matmul", 1.0)])
     assert by_group == {"matmul": 4.0, "attention": 1.0, "lm_head": 0.0, "other": 0.0}
-    summary = torch_peer.profile_summary(by_group, {"a": 1.0, "b": 4.0}, 5.2, top=1)
+    summary = torch_comparison.profile_summary(by_group, {"a": 1.0, "b": 4.0}, 5.2, top=1)
     assert summary["shares"] == {"matmul": 0.8, "attention": 0.2, "lm_head": 0.0, "other": 0.0}
     assert summary["top_ops"] == [["b", 4.0]]
     assert tokens_per_s(1000, [4.0, 6.0]) == 200.0
     lengths = {"1024": {"engine": {"tokens_per_s": 150.0}, "torch_bf16": {"tokens_per_s": 300.0},
                         "torch_fp32": {"tokens_per_s": 120.0}}}
-    assert torch_peer.length_ratios(lengths) == {"engine_vs_torch_bf16": {"1024": 0.5},
-                                                 "engine_vs_torch_fp32": {"1024": 1.25}}
+    assert torch_comparison.length_ratios(lengths) == {"engine_vs_torch_bf16": {"1024": 0.5},
+                                                       "engine_vs_torch_fp32": {"1024": 1.25}}
     amx = {"amx_vs_avx512": {"1024": 1.9}}
-    assert cpu_ratios({"ratios": torch_peer.length_ratios(lengths)}, amx) == {"engine_vs_torch_bf16": 0.5,
-                                                                               "amx_vs_avx512": 1.9}
+    assert cpu_ratios({"ratios": torch_comparison.length_ratios(lengths)}, amx) == {
+        "engine_vs_torch_bf16": 0.5, "amx_vs_avx512": 1.9}
     assert cpu_ratios({"skipped": "no torch"}, {"skipped": "no AMX"}) == {"engine_vs_torch_bf16": None,
                                                                           "amx_vs_avx512": None}
     assert int(PEER_LENGTH) in LENGTHS["quick"]
@@ -318,24 +320,24 @@ def test_peer_tables_render(tmp_path) -> None:
                                      "cosine_vs_torch_fp32": {"1024": 0.9996}},
                       "BF16 GGUF": {"tokens_per_s": {"1024": 180.0}, "vs_configured": {"1024": 1.2},
                                     "cosine_vs_torch_fp32": {}}}}
-    peer["ratios"] = torch_peer.length_ratios(peer["lengths"])
-    text = torch_peer.table(peer)
+    peer["ratios"] = torch_comparison.length_ratios(peer["lengths"])
+    text = tables.peer_table(peer)
     assert "| 1024 | 150.0 | 300.0 | 120.0 | 0.50 | 1.25 | 0.9990 / 0.9990 |" in text
     assert "| 1024 | engine | 2.00 s | 1.50 s (75%) | 0.50 s (25%) | - | - |" in text
     assert "| BF16 GGUF | 180.0 | 1.20 | - (other random weights) |" in text
     assert "tokens/s at 1k" in text
-    assert torch_peer.table({"skipped": "no torch"}) == "PyTorch peer not measured: no torch"
-    results = json.loads((torch_peer.ROOT / "perf" / "results" / "cpu-latest.json").read_text())
+    assert tables.peer_table({"skipped": "no torch"}) == "PyTorch peer not measured: no torch"
+    results = json.loads((ROOT / "perf" / "results" / "cpu-latest.json").read_text())
     if "cpu_peer" in results:  # the committed results render, peer table included
-        assert "engine / torch bf16" in table(results)
+        assert "engine / torch bf16" in tables.bench_table(results)
 
 
 def test_engine_profile_times_every_node_and_groups_them(tiny_q8) -> None:
     """The llama.cpp side of the peer's profile: every graph node timed (the runner's on_node) and grouped."""
     options = EngineConfig.from_options(str(tiny_q8[0]), str(tiny_q8[1]), n_ctx=512).llama
     ids, positions = probe(200, 256)  # the byte tokens: clear of the template tokens at the end
-    by_group, by_op, wall = torch_peer.engine_profile(tiny_q8[0], options, ids, positions)
-    assert set(by_group) == set(torch_peer.GROUPS)
+    by_group, by_op, wall = torch_comparison.engine_profile(tiny_q8[0], options, ids, positions)
+    assert set(by_group) == set(PROFILE_GROUPS)
     assert by_group["matmul"] > 0
     assert by_group["attention"] > 0
     assert sum(by_group.values()) == pytest.approx(sum(by_op.values()))
@@ -346,7 +348,7 @@ def test_engine_profile_times_every_node_and_groups_them(tiny_q8) -> None:
 def test_node_times_drop_layer_numbers() -> None:
     nodes = [("MUL_MAT", "ffn_up-0", 1.0), ("MUL_MAT", "ffn_up-1", 2.0), ("SOFT_MAX", "kq_soft_max-0", 0.5),
              ("MUL_MAT", "result_output", 0.25)]
-    by_group, by_op = torch_peer.node_times(nodes)
+    by_group, by_op = torch_comparison.node_times(nodes)
     assert by_group == {"matmul": 3.0, "attention": 0.5, "lm_head": 0.25, "other": 0.0}
     assert by_op == {"MUL_MAT ffn_up": 3.0, "SOFT_MAX kq_soft_max": 0.5, "MUL_MAT result_output": 0.25}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import q8_repack_bench
+from perf import q8_repack_comparison, tables
 from perf.standin import ensure_standin
 from rerank_engine import EngineConfig
 from stack import cpu_features
@@ -56,7 +56,7 @@ print(json.dumps([kernel_errors(lib, *map(int, shape.split("x"))) for shape in s
 """
 MODEL = """
 import json, logging, sys
-from perf.amx_bench import loaded_llama_libraries
+from perf.amx_comparison import loaded_llama_libraries
 from perf.common import cosine_rows, probe
 from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
@@ -216,8 +216,8 @@ def test_bench_times_both_paths_on_the_same_build(tiny_q8):
     """perf/q8_repack_bench.py, as `make bench` runs it (the installed build; AMX's extra buffer types where AMX
     is in play), on the tiny model."""
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
-    result = q8_repack_bench.compare(tiny_q8[0], options, [N_TOKENS], 2, say=lambda _: None)
+    result = q8_repack_comparison.compare(tiny_q8[0], options, [N_TOKENS], 2, say=lambda _: None)
     assert result["extra_buffer_types"] in ("AMX", "Q8_0 repack")
     assert result["q8_repack_vs_plain"][str(N_TOKENS)] > 0
     assert result["cosine_min"][str(N_TOKENS)] >= 0.999
-    assert f"| {N_TOKENS} | " in q8_repack_bench.table(result)
+    assert f"| {N_TOKENS} | " in tables.q8_repack_table(result)

@@ -1,0 +1,186 @@
+"""The Markdown tables and summaries of the benches' results, in one place: pure functions of a results dict.
+
+A bench prints them when it has measured; perf/report.py renders perf/README.md's generated blocks with them
+from perf/results/*.json. Both get the same text, and rendering needs neither a bench nor what it measures
+with: nothing here imports llama.cpp, torch or Triton's client, and no bench module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from perf.common import PEER_LENGTH, PROFILE_GROUPS, SWEPT
+
+# make bench's paths as its tables name them: the issue's baselines a to d.
+LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)", "engine": "b. engine in-process",
+          "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
+
+
+# -- make bench (perf/bench.py): perf/results/cpu-latest.json ------------------------------------------
+
+
+def bench_table(results: dict) -> str:
+    """The README's tables: concurrency-1 figures per workload and path, the ratios, then the sweep."""
+    lines = ["| workload | path | tokens/request | latency p50 | tokens/s | vs engine |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, measured in results["workloads"].items():
+        engine_tps = measured["baselines"]["engine"]["tokens_per_s"]
+        for key, s in measured["baselines"].items():
+            lines.append(f"| {name} | {LABELS[key]} | {s['tokens_per_request']:.0f} | "
+                         f"{s['latency_ms']['p50'] / 1000:.2f} s | {s['tokens_per_s']:.1f} | "
+                         f"{s['tokens_per_s'] / engine_tps:.2f} |")
+    lines += ["", f"Ratios ({results['ratios_workload']}, tokens/s at concurrency 1): "
+              + ", ".join(f"`{key}` = {results['ratios'][key]:.2f} (target >= {target})"
+                          for key, target in results["ratio_targets"].items())
+              + "; median of the rounds' ratios: "
+              + ", ".join(f"{results['ratios_median_of_rounds'][key]:.2f}" for key in results["ratio_targets"]) + "."]
+    rss = results["triton_peak_rss"]
+    lines.append(f"Triton peak RSS (VmHWM): tritonserver {rss['tritonserver_vmhwm_bytes'] / 2**20:.0f} MiB + "
+                 f"{rss['stub_processes']} Python backend stubs (one per model instance) "
+                 f"{rss['stub_vmhwm_bytes'] / 2**20:.0f} MiB = {rss['total_bytes'] / 2**20:.0f} "
+                 f"MiB (n_ctx {results['engine_options']['n_ctx']}). Other processes used "
+                 f"{results['machine']['other_cpu_share']:.0%} of the CPU during the run.")
+    for key in ("engine_vs_torch_bf16", "amx_vs_avx512", "q8_repack_vs_plain"):
+        if key not in results["ratio_notes"]:
+            continue
+        value = results["ratios"].get(key)
+        lines.append(f"`{key}` = {value:.2f} ({PEER_LENGTH} tokens)." if value is not None
+                     else f"`{key}`: {results['ratio_notes'][key]}.")
+    lines += ["", "| workload | path | concurrency | requests/s | tokens/s | latency p50 | p90 | p99 |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s in results["levels"]:
+        if s["target"] in SWEPT:
+            lat = s["latency_ms"]
+            lines.append(f"| {s['workload']} | {LABELS[s['target']]} | {s['concurrency']} | "
+                         f"{s['requests_per_s']:.3f} | {s['tokens_per_s']:.1f} | {lat['p50'] / 1000:.2f} s | "
+                         f"{lat['p90'] / 1000:.2f} s | {lat['p99'] / 1000:.2f} s |")
+    if "cpu_peer" in results:
+        lines += ["", peer_table(results["cpu_peer"])]
+    if "amx" in results:
+        lines += ["", amx_table(results["amx"])]
+    if "q8_repack" in results:
+        lines += ["", q8_repack_table(results["q8_repack"])]
+    return "\n".join(lines)
+
+
+# -- the PyTorch CPU peer (perf/torch_comparison.py): cpu_peer in both CPU results files ---------------------
+
+
+def _k(n: str) -> str:
+    """A token count as a column heading: 1024 -> 1k."""
+    return f"{int(n) / 1024:g}k" if int(n) % 1024 == 0 else n
+
+
+def peer_table(peer: Mapping) -> str:
+    """Markdown: tokens/s and ratios per length, the per-op profiles, and the knobs when measured."""
+    if "lengths" not in peer:
+        return f"PyTorch peer not measured: {peer.get('skipped', 'no figures')}"
+    lines = [f"| tokens | engine (llama.cpp, {peer.get('weights_type', 'Q8_0')}) | torch bf16 | torch fp32 | "
+             "engine / torch bf16 | engine / torch fp32 | cosine vs engine, bf16 / fp32 (min) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, m in peer["lengths"].items():
+        cos = m["cosine_vs_engine"]
+        lines.append(f"| {n} | {m['engine']['tokens_per_s']:.1f} | {m['torch_bf16']['tokens_per_s']:.1f} | "
+                     f"{m['torch_fp32']['tokens_per_s']:.1f} | {peer['ratios']['engine_vs_torch_bf16'][n]:.2f} | "
+                     f"{peer['ratios']['engine_vs_torch_fp32'][n]:.2f} | {cos['torch_bf16']['min']:.4f} / "
+                     f"{cos['torch_fp32']['min']:.4f} |")
+    profiled = {n: m["profile"] for n, m in peer["lengths"].items() if "profile" in m}
+    if profiled:
+        lines += ["", "| tokens | side | pass (profiled) | weight matmuls | attention | LM head (20 rows) | rest |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for n, sides in profiled.items():
+            for side, p in sides.items():
+                s, sh = p["seconds"], p["shares"]
+                lines.append(f"| {n} | {side} | {p['wall_s']:.2f} s | " + " | ".join(
+                    f"{s[g]:.2f} s ({sh[g]:.0%})" if s[g] else "-" for g in PROFILE_GROUPS) + " |")
+    if peer.get("knobs"):
+        knob_lengths = list(next(iter(peer["knobs"].values()))["tokens_per_s"])
+        lines += ["", "| engine options (else as configs/cpu.pbtxt) | "
+                  + " | ".join(f"tokens/s at {_k(n)}" for n in knob_lengths)
+                  + " | vs configured | cosine vs torch fp32 (min) |",
+                  "|---|" + "---:|" * (len(knob_lengths) + 2)]
+        for label, k in peer["knobs"].items():
+            vs = ", ".join(f"{k['vs_configured'][n]:.2f}" for n in knob_lengths) if "vs_configured" in k else ""
+            cos = k.get("cosine_vs_torch_fp32")
+            cos_text = f"{min(cos.values()):.4f}" if cos else "- (other random weights)"
+            lines.append(f"| {label} | " + " | ".join(f"{k['tokens_per_s'][n]:.1f}" for n in knob_lengths)
+                         + f" | {vs} | {cos_text} |")
+    return "\n".join(lines)
+
+
+# -- the AMX build against the AVX-512 build (perf/amx_comparison.py): amx in cpu-latest.json ----------------
+
+
+def amx_table(result: Mapping) -> str:
+    """Tokens/s of both builds per length, their ratio and cosine; or why AMX was not measured here."""
+    if "skipped" in result:
+        return f"AMX vs AVX-512: {result['skipped']}"
+    builds = result["builds"]
+    lines = ["| tokens | AVX-512 build | AMX build | AMX / AVX-512 | cosine (min) |", "|---:|---:|---:|---:|---:|"]
+    for n, ratio in result["amx_vs_avx512"].items():
+        lines.append(f"| {n} | {builds['avx512']['tokens_per_s'][n]:.1f} | {builds['amx']['tokens_per_s'][n]:.1f} | "
+                     f"{ratio:.2f} | {result['cosine_amx_vs_avx512'][n]:.5f} |")
+    if not result["amx_self_check_passed"]:
+        lines.append("\nThe AMX self-check failed: the AMX build ran without its extra buffer types (no AMX).")
+    return "\n".join(lines)
+
+
+# -- extra buffer types on vs off (perf/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
+
+
+def q8_repack_table(result: Mapping) -> str:
+    """Tokens/s with the extra buffer types off and on per length, their ratio and cosine, and which they were."""
+    lines = [f"Extra buffer types ({result['extra_buffer_types']}) on vs off, same build:", "",
+             "| tokens | plain | repacked | repacked / plain | cosine (min) |", "|---:|---:|---:|---:|---:|"]
+    for n, ratio in result["q8_repack_vs_plain"].items():
+        lines.append(f"| {n} | {result['tokens_per_s']['plain'][n]:.1f} | {result['tokens_per_s']['repacked'][n]:.1f}"
+                     f" | {ratio:.2f} | {result['cosine_min'][n]:.5f} |")
+    return "\n".join(lines)
+
+
+# -- AIPerf beside perf/loadgen.py (perf/aiperf_bench.py): aiperf-latest.json ------------------------------
+
+
+def aiperf_table(levels: Sequence[dict]) -> str:
+    """Per target, workload and concurrency: both clients' requests/s, p50 and p99, their ratios, the load."""
+    def ms(x: float | None) -> str:
+        return f"{x / 1000:.2f} s" if x is not None else "-"
+
+    def num(x: float | None) -> str:
+        return f"{x:.2f}" if x is not None else "-"
+
+    lines = ["| target | workload | concurrency | requests | requests/s AIPerf / loadgen | p50 AIPerf / loadgen "
+             "| p99 AIPerf / loadgen | ratio requests/s, p50, p99 | load average |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in levels:
+        a, g, r = v["aiperf"], v["loadgen"], v["ratios"]
+        lines.append(f"| {v['target']} | {v['workload']} | {v['concurrency']} | {v['requests']} | "
+                     f"{a['requests_per_s']:.3f} / {g['requests_per_s']:.3f} | "
+                     f"{ms(a['latency_ms']['p50'])} / {ms(g['latency_ms']['p50'])} | "
+                     f"{ms(a['latency_ms']['p99'])} / {ms(g['latency_ms']['p99'])} | "
+                     f"{num(r['requests_per_s'])}, {num(r['latency_p50'])}, {num(r['latency_p99'])} | "
+                     f"{v['load_average_1m'][0]:.1f} -> {v['load_average_1m'][1]:.1f} |")
+    return "\n".join(lines)
+
+
+# -- LibreChat's own client (perf/librechat_bench.py): librechat-search-cpu*.json ---------------------------
+
+
+def librechat_summary(summary: dict) -> str:
+    """One paragraph: fallbacks and their causes, answers within the deadline, latency, model-scored documents."""
+    lat = summary["latency_ms"]
+    share, unknown = summary["model_scored_share"], summary["answered_without_scored_header"]
+    causes = ", ".join(f"{n} {cause}" for cause, n in summary["fallback_causes"].items())
+    return (f"{summary['searches']} searches, {summary['calls']} calls: {summary['fallbacks']} fell back"
+            f"{f' ({causes})' if causes else ''}, {summary['answered_within_deadline']} answered within "
+            f"{summary['deadline_s']} s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
+            f"documents scored by the model: {summary['documents_model_scored']}/{summary['documents_of_known_calls']}"
+            + (f" ({share:.1%})" if share is not None else "")
+            + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
+
+
+def librechat_run(results: dict) -> str:
+    """The summary, then when the run was, how long it took and its label (what was measured)."""
+    label = results.get("label") or "-"
+    return (f"{librechat_summary(results['summary'])}\n\n"
+            f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
