@@ -292,8 +292,9 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
     results["amx"] = amx_comparison.compare(model, options, LENGTHS[mode], amx_comparison.ROUNDS[mode],
                                             say=lambda message: say(f"amx: {message}"))
     say(f"repacked Q8_0 vs plain at {', '.join(map(str, LENGTHS[mode]))} tokens")
-    results["q8_repack"] = q8_repack_comparison.compare(model, options, LENGTHS[mode], ROUNDS[mode],
-                                                        say=lambda message: say(f"q8 repack: {message}"))
+    q8_say = lambda message: say(f"q8 repack: {message}")  # noqa: E731
+    results["q8_repack"] = q8_repack_comparison.compare(model, options, LENGTHS[mode], ROUNDS[mode], say=q8_say,
+                                                        python_path=q8_repack_comparison.repack_build(q8_say))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
     return {
         "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
@@ -323,9 +324,9 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
 
 AMX_RATIO_NOTE = (f"AMX build tokens/s over AVX-512 build tokens/s on {PEER_LENGTH}-token forward passes, same "
                   "version, flags otherwise, ids and options (amx: every length, the self-check's outcome)")
-Q8_REPACK_RATIO_NOTE = (f"tokens/s with llama.cpp's extra buffer types (repacked Q8_0 weights; AMX's where AMX is "
-                        f"in play) over tokens/s without, same build, {PEER_LENGTH}-token passes (q8_repack: every "
-                        "length)")
+Q8_REPACK_RATIO_NOTE = (f"tokens/s with llama.cpp's extra buffer types (repacked Q8_0 weights) over tokens/s "
+                        f"without, same build (on an AMX build: the AVX-512 build beside it), {PEER_LENGTH}-token "
+                        "passes (q8_repack: every length)")
 PEER_RATIO_NOTE = (f"engine tokens/s over PyTorch bf16 tokens/s on {PEER_LENGTH}-token forward passes, same weights, "
                    "ids and threads (cpu_peer: rounds, profiles; in full mode every length and the knobs)")
 

@@ -2,31 +2,48 @@
 perf/q8_repack_comparison.py's comparison, its results and table (perf/tables.py) printed.
 
     python -m perf.q8_repack_bench                # quick: 1,024 tokens
-    python -m perf.q8_repack_bench --mode full    # 1,024, 3,072 and 8,192 tokens
+    python -m perf.q8_repack_bench --mode full    # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-q8-repack.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from perf import q8_repack_comparison
-from perf.common import LENGTHS, ROUNDS, engine_config
-from perf.standin import ensure_standin
+from perf import ROOT, q8_repack_comparison
+from perf.common import LENGTHS, ROUNDS, engine_config, load_averages, machine, revision, utc_iso
+from perf.standin import PRESET, ensure_standin
 from perf.tables import q8_repack_table
+
+RESULTS = ROOT / "perf" / "results" / "cpu-q8-repack.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=f"{__doc__}\n{q8_repack_comparison.__doc__}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
+    parser.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS.relative_to(ROOT)} in full mode, "
+                                                 "none in quick mode)")
     args = parser.parse_args(argv)
+    out = args.out or (RESULTS if args.mode == "full" else None)
     model, projector = ensure_standin()
+    started, load_before = time.time(), os.getloadavg()
     result = q8_repack_comparison.compare(model, engine_config(model, projector).llama, LENGTHS[args.mode],
-                                          ROUNDS[args.mode])
-    print(json.dumps(result, indent=1))
+                                          ROUNDS[args.mode], python_path=q8_repack_comparison.repack_build())
     print(q8_repack_table(result))
+    if out:
+        results = {"command": "python -m perf.q8_repack_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
+                   "machine": machine() | load_averages(load_before), "revision": revision(), "model": PRESET,
+                   "q8_repack": result}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {out}")
     return 0
 
 

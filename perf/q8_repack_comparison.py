@@ -6,7 +6,9 @@ The installed build carries this project's x86 kernels for the repacked Q8_0 pat
 (stack/patches/ggml-cpu-q8_0-repack-x86.patch). One process loads the stand-in twice with the engine's options,
 llama.cpp's extra buffer types on (the repacked weights) and off (the plain path), and times one forward pass
 per length on each, taking turns, on the PyTorch peer's token ids and outputs. Where the build has AMX and the
-CPU allows it, the extra buffer types are AMX's, not the repacking: the results say so.
+CPU allows it, the extra buffer types are AMX's, not the repacking: there ``repack_build`` names the AVX-512 build
+of the same version (built once and cached, as the AMX comparison builds it, perf/amx_comparison.py), and the
+passes run in child processes on it, one per path and round, taking turns.
 """
 
 from __future__ import annotations
@@ -15,13 +17,32 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from perf import ROOT, amx_comparison
 from perf.common import WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
+from stack import cpu_features
+
+
+def repack_build(say: Callable[[str], None] = print) -> Path | None:
+    """Where the repacked path can be measured: None for the installed build, unless its extra buffer types are
+    AMX's; then the AVX-512 build of the same version, flags and patches (unpacked, for a child's PYTHONPATH)."""
+    from rerank_engine.amx_check import amx_in_play
+
+    if not amx_in_play():
+        return None
+    say("the installed build's extra buffer types are AMX's: the repacking is measured on the AVX-512 build")
+    return amx_comparison.unpack(amx_comparison.build_wheel(
+        cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False), cpu_features.patches(amx=False), say=say))
 
 
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
-            say: Callable[[str], None] = print) -> dict:
+            say: Callable[[str], None] = print, python_path: Path | None = None) -> dict:
     """Tokens/s with the extra buffer types on and off at each length, their ratio, and the hidden states'
-    agreement (the smallest row cosine)."""
+    agreement (the smallest row cosine): in this process on the installed build, or with ``python_path`` in
+    child processes on the build unpacked there (``repack_build``)."""
+    if python_path is not None:
+        return _in_children(model, options, lengths, rounds, python_path, say)
     from rerank_engine.amx_check import amx_in_play
     from rerank_engine.llama_runner import LlamaRunner
 
@@ -46,9 +67,36 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
     finally:
         for runner in runners.values():
             runner.close()
+    return _result("AMX" if amx_in_play() else "Q8_0 repack", "installed", lengths, rounds, seconds, cosine)
+
+
+def _in_children(model: Path, options: object, lengths: Sequence[int], rounds: int, python_path: Path,
+                 say: Callable[[str], None]) -> dict:
+    seconds: dict[bool, dict[int, list[float]]] = {repacked: {n: [] for n in lengths} for repacked in (True, False)}
+    hidden: dict[bool, dict[int, np.ndarray]] = {}
+    reports: dict[bool, dict] = {}
+    for r in range(rounds):
+        for repacked in ((True, False) if r % 2 == 0 else (False, True)):
+            reports[repacked], hidden[repacked] = amx_comparison.run_child(
+                model, dataclasses.replace(options, extra_buffers=repacked), lengths, python_path)  # type: ignore[type-var]
+            for n in lengths:
+                seconds[repacked][n].append(reports[repacked]["seconds"][str(n)])
+        say(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} tokens repacked {n / seconds[True][n][-1]:.1f}, plain {n / seconds[False][n][-1]:.1f} tokens/s"
+            for n in lengths))
+    if "AMX_INT8 = 1" in reports[True]["system_info"]:
+        raise RuntimeError(f"{python_path} holds an AMX build: its extra buffer types are not the repacking")
+    cosine = {str(n): round(float(cosine_rows(hidden[True][n], hidden[False][n]).min()), 5) for n in lengths}
+    shown = python_path.relative_to(ROOT) if python_path.is_relative_to(ROOT) else python_path
+    return _result("Q8_0 repack", str(shown), lengths, rounds, seconds, cosine) | {
+        "system_info": reports[True]["system_info"]}
+
+
+def _result(extra_buffer_types: str, build: str, lengths: Sequence[int], rounds: int,
+            seconds: dict[bool, dict[int, list[float]]], cosine: dict[str, float]) -> dict:
     measured = {("repacked" if repacked else "plain"): {str(n): tokens_per_s(n, seconds[repacked][n])
                                                         for n in lengths} for repacked in seconds}
-    return {"extra_buffer_types": "AMX" if amx_in_play() else "Q8_0 repack", "rounds": rounds,
+    return {"extra_buffer_types": extra_buffer_types, "build": build, "rounds": rounds,
             "tokens_per_s": measured, "cosine_min": cosine,
             "q8_repack_vs_plain": {n: round(measured["repacked"][n] / measured["plain"][n], 3)
                                    for n in measured["plain"]}}

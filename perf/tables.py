@@ -130,7 +130,9 @@ def amx_table(result: Mapping) -> str:
 
 def q8_repack_table(result: Mapping) -> str:
     """Tokens/s with the extra buffer types off and on per length, their ratio and cosine, and which they were."""
-    lines = [f"Extra buffer types ({result['extra_buffer_types']}) on vs off, same build:", "",
+    build = result.get("build", "installed")
+    lines = [f"Extra buffer types ({result['extra_buffer_types']}) on vs off, same build"
+             + ("" if build == "installed" else f" ({build}, beside the installed AMX build)") + ":", "",
              "| tokens | plain | repacked | repacked / plain | cosine (min) |", "|---:|---:|---:|---:|---:|"]
     for n, ratio in result["q8_repack_vs_plain"].items():
         lines.append(f"| {n} | {result['tokens_per_s']['plain'][n]:.1f} | {result['tokens_per_s']['repacked'][n]:.1f}"

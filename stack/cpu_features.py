@@ -4,7 +4,8 @@
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
 /proc/cpuinfo. AMX is enabled only when the CPU lists it AND the kernel grants the XTILEDATA permission,
 and then only together with this project's patch of ggml's AMX code (stack/patches/). Every build also gets
-this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI, AVX-VNNI, AVX2; stack/patches/).
+this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI, AVX-VNNI, AVX2) and its fix of the
+tiled flash attention's conversions (stack/patches/).
 
     python stack/cpu_features.py cmake-args   # the flags, on one line
     python stack/cpu_features.py patch        # the patches to apply to the sdist, in order, space-separated
@@ -19,6 +20,7 @@ from pathlib import Path
 
 AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-amx-tile-config.patch"
 Q8_0_REPACK_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-repack-x86.patch"
+FLASH_ATTN_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-tiled.patch"
 # (ggml option, cpuinfo flags that must all be present), in the order the flags are written.
 BASE = [
     ("GGML_AVX", ("avx",)),
@@ -75,13 +77,17 @@ def amx_usable(flags: set[str], permitted: bool) -> bool:
 
 
 def cmake_args(flags: set[str], amx: bool) -> list[str]:
+    """The wheel's CMake flags: this CPU's instruction sets, and no multimodal library (mtmd), which a reranker
+    never loads (llama-cpp-python imports it only for its vision chat handlers) and which took ~10% of the build."""
     options = BASE + (AMX if amx else [])
-    return ["-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name, needed in options if set(needed) <= flags]
+    return ["-DLLAVA_BUILD=OFF", "-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name, needed in options
+                                                         if set(needed) <= flags]
 
 
 def patches(amx: bool) -> list[Path]:
-    """The patches applied to the sdist, in order: the Q8_0 repack kernels always, the AMX fix with AMX."""
-    return [Q8_0_REPACK_PATCH] + ([AMX_PATCH] if amx else [])
+    """The patches applied to the sdist, in order: the Q8_0 repack kernels and the flash-attention fix always,
+    the AMX fix with AMX."""
+    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH] + ([AMX_PATCH] if amx else [])
 
 
 def main(argv: list[str]) -> int:

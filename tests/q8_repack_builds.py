@@ -6,7 +6,8 @@ buffer types are AMX's, not the repacking), so each path gets a build of its own
 version's sdist with the project's patches and that path's instruction sets, without AMX, beside a copy of the
 installed package (a child process puts the copy first on PYTHONPATH). Only the paths this CPU runs are built;
 about a minute each (only libggml-cpu is compiled), cached under .cache/q8-repack-builds/, keyed on everything
-that goes into them.
+that goes into them. The path the CPU's own flags compile needs no build of its own: it is the installed
+package, or on an AMX build its AVX-512 variant, which tests/test_cpu_build.py builds anyway.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ PATHS: dict[str, tuple[list[str], set[str]]] = {
     "avx-vnni": ([*AVX2, "GGML_AVX_VNNI"], {"avx2", "fma", "f16c", "avx_vnni"}),
     "avx2": (AVX2, {"avx2", "fma", "f16c"}),
 }
+# what llama_print_system_info() says of a build that compiles each path, widest first
+SYSTEM_INFO = {"avx512-vnni": "AVX512_VNNI = 1", "avx-vnni": "AVX_VNNI = 1", "avx2": "AVX2 = 1"}
 
 
 def why_not_here(path: str) -> str | None:
@@ -52,11 +55,29 @@ def apply_patches(source: Path, patches: list[Path]) -> None:
                        input=patch.read_bytes(), check=True, capture_output=True)
 
 
+def native_path(flags: set[str]) -> str | None:
+    """The path that a build with these CPU flags compiles (the widest its flags allow), or None."""
+    return next((path for path, (_, needed) in PATHS.items() if needed <= flags), None)
+
+
+def compiled_path(system_info: str) -> str | None:
+    """The path a llama.cpp build compiles, from its llama_print_system_info()."""
+    return next((path for path, marker in SYSTEM_INFO.items() if marker in system_info), None)
+
+
 def build(path: str) -> Path:
-    """A folder holding a copy of the installed llama_cpp package whose CPU backend is ``path``'s build."""
+    """A folder holding a llama_cpp package whose CPU backend compiles ``path``'s kernels and whose extra buffer
+    types are the repacking: the installed package, or on an AMX build its AVX-512 variant, where that is the
+    path they compile; otherwise a copy of the installed package with a libggml-cpu built for ``path``."""
     import llama_cpp
 
     installed_package = Path(llama_cpp.__file__).parent
+    system_info = llama_cpp.llama_print_system_info().decode()
+    if "AMX_INT8 = 1" in system_info:
+        if path == native_path(cpu_features.cpu_flags()):
+            return amx_emulation.avx512_variant()  # built from this CPU's flags without AMX
+    elif path == compiled_path(system_info):
+        return installed_package.parent
     sdist = amx_emulation.installed_sdist()
     patches = cpu_features.patches(amx=False)
     digest = hashlib.sha256("\n".join([sdist.name, " ".join(cmake_args(path))]).encode())

@@ -139,8 +139,9 @@ def test_engine_on_the_patched_amx_build_checks_it_and_scores_on_tiles(builds, t
     for report in (check, engine):
         assert report["xtiledata_grants"] >= 1
         assert report["tdpb"] > 0
-        # Every thread that ran tiles loaded the configuration itself, once.
-        assert report["ldtilecfg"] == report["threads"] >= 1
+        # Every thread that ran tiles loaded the configuration itself: at each matmul, since another AMX user
+        # on the thread may have released it (tests/test_cpu_build.py, on a real AMX CPU).
+        assert report["ldtilecfg"] >= report["threads"] >= 1
 
 
 def test_engine_on_the_released_amx_build_falls_back_and_scores(builds, tiny_q8, installed_scores, tmp_path):

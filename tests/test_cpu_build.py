@@ -27,8 +27,8 @@ SAPPHIRE_RAPIDS = ZEN4 + " avx_vnni amx_bf16 amx_tile amx_int8"
 NO_AMX_REASON = amx_comparison.why_not_here()
 AVX2_ONLY = "flags : fpu sse4_2 avx f16c fma bmi2 avx2"
 # The flags verified on the build machines (../shared/notes/environment.md).
-VERIFIED = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
-            "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
+VERIFIED = ("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+            "-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
 
 
 def args_for(cpuinfo: str, permitted: bool) -> str:
@@ -38,8 +38,8 @@ def args_for(cpuinfo: str, permitted: bool) -> str:
 
 def test_flags_follow_the_cpu():
     assert args_for(ZEN4, permitted=False) == VERIFIED
-    assert args_for(AVX2_ONLY, permitted=False) == ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
-                                                    "-DGGML_F16C=ON -DGGML_BMI2=ON")
+    assert args_for(AVX2_ONLY, permitted=False) == ("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON "
+                                                    "-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON")
     amx = args_for(SAPPHIRE_RAPIDS, permitted=True)
     assert amx.startswith(VERIFIED)
     assert amx.endswith("-DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON")
@@ -178,6 +178,35 @@ def test_amx_and_avx512_builds_agree(tiny_q8):
     assert "AMX_INT8 = 1" in result["builds"]["amx"]["system_info"]
     assert "AMX_INT8 = 1" not in result["builds"]["avx512"]["system_info"]
     assert result["cosine_amx_vs_avx512"]["512"] >= 0.999
+
+
+# A child: the AMX build's engine, then another AMX user on the same thread (TILERELEASE, as oneDNN's kernels in
+# PyTorch end with), then the engine again. ggml loaded the tile configuration once per thread before the AMX
+# patch reloaded it at every matmul: the second pass died with SIGILL (seen with torch in the process).
+TILE_RELEASED = """
+import ctypes, mmap, sys
+from rerank_engine import EngineConfig
+from rerank_engine.llama_runner import LlamaRunner
+options = EngineConfig.from_options(sys.argv[1], sys.argv[2], n_ctx=1024).llama
+runner = LlamaRunner(sys.argv[1], options)
+runner.start()
+ids = list(range(10, 200))
+runner.hidden_states([ids], [[len(ids) - 1]])
+code = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+code.write(bytes([0xC4, 0xE2, 0x78, 0x49, 0xC0, 0xC3]))  # tilerelease; ret
+address = ctypes.addressof(ctypes.c_char.from_buffer(code))
+ctypes.CFUNCTYPE(None)(address)()
+runner.hidden_states([ids], [[len(ids) - 1]])
+print("second pass done")
+"""
+
+
+@pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
+def test_amx_build_survives_another_tile_user_on_its_threads(tiny_q8):
+    result = subprocess.run([sys.executable, "-c", TILE_RELEASED, *map(str, tiny_q8)], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "second pass done" in result.stdout
 
 
 def test_cpuinfo_fields_are_read_by_name():

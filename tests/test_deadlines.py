@@ -79,8 +79,10 @@ def test_a_deadline_that_leaves_no_model_time_gets_the_lexical_ranking_in_time(a
 
 
 def test_a_tight_deadline_scores_top_n_by_model_and_answers_in_time(adapter):
-    docs = documents(150, 60)  # ~40k tokens: more than the tiny model scores in the time given
-    deadline_s = 1.5
+    # ~58k tokens (the test server's limit is 64k): twice what the tiny model scores in the time given (it scored
+    # all of ~40k tokens within 1.5 s once ggml's flash attention was patched)
+    docs = documents(150, 90)
+    deadline_s = 1.0
     started = time.monotonic()
     response = httpx.post(f"{adapter.url}/v1/rerank", json={"query": QUERY, "documents": docs, "top_n": 5},
                           headers={"X-Request-Timeout-Ms": str(deadline_s * 1000)}, timeout=30)

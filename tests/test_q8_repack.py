@@ -30,8 +30,6 @@ from rerank_engine import EngineConfig
 from stack import cpu_features
 from tests import amx_emulation, q8_repack_builds
 
-pytestmark = pytest.mark.build
-
 pytestmark = pytest.mark.build  # builds libggml-cpu once per instruction-set path (cached)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,8 +156,9 @@ def path_build(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 
 def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
-    assert cpu_features.patches(amx=False) == [cpu_features.Q8_0_REPACK_PATCH]
-    assert cpu_features.patches(amx=True) == [cpu_features.Q8_0_REPACK_PATCH, cpu_features.AMX_PATCH]
+    always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.FLASH_ATTN_PATCH]
+    assert cpu_features.patches(amx=False) == always
+    assert cpu_features.patches(amx=True) == [*always, cpu_features.AMX_PATCH]
 
 
 def test_the_patches_apply_exactly_in_order(tmp_path):
@@ -221,3 +220,24 @@ def test_bench_times_both_paths_on_the_same_build(tiny_q8):
     assert result["q8_repack_vs_plain"][str(N_TOKENS)] > 0
     assert result["cosine_min"][str(N_TOKENS)] >= 0.999
     assert f"| {N_TOKENS} | " in tables.q8_repack_table(result)
+
+
+def test_on_an_amx_build_the_repacking_is_measured_on_a_build_without_amx(tiny_q8, monkeypatch):
+    """Where the installed build's extra buffer types are AMX's, make bench and perf/q8_repack_bench.py time the
+    repacking in child processes on the AVX-512 build (a wheel; here the tests' cheaper AVX-512 variant)."""
+    from rerank_engine import amx_check
+
+    monkeypatch.setattr(amx_check, "amx_in_play", lambda: False)
+    assert q8_repack_comparison.repack_build(say=lambda _: None) is None  # nothing to build: measured in-process
+    monkeypatch.undo()
+    if not amx_check.amx_in_play():
+        pytest.skip("the installed build's extra buffer types are the repacking here: measured in-process")
+    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
+    variant = amx_emulation.avx512_variant()
+    result = q8_repack_comparison.compare(tiny_q8[0], options, [N_TOKENS], 2, say=lambda _: None, python_path=variant)
+    assert result["extra_buffer_types"] == "Q8_0 repack"
+    assert "AMX_INT8 = 1" not in result["system_info"]
+    assert "AVX512_VNNI = 1" in result["system_info"]
+    assert result["q8_repack_vs_plain"][str(N_TOKENS)] > 0
+    assert result["cosine_min"][str(N_TOKENS)] >= 0.999
+    assert "beside the installed AMX build" in tables.q8_repack_table(result)

@@ -16,10 +16,10 @@ class RunnerOptions:
     n_threads: int = 0  # 0: one per available core
     n_gpu_layers: int = 0  # -1: all
     main_gpu: int = 0
-    # Off by default: with the F16 cache it rounds attention through F16. The CPU config turns it on together
-    # with an F32 cache (faster at 1k-8k tokens, measured); the GPU config turns it on.
+    # Off by default: it rounds K and V through F16 whatever the cache type (llama.cpp casts an F32 cache for
+    # it), which exact comparisons avoid. Both Triton configs turn it on, over an F16 cache.
     flash_attn: bool = False
-    kv_cache_type: str = "f16"  # "f32" for exact comparisons; "q8_0" measured 3x slower on CPU
+    kv_cache_type: str = "f16"  # "f32" (without flash attention) for exact comparisons; "q8_0" 3x slower on CPU
     # Several requests' passes in one llama.cpp decode. Measured 0.8x on CPU (attention then spans
     # every sequence's cells); meant for GPUs, where small decodes leave the device idle.
     share_decodes: bool = False
