@@ -64,8 +64,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 # librechat-client: LibreChat's own reranker client (npm, pinned, cached under .cache/) for the tests that
-# drive the stack through it.
-test: install lint librechat-client
+# drive the stack through it. On a fresh clone the wheel build (CPU-bound, minutes) runs beside checkov's and
+# LibreChat's installs (network-bound): three jobs, each one's output kept together.
+test:
+	$(MAKE) --jobs=3 --output-sync=target install librechat-client
+	$(MAKE) lint
 	$(PY) -m pytest
 
 serve: install
@@ -114,7 +117,7 @@ bench-aiperf: install $(AIPERF_VENV)/.stamp
 # under .cache/librechat-agents by librechat-client): 10 searches of 5 pages against a stack started as make
 # serve does on the stand-in, or LIBRECHAT_URL=http://host:8080 (a running adapter).
 .PHONY: bench-librechat librechat-client
-librechat-client: install
+librechat-client: $(VENV)/.deps-stamp
 	$(PY) -m perf.librechat_bench --client-only
 
 bench-librechat: librechat-client
