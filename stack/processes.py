@@ -15,6 +15,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+# How long a server gets to stop after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 30.0
+
 REAPER_SCRIPT = Path(__file__).with_name("reaper.py")
 
 
@@ -125,7 +128,7 @@ class ManagedProcess:
             self.process.wait()
             REAPER.forget(self.process.pid)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM, SIGKILL after ``timeout``; then whatever is left of its process group is killed."""
         if self.process is None:
             return

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from adapter.settings import TRITON_MODEL as MODEL_NAME
-from stack.processes import ManagedProcess, http_ok, interrupt_on_sigterm
+from stack.processes import STOP_TIMEOUT_S, ManagedProcess, http_ok, interrupt_on_sigterm
 from stack.settings import Settings, missing_model_files
 from stack.stub_watchdog import StubWatchdog
 
@@ -131,7 +131,7 @@ class TritonServer(ManagedProcess):
             errors = []
         return "\n".join(errors[-5:]) if errors else super().log_tail(lines)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None

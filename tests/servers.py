@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stack.adapter_server import AdapterServer
-from stack.processes import free_port
+from stack.processes import STOP_TIMEOUT_S, free_port
 from stack.settings import Settings
 from stack.triton_server import MODEL_NAME, REPOSITORY, TritonServer
 
@@ -99,7 +99,9 @@ class Serve:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=60)
+                # make serve gives Triton and then the adapter up to 30 s each to stop before it kills them: wait
+                # for that whole budget, not exactly it (a slow machine hit 60 s and got -9 for a clean stop).
+                self.process.wait(timeout=2 * STOP_TIMEOUT_S + 30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
