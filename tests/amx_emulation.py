@@ -125,7 +125,7 @@ def avx512_variant() -> Path:
     installed_package = Path(llama_cpp.__file__).parent
     sdist = installed_sdist()
     cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False)
-    patches = cpu_features.patches(amx=False)
+    patches = cpu_features.ggml_patches(amx=False)
     digest = hashlib.sha256("\n".join(["avx512", sdist.name, " ".join(cmake_args)]).encode())
     for path in [*patches, *sorted((installed_package / "lib").iterdir())]:
         digest.update(path.read_bytes())

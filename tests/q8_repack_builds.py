@@ -79,7 +79,7 @@ def build(path: str) -> Path:
     elif path == compiled_path(system_info):
         return installed_package.parent
     sdist = amx_emulation.installed_sdist()
-    patches = cpu_features.patches(amx=False)
+    patches = cpu_features.ggml_patches(amx=False)
     digest = hashlib.sha256("\n".join([sdist.name, " ".join(cmake_args(path))]).encode())
     for file in [*patches, *sorted((installed_package / "lib").iterdir())]:
         digest.update(file.read_bytes())

@@ -157,13 +157,14 @@ def path_build(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
     always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.FLASH_ATTN_PATCH]
-    assert cpu_features.patches(amx=False) == always
-    assert cpu_features.patches(amx=True) == [*always, cpu_features.AMX_PATCH]
+    assert cpu_features.ggml_patches(amx=False) == always
+    assert cpu_features.ggml_patches(amx=True) == [*always, cpu_features.AMX_PATCH]
+    assert cpu_features.patches(amx=True) == [cpu_features.PACKAGE_PATCH, *always, cpu_features.AMX_PATCH]
 
 
 def test_the_patches_apply_exactly_in_order(tmp_path):
     source = amx_emulation.unpack_llama_cpp(tmp_path)
-    q8_repack_builds.apply_patches(source, cpu_features.patches(amx=True))
+    q8_repack_builds.apply_patches(source, cpu_features.ggml_patches(amx=True))
     repack = (source / "vendor/llama.cpp/ggml/src/ggml-cpu/repack.cpp").read_text()
     assert "return &q8_0_16x4_q8_0;" in repack  # registered in the repack type selection
 
