@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,4 +121,7 @@ def start_serve(paths: tuple[Path, Path], **env: str) -> Serve:
         lines.append(line)
         if line.startswith("Ctrl-C stops everything"):
             break
+    # Keep reading what make serve and its children write (llama.cpp's load logs of every restarted instance
+    # among it): a full pipe would block them, and a blocked Triton never stops.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
     return Serve(process, ports, "".join(lines))
