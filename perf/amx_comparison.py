@@ -151,14 +151,20 @@ def loaded_llama_libraries() -> list[str]:
     return sorted({line.split()[-1] for line in maps if "/libllama" in line or "/libggml" in line})
 
 
+def avx512_build(say: Callable[[str], None] = print) -> Path:
+    """The installed version built with this CPU's flags and patches without AMX (built once, cached), unpacked
+    for a child's PYTHONPATH."""
+    return unpack(build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False),
+                              cpu_features.patches(amx=False), say=say))
+
+
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
             say: Callable[[str], None] = print) -> dict:
     """The installed AMX build against the AVX-512 build, or why that cannot be done here."""
     reason = why_not_here()
     if reason:
         return {"skipped": reason}
-    avx512 = unpack(build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False),
-                                 cpu_features.patches(amx=False), say=say))
+    avx512 = avx512_build(say)
     return side_by_side(model, options, lengths, rounds, {"amx": None, "avx512": avx512}, say)
 
 

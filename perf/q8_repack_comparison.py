@@ -21,7 +21,6 @@ import numpy as np
 
 from perf import ROOT, amx_comparison
 from perf.common import WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
-from stack import cpu_features
 
 
 def repack_build(say: Callable[[str], None] = print) -> Path | None:
@@ -32,8 +31,7 @@ def repack_build(say: Callable[[str], None] = print) -> Path | None:
     if not amx_in_play():
         return None
     say("the installed build's extra buffer types are AMX's: the repacking is measured on the AVX-512 build")
-    return amx_comparison.unpack(amx_comparison.build_wheel(
-        cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False), cpu_features.patches(amx=False), say=say))
+    return amx_comparison.avx512_build(say)
 
 
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
