@@ -7,8 +7,10 @@ hosts, e.g. LibreChat in Docker; API_KEY; the adapter's limits), both checked be
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -74,6 +76,7 @@ def main() -> int:
     adapter = AdapterServer(adapter_settings.adapter_port, triton.grpc_url, Path(".cache/adapter.log"),
                             host=adapter_settings.adapter_host)
     interrupt_on_sigterm()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where every thread is
     try:
         with triton:
             adapter.start()

@@ -76,6 +76,7 @@ class Serve:
     process: subprocess.Popen
     ports: dict[str, int]
     banner: str
+    output: list[str] = dataclasses.field(default_factory=list)  # what it wrote after the banner
 
     @property
     def adapter_url(self) -> str:
@@ -104,8 +105,14 @@ class Serve:
                 # for that whole budget, not exactly it (a slow machine hit 60 s and got -9 for a clean stop).
                 self.process.wait(timeout=2 * STOP_TIMEOUT_S + 30)
             except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGUSR1)  # stack.serve prints its threads' stacks
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and not any("most recent call first" in x for x in self.output):
+                    time.sleep(0.1)
                 self.process.kill()
                 self.process.wait()
+                raise AssertionError("make serve did not stop after SIGINT; its output since the banner:\n"
+                                     + "".join(self.output[-200:])) from None
         return self.process.returncode
 
 
@@ -121,7 +128,8 @@ def start_serve(paths: tuple[Path, Path], **env: str) -> Serve:
         lines.append(line)
         if line.startswith("Ctrl-C stops everything"):
             break
+    serve = Serve(process, ports, "".join(lines))
     # Keep reading what make serve and its children write (llama.cpp's load logs of every restarted instance
     # among it): a full pipe would block them, and a blocked Triton never stops.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    return Serve(process, ports, "".join(lines))
+    threading.Thread(target=lambda: serve.output.extend(process.stdout), daemon=True).start()
+    return serve
