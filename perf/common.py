@@ -98,6 +98,12 @@ def revision() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def shown_path(path: Path) -> str:
+    """A path as results files record it: relative to the repository when inside it, so results do not name
+    the checkout's location."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def utc_iso(timestamp: float) -> str:
     """A time.time() value as the results write it: ``2026-12-01T15:11:50+00:00``."""
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import ROOT, amx_comparison
-from perf.common import WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
+from perf import amx_comparison
+from perf.common import WARMUP_TOKENS, cosine_rows, probe, shown_path, timed_engine_pass, tokens_per_s
 
 
 def repack_build(say: Callable[[str], None] = print) -> Path | None:
@@ -85,8 +85,7 @@ def _in_children(model: Path, options: object, lengths: Sequence[int], rounds: i
     if "AMX_INT8 = 1" in reports[True]["system_info"]:
         raise RuntimeError(f"{python_path} holds an AMX build: its extra buffer types are not the repacking")
     cosine = {str(n): round(float(cosine_rows(hidden[True][n], hidden[False][n]).min()), 5) for n in lengths}
-    shown = python_path.relative_to(ROOT) if python_path.is_relative_to(ROOT) else python_path
-    return _result("Q8_0 repack", str(shown), lengths, rounds, seconds, cosine) | {
+    return _result("Q8_0 repack", shown_path(python_path), lengths, rounds, seconds, cosine) | {
         "system_info": reports[True]["system_info"]}
 
 

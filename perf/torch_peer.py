@@ -18,16 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perf import ROOT, torch_comparison
-from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, engine_config, load_averages, machine, utc_iso
+from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, engine_config, load_averages, machine, shown_path, utc_iso
 from perf.qwen3_torch import peer_available
 from perf.standin import PRESET, ensure_standin
 from perf.tables import peer_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-peer-latest.json"
-
-
-def _shown(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer = torch_comparison.compare(model, options, lengths, rounds, args.profile, knobs)
     results = {"command": "python -m perf.torch_peer " + " ".join(argv if argv is not None else sys.argv[1:]),
                "started": utc_iso(started), "machine": machine() | load_averages(load_before),
-               "model": {"preset": PRESET if not args.model else None, "path": _shown(model),
+               "model": {"preset": PRESET if not args.model else None, "path": shown_path(model),
                          "bytes": model.stat().st_size},
                "engine_options_source": str(CPU_CONFIG.relative_to(ROOT)),
                "ratios": {"engine_vs_torch_bf16": peer["ratios"]["engine_vs_torch_bf16"]},
