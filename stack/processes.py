@@ -59,12 +59,17 @@ class GroupReaper:
 REAPER = GroupReaper()
 
 
-def interrupt_on_sigterm() -> None:
-    """SIGTERM becomes KeyboardInterrupt, so `kill` gets the same clean shutdown as Ctrl-C."""
+def interrupt_on_stop_signals() -> None:
+    """SIGINT and SIGTERM become KeyboardInterrupt, so Ctrl-C and `kill` get the same clean shutdown.
+
+    SIGINT is set explicitly because Python leaves it ignored when it started ignored, as it does under a
+    non-interactive shell's ``make serve &`` (CI scripts, ``nohup``): such a supervisor slept through
+    ``kill -INT``."""
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
 
 

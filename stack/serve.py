@@ -19,7 +19,7 @@ from pathlib import Path
 from adapter.settings import AdapterSettings
 from stack.adapter_server import AdapterServer
 from stack.download import MODELS_DIR, DownloadError, fetch
-from stack.processes import interrupt_on_sigterm
+from stack.processes import interrupt_on_stop_signals
 from stack.settings import Settings, missing_model_files
 from stack.triton_server import TritonServer
 
@@ -75,7 +75,7 @@ def main() -> int:
     triton = TritonServer(settings, config_name=config)
     adapter = AdapterServer(adapter_settings.adapter_port, triton.grpc_url, Path(".cache/adapter.log"),
                             host=adapter_settings.adapter_host)
-    interrupt_on_sigterm()
+    interrupt_on_stop_signals()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where every thread is
     try:
         with triton:

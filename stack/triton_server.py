@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from adapter.settings import TRITON_MODEL as MODEL_NAME
-from stack.processes import STOP_TIMEOUT_S, ManagedProcess, http_ok, interrupt_on_sigterm
+from stack.processes import STOP_TIMEOUT_S, ManagedProcess, http_ok, interrupt_on_stop_signals
 from stack.settings import Settings, missing_model_files
 from stack.stub_watchdog import StubWatchdog
 
@@ -158,7 +158,7 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 2
     server = TritonServer(settings)
-    interrupt_on_sigterm()
+    interrupt_on_stop_signals()
     print(f"starting Triton on the CPU config (log: {server.log_path})", flush=True)
     try:
         with server:

@@ -121,8 +121,10 @@ def start_serve(paths: tuple[Path, Path], **env: str) -> Serve:
              ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "ADAPTER_PORT")}
     environment = {**os.environ, **{k: str(v) for k, v in ports.items()}, "RERANKER_MODEL": str(paths[0]),
                    "RERANKER_PROJECTOR": str(paths[1]), **env}
+    # Started with SIGINT ignored, as a non-interactive shell starts `make serve &`: stop() must still work.
     process = subprocess.Popen([sys.executable, "-m", "stack.serve"], env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines = []
     for line in process.stdout:  # the banner comes once both servers are ready
         lines.append(line)
