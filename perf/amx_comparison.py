@@ -78,8 +78,12 @@ def build_wheel(cmake_args: Sequence[str], patches: Sequence[Path] = (), say: Ca
 
 
 def unpack(wheel: Path, into: Path = BUILDS_DIR) -> Path:
-    """A folder holding the wheel's ``llama_cpp`` package, to put first on a child's PYTHONPATH."""
-    target = into / wheel.stem
+    """A folder holding the wheel's ``llama_cpp`` package, to put first on a child's PYTHONPATH.
+
+    Named after the wheel's cache folder, which carries the build's key (version, flags, patches): every build
+    of a version has the same wheel file name, and a folder named after that kept serving the first build
+    unpacked after its patches had changed."""
+    target = into / wheel.parent.name
     if not (target / "llama_cpp" / "__init__.py").is_file():
         into.mkdir(parents=True, exist_ok=True)
         # Unpacked beside the target and renamed, so an interrupted run never leaves half a package behind.

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,23 @@ def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
     assert result["cosine_amx_vs_avx512"]["300"] >= 0.99999
     assert result["amx_vs_avx512"]["300"] == round(installed["tokens_per_s"]["300"] / copy["tokens_per_s"]["300"], 3)
     assert "| 300 | " in tables.amx_table(result)
+
+
+def test_each_cached_build_unpacks_to_its_own_folder(tmp_path):
+    """Every build of a version has the same wheel file name; only its cache folder carries the key. Two builds
+    (the same name, different patches) must unpack side by side, each to its own contents."""
+    wheels = []
+    for key in ("0.3.36-aaaa", "0.3.36-bbbb"):
+        wheel = tmp_path / "wheels" / f"llama-cpp-python-{key}" / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+        wheel.parent.mkdir(parents=True)
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr("llama_cpp/__init__.py", f"BUILD = {key!r}\n")
+        wheels.append(wheel)
+    unpacked = [amx_comparison.unpack(wheel, tmp_path / "builds") for wheel in wheels]
+    assert unpacked[0] != unpacked[1]
+    for folder, key in zip(unpacked, ("0.3.36-aaaa", "0.3.36-bbbb"), strict=True):
+        assert (folder / "llama_cpp" / "__init__.py").read_text() == f"BUILD = {key!r}\n"
+    assert amx_comparison.unpack(wheels[0], tmp_path / "builds") == unpacked[0]
 
 
 @pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
