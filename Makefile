@@ -7,15 +7,18 @@ PY := $(VENV)/bin/python
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
 # The default -march=native build uses AMX tile instructions that some virtual machines forbid
 # (SIGILL at the first Q8_0 matmul), so the CPU build names its instruction sets explicitly, as this
-# CPU has them; AMX only where the kernel permits it, and then with our patch of ggml's AMX code.
+# CPU has them. AMX only with LLAMA_AMX=1 (the repacked Q8_0 path ran faster on the Xeons measured;
+# stack/cpu_features.py), where the kernel permits it, and then with our patch of ggml's AMX code.
 # Where nvcc and an NVIDIA GPU are present, CUDA too, for the GPUs' compute capabilities
 # (LLAMA_CUDA_ARCHITECTURES=90 or =none overrides them; stack/gpu_features.py). Part of the key below.
+LLAMA_AMX ?= 0
 LLAMA_CUDA_ARCHITECTURES ?=
-LLAMA_CMAKE_ARGS ?= $(strip $(shell $(PYTHON) stack/cpu_features.py cmake-args) \
+CPU_FEATURES_OPTIONS := $(if $(filter 1,$(LLAMA_AMX)),--amx)
+LLAMA_CMAKE_ARGS ?= $(strip $(shell $(PYTHON) stack/cpu_features.py cmake-args $(CPU_FEATURES_OPTIONS)) \
 	$(shell $(PYTHON) stack/gpu_features.py cmake-args --architectures '$(LLAMA_CUDA_ARCHITECTURES)'))
-# The patches to ggml, space-separated, applied in order: our x86 kernels for the repacked Q8_0 path on
-# every build, the AMX fix with AMX. Each must apply exactly; their text is part of the key.
-LLAMA_PATCH ?= $(shell $(PYTHON) stack/cpu_features.py patch)
+# The patches to ggml, space-separated, applied in order: our x86 kernels for the repacked Q8_0 path and the
+# flash-attention fix on every build, the AMX fix with AMX. Each must apply exactly; their text is part of the key.
+LLAMA_PATCH ?= $(shell $(PYTHON) stack/cpu_features.py patch $(CPU_FEATURES_OPTIONS))
 LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_CMAKE_ARGS)'; \
 	$(if $(LLAMA_PATCH),cat $(LLAMA_PATCH);) } | sha256sum | cut -c1-16)
 REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt \

@@ -1,22 +1,25 @@
 """llama.cpp's AMX build against its AVX-512 build on its own (``amx_vs_avx512``): perf/amx_comparison.py's
-comparison, its table (perf/tables.py) printed, the results written with --out.
+comparison, its table (perf/tables.py) printed.
 
     python -m perf.amx_bench                 # quick: 1,024 tokens
-    python -m perf.amx_bench --mode full     # 1,024, 3,072 and 8,192 tokens
+    python -m perf.amx_bench --mode full     # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-amx.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import amx_comparison
-from perf.common import LENGTHS, engine_config
-from perf.standin import ensure_standin
+from perf import ROOT, amx_comparison
+from perf.common import LENGTHS, engine_config, write_results
+from perf.standin import PRESET, ensure_standin
 from perf.tables import amx_table
+
+RESULTS = ROOT / "perf" / "results" / "cpu-amx.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,15 +27,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
     parser.add_argument("--lengths", help="comma-separated token counts (default: the mode's)")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS.relative_to(ROOT)} in full mode, "
+                                                 "none in quick mode)")
     args = parser.parse_args(argv)
+    out = args.out or (RESULTS if args.mode == "full" and not args.lengths else None)
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else list(LENGTHS[args.mode])
     model, projector = ensure_standin()
+    started, load_before = time.time(), os.getloadavg()
     result = amx_comparison.compare(model, engine_config(model, projector).llama, lengths,
                                     amx_comparison.ROUNDS[args.mode])
     print(amx_table(result))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if out:
+        write_results(out, "python -m perf.amx_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      started, load_before, model=PRESET, amx=result)
     return 0
 
 

@@ -2,13 +2,14 @@
 perf/amx_bench.py runs on its own and make bench (perf/bench.py) in its run; its table is perf/tables.py's
 ``amx_table``.
 
-On a CPU and kernel that allow AMX, ``make install`` builds llama-cpp-python with AMX and this project's patch
-(stack/cpu_features.py). The comparison needs the other build too: the same version with the same flags minus
-AMX, built by stack/build_llama_wheel.sh (build only, cached by its flags like the installed one; several
-minutes the first time) and unpacked under ``.cache/llama-builds/``. Each build then runs in child processes,
-the unpacked one first on ``PYTHONPATH``: the engine's runner with the CPU config's options, after the engine's
-own AMX self-check, one forward pass per length, the builds taking turns, on the same token ids and outputs as
-the PyTorch peer. Where AMX is not usable, nothing is built or timed and the results say why.
+``make install`` builds llama-cpp-python without AMX unless asked (``LLAMA_AMX=1``, stack/cpu_features.py): this
+comparison is the measurement behind that default, kept in make bench so that each AMX host can check it. It
+needs the build that is not installed: the same version, flags and patches with AMX added (with this project's
+AMX patch) or taken away, built by stack/build_llama_wheel.sh (build only, cached by its key like the installed
+one; several minutes the first time) and unpacked under ``.cache/llama-builds/``. Each build then runs in child
+processes, the unpacked one first on ``PYTHONPATH``: the engine's runner with the CPU config's options, after
+the engine's own AMX self-check, one forward pass per length, the builds taking turns, on the same token ids
+and outputs as the PyTorch peer. Where AMX is not usable, nothing is built or timed and the results say why.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ BUILDS = ("amx", "avx512")
 CHILD = "import sys; from perf.amx_comparison import child_main; child_main(sys.argv[1:])"
 
 
-def unavailable_reason(flags: set[str], permitted: bool, installed_info: str, cpu_model: str | None) -> str | None:
+def unavailable_reason(flags: set[str], permitted: bool, cpu_model: str | None) -> str | None:
     """Why the AMX build cannot be compared here, or None when it can."""
     cpu = cpu_model or "this CPU"
     if not flags >= cpu_features.AMX_CPU_FLAGS:
@@ -49,19 +50,13 @@ def unavailable_reason(flags: set[str], permitted: bool, installed_info: str, cp
     if not cpu_features.amx_usable(flags, permitted):
         return (f"not measured: {cpu} has AMX but " + ("the kernel does not grant its tile data (arch_prctl)"
                 if not permitted else "lacks AVX-512 VNNI, which the AMX build also needs"))
-    if "AMX_INT8 = 1" not in installed_info:
-        return ("not measured: the installed llama-cpp-python was built without AMX although this machine allows it "
-                "(LLAMA_CMAKE_ARGS overridden?); run make install with the default flags")
     return None
 
 
 def why_not_here() -> str | None:
-    """``unavailable_reason`` for this machine and the installed build."""
-    import llama_cpp
-
+    """``unavailable_reason`` for this machine."""
     text = Path("/proc/cpuinfo").read_text()
-    return unavailable_reason(cpu_features.cpu_flags(text), cpu_features.amx_permitted(),
-                              llama_cpp.llama_print_system_info().decode(), cpu_features.cpu_model(text))
+    return unavailable_reason(cpu_features.cpu_flags(text), cpu_features.amx_permitted(), cpu_features.cpu_model(text))
 
 
 def build_wheel(cmake_args: Sequence[str], patches: Sequence[Path] = (), say: Callable[[str], None] = print) -> Path:
@@ -155,21 +150,23 @@ def loaded_llama_libraries() -> list[str]:
     return sorted({line.split()[-1] for line in maps if "/libllama" in line or "/libggml" in line})
 
 
-def avx512_build(say: Callable[[str], None] = print) -> Path:
-    """The installed version built with this CPU's flags and patches without AMX (built once, cached), unpacked
-    for a child's PYTHONPATH."""
-    return unpack(build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False),
-                              cpu_features.patches(amx=False), say=say))
+def build(amx: bool, say: Callable[[str], None] = print) -> Path:
+    """The installed version built with this CPU's flags and patches, with or without AMX (built once, cached),
+    unpacked for a child's PYTHONPATH."""
+    return unpack(build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx=amx),
+                              cpu_features.patches(amx=amx), say=say))
 
 
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
             say: Callable[[str], None] = print) -> dict:
-    """The installed AMX build against the AVX-512 build, or why that cannot be done here."""
+    """The AMX build against the AVX-512 build, one of them the installed build, or why that cannot be done here."""
+    from rerank_engine.amx_check import amx_in_play
+
     reason = why_not_here()
     if reason:
         return {"skipped": reason}
-    avx512 = avx512_build(say)
-    return side_by_side(model, options, lengths, rounds, {"amx": None, "avx512": avx512}, say)
+    paths = {"amx": None, "avx512": build(False, say)} if amx_in_play() else {"amx": build(True, say), "avx512": None}
+    return side_by_side(model, options, lengths, rounds, paths, say)
 
 
 def side_by_side(model: Path, options: object, lengths: Sequence[int], rounds: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import platform
 import re
@@ -96,6 +97,16 @@ def revision() -> dict:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
+
+
+def write_results(out: Path, command: str, started: float, load_before: Sequence[float], **payload: object) -> None:
+    """A results file as the standalone benches write it: the command, when and where it ran (machine, load,
+    revision), then ``payload`` (the model, the figures)."""
+    results = {"command": command, "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
+               "machine": machine() | load_averages(load_before), "revision": revision(), **payload}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 def shown_path(path: Path) -> str:

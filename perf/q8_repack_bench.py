@@ -8,7 +8,6 @@ perf/q8_repack_comparison.py's comparison, its results and table (perf/tables.py
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perf import ROOT, q8_repack_comparison
-from perf.common import LENGTHS, ROUNDS, engine_config, load_averages, machine, revision, utc_iso
+from perf.common import LENGTHS, ROUNDS, engine_config, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import q8_repack_table
 
@@ -37,13 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           ROUNDS[args.mode], python_path=q8_repack_comparison.repack_build())
     print(q8_repack_table(result))
     if out:
-        results = {"command": "python -m perf.q8_repack_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                   "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
-                   "machine": machine() | load_averages(load_before), "revision": revision(), "model": PRESET,
-                   "q8_repack": result}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {out}")
+        write_results(out, "python -m perf.q8_repack_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      started, load_before, model=PRESET, q8_repack=result)
     return 0
 
 

@@ -31,7 +31,7 @@ def repack_build(say: Callable[[str], None] = print) -> Path | None:
     if not amx_in_play():
         return None
     say("the installed build's extra buffer types are AMX's: the repacking is measured on the AVX-512 build")
-    return amx_comparison.avx512_build(say)
+    return amx_comparison.build(amx=False, say=say)
 
 
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,

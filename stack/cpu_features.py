@@ -2,14 +2,18 @@
 
 ``-march=native`` is not used: on some virtual machines it compiles ggml's AMX kernels, which then die with
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
-/proc/cpuinfo. AMX is enabled only when the CPU lists it AND the kernel grants the XTILEDATA permission,
-and then only together with this project's patch of ggml's AMX code (stack/patches/). Every build also gets
-this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI, AVX-VNNI, AVX2) and its fix of the
-tiled flash attention's conversions (stack/patches/).
+/proc/cpuinfo. Every build gets this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI,
+AVX-VNNI, AVX2) and its fix of the tiled flash attention's conversions (stack/patches/).
 
-    python stack/cpu_features.py cmake-args   # the flags, on one line
-    python stack/cpu_features.py patch        # the patches to apply to the sdist, in order, space-separated
-    python stack/cpu_features.py describe     # what was detected
+AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
+ggml's AMX kernels ran the stand-in's whole forward pass at 0.90 / 0.92 / 0.95 of the AVX-512 build's repacked
+Q8_0 path at 1k / 3k / 8k tokens (``python -m perf.amx_bench --mode full``; docs/design.md). Even asked for, AMX
+is built only when the CPU lists it AND the kernel grants the XTILEDATA permission, and then only together with
+this project's patch of ggml's AMX code.
+
+    python stack/cpu_features.py cmake-args [--amx]   # the flags, on one line
+    python stack/cpu_features.py patch [--amx]        # the patches to apply to the sdist, in order, space-separated
+    python stack/cpu_features.py describe [--amx]     # what was detected and chosen
 """
 
 from __future__ import annotations
@@ -99,14 +103,18 @@ def patches(amx: bool) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     flags = cpu_flags()
-    amx = amx_usable(flags, amx_permitted())
-    command = argv[0] if argv else "describe"
+    usable = amx_usable(flags, amx_permitted())
+    command, options = (argv[0], argv[1:]) if argv else ("describe", [])
+    if set(options) - {"--amx"}:
+        print(__doc__, file=sys.stderr)
+        return 2
+    amx = usable and "--amx" in options
     if command == "cmake-args":
         print(" ".join(cmake_args(flags, amx)))
     elif command == "patch":
         print(" ".join(map(str, patches(amx))))
     elif command == "describe":
-        print(f"AMX usable: {amx}\nCMake flags: {' '.join(cmake_args(flags, amx))}")
+        print(f"AMX usable: {usable}, built: {amx}\nCMake flags: {' '.join(cmake_args(flags, amx))}")
     else:
         print(__doc__, file=sys.stderr)
         return 2

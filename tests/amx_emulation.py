@@ -114,22 +114,24 @@ def apply_patch(source: Path, reverse: bool = False, patch: Path = cpu_features.
                    input=patch.read_bytes(), check=True, capture_output=True)
 
 
-def avx512_variant() -> Path:
-    """A folder holding a copy of the installed llama_cpp package whose CPU backend is built without AMX.
+def variant(amx: bool) -> Path:
+    """A folder holding a copy of the installed llama_cpp package whose CPU backend is built from this CPU's flags
+    and this project's ggml patches, with AMX (and its patch) or without.
 
-    On an AMX machine this is the AVX-512 build to compare the AMX build with, for the price of
+    On an AMX machine these are the two builds to compare, whichever of them is installed, for the price of
     libggml-cpu alone (a minute or two) instead of a second wheel. Cached like the emulated builds.
     """
     import llama_cpp
 
     installed_package = Path(llama_cpp.__file__).parent
     sdist = installed_sdist()
-    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False)
-    patches = cpu_features.ggml_patches(amx=False)
-    digest = hashlib.sha256("\n".join(["avx512", sdist.name, " ".join(cmake_args)]).encode())
+    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=amx)
+    patches = cpu_features.ggml_patches(amx=amx)
+    name = "amx" if amx else "avx512"
+    digest = hashlib.sha256("\n".join([name, sdist.name, " ".join(cmake_args)]).encode())
     for path in [*patches, *sorted((installed_package / "lib").iterdir())]:
         digest.update(path.read_bytes())
-    target = CACHE / f"avx512-{digest.hexdigest()[:16]}"
+    target = CACHE / f"{name}-{digest.hexdigest()[:16]}"
     if (target / "complete").is_file():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ def build(path: str) -> Path:
     system_info = llama_cpp.llama_print_system_info().decode()
     if "AMX_INT8 = 1" in system_info:
         if path == native_path(cpu_features.cpu_flags()):
-            return amx_emulation.avx512_variant()  # built from this CPU's flags without AMX
+            return amx_emulation.variant(amx=False)  # built from this CPU's flags without AMX
     elif path == compiled_path(system_info):
         return installed_package.parent
     sdist = amx_emulation.installed_sdist()

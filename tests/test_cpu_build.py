@@ -51,6 +51,20 @@ def test_amx_only_where_the_kernel_permits_it():
     assert not cpu_features.amx_usable(cpu_features.cpu_flags(ZEN4), permitted=True)
 
 
+@pytest.mark.parametrize("options", [[], ["--amx"]])
+def test_amx_is_built_only_when_asked(options):
+    """make install's flags and patches: without AMX by default (the repacked Q8_0 path was faster where measured),
+    with it for LLAMA_AMX=1 where this machine allows it."""
+    def run(command: str) -> str:
+        return subprocess.run([sys.executable, "stack/cpu_features.py", command, *options], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+    flags = cpu_features.cpu_flags()
+    amx = bool(options) and cpu_features.amx_usable(flags, cpu_features.amx_permitted())
+    assert run("cmake-args").split() == cpu_features.cmake_args(flags, amx)
+    assert ("AMX_TILE" in run("cmake-args")) == amx
+    assert run("patch").split() == [str(path) for path in cpu_features.patches(amx)]
+
+
 def test_install_is_idempotent_for_this_cpu():
     """After `make install`, nothing is rebuilt: the wheel installed was built with this CPU's flags (the
     stamp's name is the hash of version, flags and patch), and every requirement is in place."""
@@ -132,15 +146,14 @@ def test_extra_buffer_types_and_plain_path_agree_on_q8(tiny_q8):
     assert dataclasses.replace(plain.runner.options, extra_buffers=True) == extra.runner.options
 
 
-@pytest.mark.parametrize(("flags", "permitted", "info", "reason"), [
-    ({"avx512f", "avx512_vnni"}, True, "AMX_INT8 = 0", "EPYC has no AMX"),
-    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, False, "AMX_INT8 = 0", "kernel does not grant"),
-    ({"avx512f", "amx_tile", "amx_int8"}, True, "AMX_INT8 = 0", "lacks AVX-512 VNNI"),
-    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, True, "AMX_INT8 = 0", "built without AMX"),
-    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, True, "AVX512 = 1 | AMX_INT8 = 1", None),
+@pytest.mark.parametrize(("flags", "permitted", "reason"), [
+    ({"avx512f", "avx512_vnni"}, True, "EPYC has no AMX"),
+    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, False, "kernel does not grant"),
+    ({"avx512f", "amx_tile", "amx_int8"}, True, "lacks AVX-512 VNNI"),
+    ({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, True, None),
 ])
-def test_amx_comparison_runs_only_where_amx_does(flags, permitted, info, reason):
-    found = amx_comparison.unavailable_reason(flags, permitted, info, "AMD EPYC")
+def test_amx_comparison_runs_only_where_amx_does(flags, permitted, reason):
+    found = amx_comparison.unavailable_reason(flags, permitted, "AMD EPYC")
     assert found is None if reason is None else reason in found
 
 
@@ -149,7 +162,7 @@ def test_second_build_runs_from_its_unpacked_wheel(tiny_q8, tmp_path):
     PYTHONPATH. Here the installed build's own wheel (found in the cache, nothing built): the child must
     load llama.cpp from the unpacked copy and compute what the installed build computes."""
     flags = cpu_features.cpu_flags()
-    amx = cpu_features.amx_usable(flags, cpu_features.amx_permitted())
+    amx = amx_check.amx_in_play()
     wheel = amx_comparison.build_wheel(cpu_features.cmake_args(flags, amx), cpu_features.patches(amx),
                                        say=lambda _: None)
     unpacked = amx_comparison.unpack(wheel, tmp_path)
@@ -185,12 +198,20 @@ def test_each_cached_build_unpacks_to_its_own_folder(tmp_path):
     assert amx_comparison.unpack(wheels[0], tmp_path / "builds") == unpacked[0]
 
 
+def amx_builds() -> dict[str, Path | None]:
+    """Where each build is for a child's PYTHONPATH: None for the installed one (without AMX unless make install
+    was given LLAMA_AMX=1), the other's CPU backend built beside it."""
+    if amx_check.amx_in_play():
+        return {"amx": None, "avx512": amx_emulation.variant(amx=False)}
+    return {"amx": amx_emulation.variant(amx=True), "avx512": None}
+
+
 @pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
 def test_amx_and_avx512_builds_agree(tiny_q8):
-    """On an AMX machine: the AMX build (after its self-check) and the AVX-512 build (its CPU backend rebuilt
-    without AMX, cached) give the same hidden states within Q8_0 tolerance."""
+    """On an AMX machine: the AMX build (after its self-check) and the AVX-512 build (one installed, the other's
+    CPU backend built beside it, cached) give the same hidden states within Q8_0 tolerance."""
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=1024).llama
-    paths = {"amx": None, "avx512": amx_emulation.avx512_variant()}
+    paths = amx_builds()
     result = amx_comparison.side_by_side(tiny_q8[0], options, [512], 1, paths, say=lambda _: None)
     assert result["amx_self_check_passed"]
     assert "AMX_INT8 = 1" in result["builds"]["amx"]["system_info"]
@@ -203,6 +224,8 @@ def test_amx_and_avx512_builds_agree(tiny_q8):
 # patch reloaded it at every matmul: the second pass died with SIGILL (seen with torch in the process).
 TILE_RELEASED = """
 import ctypes, mmap, sys
+import llama_cpp
+print(llama_cpp.llama_print_system_info().decode())
 from rerank_engine import EngineConfig
 from rerank_engine.llama_runner import LlamaRunner
 options = EngineConfig.from_options(sys.argv[1], sys.argv[2], n_ctx=1024).llama
@@ -221,9 +244,13 @@ print("second pass done")
 
 @pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
 def test_amx_build_survives_another_tile_user_on_its_threads(tiny_q8):
+    amx = amx_builds()["amx"]
+    env = {**os.environ, **({"PYTHONPATH": os.pathsep.join(filter(None, [str(amx), os.environ.get("PYTHONPATH")]))}
+                            if amx else {})}
     result = subprocess.run([sys.executable, "-c", TILE_RELEASED, *map(str, tiny_q8)], capture_output=True, text=True,
-                            timeout=300, cwd=ROOT)
+                            timeout=300, cwd=ROOT, env=env)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "AMX_INT8 = 1" in result.stdout
     assert "second pass done" in result.stdout
 
 

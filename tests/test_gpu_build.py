@@ -106,8 +106,9 @@ def test_make_install_adds_cuda_on_a_gpu_host_and_keys_the_wheel_on_it(gpu_host,
     cpu_env = {**os.environ, "LLAMA_CUDA_ARCHITECTURES": ""}
     cpu_args, cpu_key = make_values(cpu_env, "LLAMA_CMAKE_ARGS", "LLAMA_KEY")
     flags = cpu_features.cpu_flags()
-    assert cpu_args == " ".join(cpu_features.cmake_args(flags, cpu_features.amx_usable(
-        flags, cpu_features.amx_permitted())))  # no GPU here: exactly the CPU build, so its cached wheel stays
+    assert cpu_args == " ".join(cpu_features.cmake_args(flags, amx=False))  # no GPU: exactly the CPU build, cached
+    amx = cpu_features.amx_usable(flags, cpu_features.amx_permitted())  # LLAMA_AMX=1: AMX where this host allows it
+    assert make_values(cpu_env, "LLAMA_CMAKE_ARGS", LLAMA_AMX="1") == [" ".join(cpu_features.cmake_args(flags, amx))]
     gpu_args, gpu_key = make_values(gpu_host, "LLAMA_CMAKE_ARGS", "LLAMA_KEY")
     nvcc = str(tmp_path / "fake-bin" / "nvcc")
     assert gpu_args == f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER={nvcc}"

@@ -234,7 +234,7 @@ def test_on_an_amx_build_the_repacking_is_measured_on_a_build_without_amx(tiny_q
     if not amx_check.amx_in_play():
         pytest.skip("the installed build's extra buffer types are the repacking here: measured in-process")
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
-    variant = amx_emulation.avx512_variant()
+    variant = amx_emulation.variant(amx=False)
     result = q8_repack_comparison.compare(tiny_q8[0], options, [N_TOKENS], 2, say=lambda _: None, python_path=variant)
     assert result["extra_buffer_types"] == "Q8_0 repack"
     assert "AMX_INT8 = 1" not in result["system_info"]
