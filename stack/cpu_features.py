@@ -6,10 +6,10 @@ SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicit
 AVX-VNNI, AVX2) and its fix of the tiled flash attention's conversions (stack/patches/).
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
-ggml's AMX kernels ran the stand-in's whole forward pass at 0.90 / 0.92 / 0.95 of the AVX-512 build's repacked
-Q8_0 path at 1k / 3k / 8k tokens (``python -m perf.amx_bench --mode full``; docs/design.md). Even asked for, AMX
-is built only when the CPU lists it AND the kernel grants the XTILEDATA permission, and then only together with
-this project's patch of ggml's AMX code.
+ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
+Q8_0 path at 1k / 3k / 8k tokens (perf/results/cpu-amx.json, ``python -m perf.amx_bench --mode full``). Even
+asked for, AMX is built only when the CPU lists it AND the kernel grants the XTILEDATA permission, and then only
+together with this project's patch of ggml's AMX code.
 
     python stack/cpu_features.py cmake-args [--amx]   # the flags, on one line
     python stack/cpu_features.py patch [--amx]        # the patches to apply to the sdist, in order, space-separated
