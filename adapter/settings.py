@@ -89,6 +89,11 @@ class AdapterSettings(EnvironmentSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     adapter_host: str = "127.0.0.1"  # 0.0.0.0 to accept other hosts (the Docker image sets it)
     adapter_port: Port = 8080
+    # How long an idle client connection is kept open. Longer than the idle timeout of the clients' connection
+    # pools (Node's global agent and httpx: 5 s), so that the client, not the server, closes an idle connection:
+    # with uvicorn's default of 5 s both did at once, and a LibreChat request sent on the closing connection
+    # failed with "socket hang up" (ECONNRESET) and fell back to page order.
+    keep_alive_s: Positive = 75
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("cors_origins", mode="before")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -183,6 +184,32 @@ def test_unreachable_triton_is_503(protocol, tmp_path):
         assert response.json()["type"] == "backend_unavailable"
         assert httpx.get(f"{adapter.url}/ready", timeout=5).status_code == 503
         assert httpx.get(f"{adapter.url}/health", timeout=5).status_code == 200
+    finally:
+        adapter.stop()
+
+
+def request_on(sock: socket.socket, path: str) -> bytes:
+    """One HTTP/1.1 GET on an open connection; the response's status line (b"" if the server had closed it)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: adapter\r\n\r\n".encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        response += chunk
+    return response.split(b"\r\n", 1)[0]
+
+
+def test_an_idle_connection_outlives_the_clients_pool_timeout(tmp_path):
+    """LibreChat's Node client (and httpx) keep an idle connection 5 s; uvicorn closed it at 5 s too, and a request
+    sent on it as it closed was reset ("socket hang up"). The adapter keeps idle connections longer, so the
+    client closes them first: a connection idle for 6 s still answers."""
+    adapter = start_adapter(f"127.0.0.1:{free_port()}", tmp_path / "adapter.log", wait_ready=False)
+    try:
+        with socket.create_connection(("127.0.0.1", adapter.port), timeout=10) as sock:
+            assert request_on(sock, "/health") == b"HTTP/1.1 200 OK"
+            time.sleep(6)  # the idle time under test, not a wait for readiness
+            assert request_on(sock, "/health") == b"HTTP/1.1 200 OK"
     finally:
         adapter.stop()
 

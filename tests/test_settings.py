@@ -42,13 +42,13 @@ def test_each_variable_is_its_field_name_in_upper_case():
     environ = {"TRITON_URL": "triton:9001", "TRITON_PROTOCOL": "http", "TRITON_MODEL": "other",
                "MODEL_NAME": "m", "API_KEY": "k", "REQUEST_TIMEOUT_S": "2.5", "RERANK_MODE": "exact",
                "MAX_BODY_BYTES": "10", "MAX_DOCUMENTS": "11", "MAX_DOCUMENT_CHARS": "12", "MAX_QUERY_CHARS": "13",
-               "ADAPTER_HOST": "0.0.0.0", "ADAPTER_PORT": "80", "LOG_LEVEL": "debug"}
+               "ADAPTER_HOST": "0.0.0.0", "ADAPTER_PORT": "80", "KEEP_ALIVE_S": "30", "LOG_LEVEL": "debug"}
     settings = AdapterSettings.from_environment(environ)
     assert settings == AdapterSettings(triton_url="triton:9001", triton_protocol="http", triton_model="other",
                                        model_name="m", api_key="k", request_timeout_s=2.5, rerank_mode="exact",
                                        max_body_bytes=10, max_documents=11, max_document_chars=12,
                                        max_query_chars=13, adapter_host="0.0.0.0", adapter_port=80,
-                                       log_level="DEBUG")
+                                       keep_alive_s=30, log_level="DEBUG")
     assert set(environ) == {AdapterSettings.variable(name) for name in AdapterSettings.model_fields} - {
         "CORS_ORIGINS"}
     stack = Settings.from_environment({"RERANKER_MODEL": "m.gguf", "RERANKER_PROJECTOR": "p.safetensors",
