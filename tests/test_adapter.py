@@ -7,8 +7,8 @@ is unit-tested in-process in tests/test_app.py.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
-import socket
 import time
 
 import httpx
@@ -188,29 +188,23 @@ def test_unreachable_triton_is_503(protocol, tmp_path):
         adapter.stop()
 
 
-def request_on(sock: socket.socket, path: str) -> bytes:
-    """One HTTP/1.1 GET on an open connection; the response's status line (b"" if the server had closed it)."""
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: adapter\r\n\r\n".encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        response += chunk
-    return response.split(b"\r\n", 1)[0]
-
-
 def test_an_idle_connection_outlives_the_clients_pool_timeout(tmp_path):
     """LibreChat's Node client (and httpx) keep an idle connection 5 s; uvicorn closed it at 5 s too, and a request
     sent on it as it closed was reset ("socket hang up"). The adapter keeps idle connections longer, so the
     client closes them first: a connection idle for 6 s still answers."""
     adapter = start_adapter(f"127.0.0.1:{free_port()}", tmp_path / "adapter.log", wait_ready=False)
+    connection = http.client.HTTPConnection("127.0.0.1", adapter.port, timeout=10)
     try:
-        with socket.create_connection(("127.0.0.1", adapter.port), timeout=10) as sock:
-            assert request_on(sock, "/health") == b"HTTP/1.1 200 OK"
-            time.sleep(6)  # the idle time under test, not a wait for readiness
-            assert request_on(sock, "/health") == b"HTTP/1.1 200 OK"
+        for idle_s in (0, 6):
+            time.sleep(idle_s)  # the idle time under test, not a wait for readiness
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b'{"status":"ok"}')
+            if idle_s == 0:
+                first = connection.sock
+        assert connection.sock is first  # the same connection, not a new one opened after a close
     finally:
+        connection.close()
         adapter.stop()
 
 
