@@ -69,9 +69,13 @@ def test_a_passed_deadline_is_answered_lexically_at_once(engine_q8):
 
 def test_a_tight_deadline_scores_lexical_candidates_and_answers_in_time(engine_q8):
     docs = slow_request(engine_q8, 2.0)
-    full = predicted_seconds(engine_q8, RerankRequest(QUERY, docs))
+    # The deadline is a fraction of what the whole request takes, timed here: the engine's prediction, which
+    # set it before, can run ahead of the machine (a fresh-clone run scored all 64 documents in time).
     started = time.monotonic()
-    deadline = started + 0.4 * full + 0.3
+    engine_q8.rerank(QUERY, docs)
+    full = time.monotonic() - started
+    started = time.monotonic()
+    deadline = started + 0.4 * full
     [result] = engine_q8.rerank_many([RerankRequest(QUERY, docs, deadline=deadline, min_scored=5)])
     assert time.monotonic() < deadline + SLACK_S
     assert 5 <= result.n_scored < len(docs)
