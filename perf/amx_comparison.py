@@ -97,9 +97,7 @@ def run_child(model: Path, options: object, lengths: Sequence[int], python_path:
 
     Returns what the child reports (its llama_cpp file, system info, the options after the self-check,
     seconds per length) and the hidden states per length."""
-    env = dict(os.environ)
-    if python_path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(python_path), env.get("PYTHONPATH")]))
+    env = child_environment(python_path)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "pass.npz"
         argv = [sys.executable, "-c", CHILD, str(model),
@@ -111,6 +109,15 @@ def run_child(model: Path, options: object, lengths: Sequence[int], python_path:
         with np.load(out) as data:
             report = json.loads(str(data["report"]))
             return report, {n: data[f"hidden_{n}"] for n in lengths}
+
+
+def child_environment(python_path: Path | None) -> dict[str, str]:
+    """This process's environment for a child, with the build unpacked at ``python_path`` (if any) first on its
+    PYTHONPATH."""
+    env = dict(os.environ)
+    if python_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(python_path), env.get("PYTHONPATH")]))
+    return env
 
 
 def child_main(argv: Sequence[str]) -> None:

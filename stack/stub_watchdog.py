@@ -38,14 +38,13 @@ def live_stubs(triton_pid: int) -> set[int]:
     """Stub processes of this tritonserver that are alive (zombies, not yet reaped, do not count)."""
     stubs = set()
     for task in Path(f"/proc/{triton_pid}/task").glob("*/children"):
-        for pid in task.read_text().split():
+        for pid in map(int, task.read_text().split()):
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
+            except (FileNotFoundError, ProcessLookupError):
                 continue
-            if comm == STUB_NAME and state != "Z":
-                stubs.add(int(pid))
+            if comm == STUB_NAME and alive(pid):
+                stubs.add(pid)
     return stubs
 
 

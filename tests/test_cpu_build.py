@@ -60,8 +60,9 @@ def test_amx_is_built_only_when_asked(options):
                               capture_output=True, text=True).stdout
     flags = cpu_features.cpu_flags()
     amx = bool(options) and cpu_features.amx_usable(flags, cpu_features.amx_permitted())
-    assert run("cmake-args").split() == cpu_features.cmake_args(flags, amx)
-    assert ("AMX_TILE" in run("cmake-args")) == amx
+    args = run("cmake-args")
+    assert args.split() == cpu_features.cmake_args(flags, amx)
+    assert ("AMX_TILE" in args) == amx
     assert run("patch").split() == [str(path) for path in cpu_features.patches(amx)]
 
 
@@ -244,11 +245,8 @@ print("second pass done")
 
 @pytest.mark.skipif(NO_AMX_REASON is not None, reason=f"needs AMX: {NO_AMX_REASON}")
 def test_amx_build_survives_another_tile_user_on_its_threads(tiny_q8):
-    amx = amx_builds()["amx"]
-    env = {**os.environ, **({"PYTHONPATH": os.pathsep.join(filter(None, [str(amx), os.environ.get("PYTHONPATH")]))}
-                            if amx else {})}
     result = subprocess.run([sys.executable, "-c", TILE_RELEASED, *map(str, tiny_q8)], capture_output=True, text=True,
-                            timeout=300, cwd=ROOT, env=env)
+                            timeout=300, cwd=ROOT, env=amx_comparison.child_environment(amx_builds()["amx"]))
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert "AMX_INT8 = 1" in result.stdout
     assert "second pass done" in result.stdout
