@@ -26,9 +26,11 @@ RUN apt-get update \
 #     libcuda, which only the NVIDIA runtime mounts; so the image also loads on a host without a GPU (the CPU
 #     profile). Compute buffers then use llama.cpp's plain CUDA pool instead of virtual memory.
 #   LLAVA_BUILD=OFF: the multimodal library is never used.
+#   --exclude-libs,ALL: symbols of static archives stay inside each library (stack/gpu_features.py's
+#     CUDA_LINK_FLAGS: without it a CUDA 13 build crashed at model load on an H200).
 # --no-binary and --no-cache-dir: always compiled here with these flags, never a cached or prebuilt wheel.
 RUN python3 -m venv /opt/build \
-    && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES} -DGGML_NATIVE=OFF -DGGML_CUDA_NO_VMM=ON -DLLAVA_BUILD=OFF" \
+    && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES} -DGGML_NATIVE=OFF -DGGML_CUDA_NO_VMM=ON -DLLAVA_BUILD=OFF -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL" \
        /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
        "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -w /wheels
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from perf import ROOT
+from perf import ROOT, tables
 from perf.common import GPU_CONFIG, WARMUP_TOKENS, cosine_rows, engine_config, probe, timed_engine_pass, utc_iso
 from perf.qwen3_torch import TorchQwen3, peer_available
 
@@ -354,32 +354,6 @@ def verdicts(results: Mapping) -> dict[str, bool | None]:
     return met
 
 
-def table(results: Mapping) -> str:
-    """Markdown for the README: forward passes side by side, then LibreChat's latency per call."""
-    lines = []
-    forward_results = results.get("forward", {}).get("lengths", {})
-    if forward_results:
-        lines += ["| tokens | engine (llama.cpp, Q8_0) tokens/s | PyTorch bf16 (SDPA) tokens/s | engine / torch | "
-                  "cosine (min) |", "|---:|---:|---:|---:|---:|"]
-        for n, m in forward_results.items():
-            torch_side = m.get("torch_bf16", {}).get("tokens_per_s")
-            lines.append(f"| {n} | {m['engine']['tokens_per_s']:.0f} | "
-                         + (f"{torch_side:.0f} | {m['engine_vs_torch_bf16']:.2f} | "
-                            f"{m['cosine_engine_vs_torch_bf16']['min']:.4f} |" if torch_side else "- | - | - |"))
-    search = results.get("librechat", {})
-    rows = [k for k in ("share_decodes_on", "share_decodes_off") if k in search]
-    if rows:
-        lines += ["", f"| {search['workload']}: latency per call | p50 | p99 | max | tokens/call |",
-                  "|---|---:|---:|---:|---:|"]
-        for key in rows:
-            for mode, label in (("search_batch", f"{search['requests_per_search']} calls batched"), ("alone", "alone")):
-                s = search[key][mode]
-                lat = s["latency_ms"]
-                lines.append(f"| {key.replace('_', ' ')}, {label} | {lat['p50'] / 1000:.3f} s | "
-                             f"{lat['p99'] / 1000:.3f} s | {lat['max'] / 1000:.3f} s | {s['tokens_per_request']:.0f} |")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callable[[dict], object]) -> dict:
     """Every step in order, ``checkpoint`` called with the results after each (a run stopped by a time limit keeps
     what it measured); a step that fails records its error and the rest still run."""
@@ -486,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fidelity_passed = results.get("fidelity", {}).get("passed")
     build = results["build"] or {}
     built = f"CUDA libraries built in {build['seconds']} s on {build['jobs']} cores; " if "seconds" in build else ""
-    print(f"\n{table(results)}\n\n{built}fidelity passed: {fidelity_passed}; targets: "
+    print(f"\n{tables.gpu_table(results)}\n\n{built}fidelity passed: {fidelity_passed}; targets: "
           f"{json.dumps(results['meets_targets'])}\nwrote {out}" + (f"\nfailed steps: {', '.join(failed)}"
                                                                     if failed else ""))
     return 1 if failed or fidelity_passed is False else 0

@@ -34,6 +34,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
     "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
     "librechat-search-before": ("librechat-search-cpu-before.json", tables.librechat_run),
+    "gpu-h200": ("gpu-h200.json", tables.gpu_table),
 }
 
 

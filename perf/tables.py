@@ -186,3 +186,49 @@ def librechat_run(results: dict) -> str:
     label = results.get("label") or "-"
     return (f"{librechat_summary(results['summary'])}\n\n"
             f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
+
+
+# -- the GPU check (perf/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
+
+
+def gpu_table(results: Mapping) -> str:
+    """Markdown for the README: the build, the reference checks on the GPU, forward passes side by side, then
+    LibreChat's latency per call; a run stopped early says which steps it has."""
+    lines = []
+    build = results.get("build") or {}
+    if "seconds" in build:
+        lines += [f"CUDA libraries built in {build['seconds']} s on {build['jobs']} cores ({build.get('nvcc')}).", ""]
+    checks = results.get("fidelity", {}).get("checks", {})
+    if checks:
+        criteria = results["fidelity"].get("criteria", {})
+        lines += ["| reference check | documents | hidden cosine (min) | scores max abs error | criterion | verdict |",
+                  "|---|---:|---:|---:|---|---|"]
+        for name, check in checks.items():
+            verdict = {True: "pass", False: "FAIL"}.get(check.get("passed"), "reported")
+            lines.append(f"| {name} | {check['documents']} | {check['hidden_cosine_min']:.8f} | "
+                         f"{check['score_max_abs_error']:.2e} | {criteria.get(name, '')} | {verdict} |")
+    forward_results = results.get("forward", {}).get("lengths", {})
+    if forward_results:
+        lines += ["", "| tokens | engine (llama.cpp, Q8_0) tokens/s | PyTorch bf16 (SDPA) tokens/s | engine / torch | "
+                  "cosine (min) |", "|---:|---:|---:|---:|---:|"]
+        for n, m in forward_results.items():
+            torch_side = m.get("torch_bf16", {}).get("tokens_per_s")
+            lines.append(f"| {n} | {m['engine']['tokens_per_s']:.0f} | "
+                         + (f"{torch_side:.0f} | {m['engine_vs_torch_bf16']:.2f} | "
+                            f"{m['cosine_engine_vs_torch_bf16']['min']:.4f} |" if torch_side else "- | - | - |"))
+    search = results.get("librechat", {})
+    rows = [k for k in ("share_decodes_on", "share_decodes_off") if k in search]
+    if rows:
+        lines += ["", f"| {search['workload']}: latency per call | p50 | p99 | max | tokens/call |",
+                  "|---|---:|---:|---:|---:|"]
+        for key in rows:
+            for mode, label in (("search_batch", f"{search['requests_per_search']} calls batched"), ("alone", "alone")):
+                s = search[key][mode]
+                lat = s["latency_ms"]
+                lines.append(f"| {key.replace('_', ' ')}, {label} | {lat['p50'] / 1000:.3f} s | "
+                             f"{lat['p99'] / 1000:.3f} s | {lat['max'] / 1000:.3f} s | {s['tokens_per_request']:.0f} |")
+    if results.get("complete") is False:
+        measured = [step for step in ("fidelity", "forward", "librechat") if step in results]
+        lines += ["", f"Incomplete run, stopped by its time limit (last step done {results.get('duration_s')} s in): "
+                  f"measured {', '.join(measured) or 'nothing'}."]
+    return "\n".join(lines).strip("\n")

@@ -29,6 +29,11 @@ NO_CUDA = "none"
 TOOLKIT_ROOTS = ("CUDA_HOME", "CUDA_PATH")
 DEFAULT_TOOLKIT = Path("/usr/local/cuda")
 QUERY = ("nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader")
+# Keep the symbols of static archives local to each shared library. On the H200 image (CUDA 13.0), a static archive
+# linked into libggml-cuda.so re-exported libstdc++'s own symbols (std::ostream::_M_insert<long>, codecvt...);
+# libllama.so bound to that copy and every model load died with SIGSEGV in llama_model::print_info. With this flag
+# libggml-cuda.so exports none of them and the model loads (perf/results/gpu-h200.json, 2026-12-04).
+CUDA_LINK_FLAGS = ("-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,8 @@ def cmake_args(facts: CudaFacts, override: str = "") -> list[str]:
     archs = architectures(facts, override)
     if archs is None:
         return []
-    return ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={archs}", f"-DCMAKE_CUDA_COMPILER={facts.nvcc}"]
+    return ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={archs}", f"-DCMAKE_CUDA_COMPILER={facts.nvcc}",
+            *CUDA_LINK_FLAGS]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from adapter.settings import AdapterSettings
-from stack import download
+from stack import download, gpu_features
 from stack.settings import Settings
 from stack.triton_server import MODEL_NAME
 
@@ -267,6 +267,7 @@ def test_cuda_wheel_is_built_fresh_for_the_configured_architectures(triton):
     assert {"80", "86", "89", "90"} <= set(architectures)  # Ampere, Ada, Hopper
     [build] = [run for run in triton.args("RUN", builder) if "pip wheel" in run]
     assert "-DGGML_CUDA=on" in build
+    assert all(flag in build for flag in gpu_features.CUDA_LINK_FLAGS)  # what every CUDA build of ours links with
     assert "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" in build
     assert "--no-cache-dir" in build
     assert "--no-binary llama-cpp-python" in build

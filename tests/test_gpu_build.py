@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from perf import gpu_check, gpu_check_prepare
+from perf import gpu_check, gpu_check_prepare, tables
 from perf.common import GPU_CONFIG, config_parameters
 from stack import cpu_features, gpu_features
 from stack.gpu_features import CudaFacts
@@ -24,6 +24,8 @@ pytestmark = pytest.mark.build
 
 ROOT = Path(__file__).resolve().parent.parent
 NVCC = "/usr/local/cuda-12.8/bin/nvcc"
+# Every CUDA build links with archive symbols kept local (the H200 build crashed at model load without it).
+LINK = ("-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL",)
 
 
 def executable(path: Path, script: str) -> Path:
@@ -46,15 +48,15 @@ def test_compute_capabilities_become_cmake_architectures(output, caps):
 
 @pytest.mark.parametrize(("facts", "override", "flags"), [
     (CudaFacts(("90",), NVCC), "", ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90",
-                                    f"-DCMAKE_CUDA_COMPILER={NVCC}"]),
+                                    f"-DCMAKE_CUDA_COMPILER={NVCC}", *LINK]),
     (CudaFacts(("86", "90"), NVCC), "", ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=86;90",
-                                         f"-DCMAKE_CUDA_COMPILER={NVCC}"]),
+                                         f"-DCMAKE_CUDA_COMPILER={NVCC}", *LINK]),
     (CudaFacts(("90",), None), "", []),  # a GPU but no compiler: the CPU build, unchanged
     (CudaFacts((), NVCC), "", []),  # a compiler but no GPU (this machine)
     (CudaFacts((), NVCC), "80;90", ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80;90",
-                                    f"-DCMAKE_CUDA_COMPILER={NVCC}"]),  # an image built on a GPU-less host
+                                    f"-DCMAKE_CUDA_COMPILER={NVCC}", *LINK]),  # an image built on a GPU-less host
     (CudaFacts(("90",), NVCC), "89", ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=89",
-                                      f"-DCMAKE_CUDA_COMPILER={NVCC}"]),
+                                      f"-DCMAKE_CUDA_COMPILER={NVCC}", *LINK]),
     (CudaFacts(("90",), NVCC), "none", []),
     (CudaFacts(("90",), NVCC), " NONE ", []),
     (CudaFacts((), None), "90", []),  # nothing can be built for CUDA without nvcc
@@ -111,13 +113,13 @@ def test_make_install_adds_cuda_on_a_gpu_host_and_keys_the_wheel_on_it(gpu_host,
     assert make_values(cpu_env, "LLAMA_CMAKE_ARGS", LLAMA_AMX="1") == [" ".join(cpu_features.cmake_args(flags, amx))]
     gpu_args, gpu_key = make_values(gpu_host, "LLAMA_CMAKE_ARGS", "LLAMA_KEY")
     nvcc = str(tmp_path / "fake-bin" / "nvcc")
-    assert gpu_args == f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER={nvcc}"
+    assert gpu_args == f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER={nvcc} {LINK[0]}"
     assert gpu_key != cpu_key
     assert make_values(gpu_host, "LLAMA_CMAKE_ARGS", LLAMA_CUDA_ARCHITECTURES="none") == [cpu_args]
     assert make_values(gpu_host, "LLAMA_CMAKE_ARGS", LLAMA_CUDA_ARCHITECTURES="80;90") == [
-        f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=80;90 -DCMAKE_CUDA_COMPILER={nvcc}"]
+        f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=80;90 -DCMAKE_CUDA_COMPILER={nvcc} {LINK[0]}"]
     assert make_values({**gpu_host, "LLAMA_CUDA_ARCHITECTURES": "89"}, "LLAMA_CMAKE_ARGS") == [
-        f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=89 -DCMAKE_CUDA_COMPILER={nvcc}"]
+        f"{cpu_args} -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=89 -DCMAKE_CUDA_COMPILER={nvcc} {LINK[0]}"]
 
 
 def test_the_wheel_cache_keys_on_the_cuda_flags(gpu_host, tmp_path):
@@ -246,7 +248,7 @@ def test_smoke_run_writes_the_results(tmp_path):
         assert 0 < batch["latency_ms"]["p50"] <= batch["latency_ms"]["p99"] <= batch["latency_ms"]["max"]
         assert results["meets_targets"][f"librechat_every_call_under_2s_{key}"] == (
             batch["latency_ms"]["max"] < 2000)
-    assert "| share decodes on, " in gpu_check.table(results)
+    assert "| share decodes on, " in tables.gpu_table(results)
     assert results["engine_options"]["n_gpu_layers"] == 0
 
 
@@ -272,3 +274,17 @@ def test_the_check_builds_nothing_without_a_gpu():
     assert result.returncode == 1
     assert "no CUDA build here (an NVIDIA GPU and nvcc are both needed)" in result.stderr
     assert "GPU compute capabilities: none visible" in result.stderr
+
+
+def test_the_readme_table_shows_a_stopped_runs_reference_checks():
+    """The H200's first run was stopped after the reference checks: the table shows their verdicts and says so."""
+    checks = {"f32_exact": {"documents": 6, "hidden_cosine_min": 0.9999995, "score_max_abs_error": 1.8e-4,
+                            "passed": False},
+              "q8_gpu_config": {"documents": 16, "hidden_cosine_min": 0.99995, "score_max_abs_error": 5.4e-3,
+                                "passed": True}}
+    text = tables.gpu_table({"complete": False, "duration_s": 49.0, "build": {"seconds": 285, "jobs": 16},
+                             "fidelity": {"checks": checks, "criteria": {"f32_exact": "cosine"}}})
+    assert "| f32_exact | 6 | 0.99999950 | 1.80e-04 | cosine | FAIL |" in text
+    assert "| q8_gpu_config | 16 | 0.99995000 | 5.40e-03 |  | pass |" in text
+    assert "built in 285 s on 16 cores" in text
+    assert text.endswith("measured fidelity.")
