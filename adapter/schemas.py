@@ -100,6 +100,11 @@ class Usage(BaseModel):
 
 
 class RerankResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "jina-reranker-v3", "object": "list", "usage": {"total_tokens": 98}, "results": [
+            {"index": 0, "relevance_score": 0.41, "document": "The Nile is about 6,650 km long."},
+            {"index": 2, "relevance_score": 0.27, "document": "The Nile flows north through eleven countries."}]}]})
+
     model: str
     object: Literal["list"] = "list"
     usage: Usage

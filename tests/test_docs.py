@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from adapter.app import DOCS_EXAMPLES, RERANK_PATHS, create_app
+from adapter.schemas import RerankResponse
 from adapter.settings import AdapterSettings
 from tests.test_app import StandIn
 
@@ -71,6 +72,13 @@ def test_each_rerank_route_shows_its_clients_bodies_and_each_is_answered(client,
         response = client.post(path, json=body)
         assert response.status_code == 200, (name, response.text)
         assert len(response.json()["results"]) == min(body.get("top_n", len(body["documents"])), len(body["documents"]))
+
+
+def test_the_answers_example_is_an_answer(client):
+    schema = client.get("/openapi.json").json()
+    content = schema["paths"]["/v1/rerank"]["post"]["responses"]["200"]["content"]["application/json"]
+    (example,) = schema["components"]["schemas"][content["schema"]["$ref"].rpartition("/")[2]]["examples"]
+    assert RerankResponse.model_validate(example).results
 
 
 def test_with_an_api_key_the_rerank_routes_declare_bearer_auth():
