@@ -70,7 +70,7 @@ lint: install
 # drive the stack through it. On a fresh clone the wheel build (CPU-bound, minutes) runs beside checkov's and
 # LibreChat's installs (network-bound): three jobs, each one's output kept together.
 test:
-	$(MAKE) --jobs=3 --output-sync=target install librechat-client
+	$(MAKE) --jobs=3 --output-sync=target install librechat-client browser
 	$(MAKE) lint
 	$(PY) -m pytest
 
@@ -122,6 +122,14 @@ bench-aiperf: install $(AIPERF_VENV)/.stamp
 .PHONY: bench-librechat librechat-client
 librechat-client: $(VENV)/.deps-stamp
 	$(PY) -m perf.librechat_bench --client-only
+
+# Debian's Chromium for the /docs browser test (tests/test_docs_browser.py): nothing to do where it is on PATH;
+# installed where missing, as root with apt-get; where that cannot be, one line says so and the test skips.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "no chromium (installing it needs root and apt-get): tests/test_docs_browser.py will skip"
 
 bench-librechat: librechat-client
 	$(PY) -m perf.librechat_bench $(if $(LIBRECHAT_URL),--url $(LIBRECHAT_URL))

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from adapter import __version__
 from adapter.backend import Backend, TritonBackend
 from adapter.body_limit import BodyLimitMiddleware
+from adapter.docs import install_docs
 from adapter.errors import (
     ApiError,
     BackendError,
@@ -31,13 +32,25 @@ from adapter.errors import (
 )
 from adapter.metrics import Metrics, RequestMetricsMiddleware
 from adapter.ranking import rank
-from adapter.schemas import ErrorBody, RerankBody, RerankResponse, Usage
+from adapter.schemas import (
+    JINA_EXAMPLE,
+    LIBRECHAT_EXAMPLE,
+    OLD_SERVICE_EXAMPLE,
+    ErrorBody,
+    RerankBody,
+    RerankResponse,
+    Usage,
+)
 from adapter.settings import AdapterSettings
 
 log = logging.getLogger("adapter")
 
 RERANK_PATHS = frozenset({"/rerank", "/v1/rerank"})
 ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 503, 504)}
+# The example bodies of each rerank route on /docs, its own clients' first ("Try it out" starts from it).
+DOCS_EXAMPLES = {
+    "/v1/rerank": {"librechat": LIBRECHAT_EXAMPLE, "jina": JINA_EXAMPLE, "old_service": OLD_SERVICE_EXAMPLE},
+    "/rerank": {"old_service": OLD_SERVICE_EXAMPLE, "librechat": LIBRECHAT_EXAMPLE, "jina": JINA_EXAMPLE}}
 # A caller's own deadline for this request (milliseconds), instead of REQUEST_TIMEOUT_S; and the most it may ask.
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 MAX_CALLER_TIMEOUT_S = 600.0
@@ -116,7 +129,9 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
             await app.state.backend.close()
 
     app = FastAPI(title="jina-reranker-v3 rerank API", version=__version__, lifespan=lifespan,
-                  description="Jina-compatible rerank API in front of NVIDIA Triton (jina-reranker-v3, llama.cpp).")
+                  description="Jina-compatible rerank API in front of NVIDIA Triton (jina-reranker-v3, llama.cpp).",
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)  # /docs: install_docs
+    install_docs(app, DOCS_EXAMPLES, RERANK_PATHS if settings.api_key else ())
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        on_reject=lambda: metrics.errors.labels(TooLargeError.kind).inc())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=RERANK_PATHS)

@@ -27,13 +27,32 @@ class TextDocument(BaseModel):
         return _valid_unicode(text)
 
 
+# Request bodies as each kind of client sends them (shared/notes: clients): the named examples of /docs, whose
+# "Try it out" sends them as they are, and the JSON schema's example.
+JINA_EXAMPLE = {
+    "summary": "Jina's API: documents as strings or {\"text\": ...} objects",
+    "value": {"model": "jina-reranker-v3", "query": "What is a reranker?", "top_n": 2, "return_documents": True,
+              "documents": ["A reranker orders passages by relevance to a query.", "Bananas are yellow.",
+                            {"text": "Rerankers refine search results."}]}}
+LIBRECHAT_EXAMPLE = {
+    "summary": "LibreChat's web search (Jina's API, the v2 model name; the served model answers)",
+    "value": {"model": "jina-reranker-v2-base-multilingual", "query": "How long is the Nile?", "top_n": 5,
+              "return_documents": True,
+              "documents": ["The Nile is about 6,650 km long.", "Bread is made from flour, water and yeast.",
+                            "The Nile flows north through eleven countries.", "Mount Everest is 8,849 m high.",
+                            "The Amazon carries more water than any other river.", "Chess is played on 64 squares."]}}
+OLD_SERVICE_EXAMPLE = {
+    "summary": "The old fastembed service's API (batch_size accepted and ignored)",
+    "value": {"model": "jinaai/jina-reranker-v2-base-multilingual", "query": "How long is the Nile?",
+              "documents": ["The Nile is about 6,650 km long.", "Bread is made from flour, water and yeast.",
+                            "The Nile flows north through eleven countries."],
+              "batch_size": 32, "top_n": 2, "return_documents": True}}
+
+
 class RerankBody(BaseModel):
     """Fields the clients send; unknown fields are ignored for compatibility."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "model": "jina-reranker-v3", "query": "What is a reranker?", "top_n": 2, "return_documents": True,
-        "documents": ["A reranker orders passages by relevance to a query.", "Bananas are yellow.",
-                      {"text": "Rerankers refine search results."}]}]})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [JINA_EXAMPLE["value"]]})
 
     query: StrictStr = Field(description="The search query; must contain non-whitespace text.")
     documents: list[StrictStr | TextDocument] = Field(min_length=1, description="Strings or {\"text\": ...} objects.")
@@ -81,6 +100,11 @@ class Usage(BaseModel):
 
 
 class RerankResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "jina-reranker-v3", "object": "list", "usage": {"total_tokens": 98}, "results": [
+            {"index": 0, "relevance_score": 0.41, "document": "The Nile is about 6,650 km long."},
+            {"index": 2, "relevance_score": 0.27, "document": "The Nile flows north through eleven countries."}]}]})
+
     model: str
     object: Literal["list"] = "list"
     usage: Usage
