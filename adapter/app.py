@@ -37,7 +37,7 @@ from adapter.settings import AdapterSettings
 log = logging.getLogger("adapter")
 
 RERANK_PATHS = frozenset({"/rerank", "/v1/rerank"})
-ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 503, 504)}
+ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 500, 502, 503, 504)}
 # A caller's own deadline for this request (milliseconds), instead of REQUEST_TIMEOUT_S; and the most it may ask.
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 MAX_CALLER_TIMEOUT_S = 600.0
@@ -129,6 +129,12 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
         """Every error answer: the framework's own errors below come here as ApiErrors."""
         metrics.errors.labels(exc.kind).inc()
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not the client's mistake: still the JSON body (Starlette then re-raises it, and uvicorn logs it
+        with its traceback)."""
+        return await api_error(request, ApiError(f"the adapter failed unexpectedly ({type(exc).__name__})"))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

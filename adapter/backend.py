@@ -121,7 +121,8 @@ class TritonBackend:
         parameters: dict[str, object] = {"rerank_mode": "budgeted" if budgeted else "exact"}
         if budgeted:
             parameters["deadline_unix_ms"] = int((time.time() + timeout) * 1000)
-            parameters["top_n"] = top_n or 1
+            # No more than the documents: any larger value means the same, and one past int64 fails to encode.
+            parameters["top_n"] = min(top_n or 1, len(documents))
         # Triton gets the deadline too (µs): it drops the request from its queue once the deadline has
         # passed and the model stops computing it, so abandoned work does not delay other callers.
         # Over gRPC, giving up here also cancels the call, which the model notices within 50 ms.

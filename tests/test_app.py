@@ -254,6 +254,17 @@ def test_each_backend_error_is_its_status_and_body(app, error, status, kind):
     assert re.search(rf'^rerank_errors_total\{{kind="{kind}"\}} 1\.0$', client.get("/metrics").text, re.M)
 
 
+def test_an_unexpected_exception_is_a_json_500_counted_as_internal(serve):
+    client, backend = serve()
+    client = TestClient(client.app, raise_server_exceptions=False)
+    backend.error = ValueError("Value out of range: 9223372036854775808")
+    response = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+    assert_error(response, 500, "internal_error")
+    assert "ValueError" in response.json()["detail"]
+    assert "9223372036854775808" not in response.json()["detail"]  # the adapter's log has it, not the client
+    assert re.search(r'^rerank_errors_total\{kind="internal_error"\} 1\.0$', client.get("/metrics").text, re.M)
+
+
 def test_framework_errors_share_the_body(app):
     client, _ = app
     assert_error(client.get("/nowhere"), 404, "not_found")
