@@ -90,7 +90,10 @@ class TritonBackend:
         if settings.triton_protocol == "grpc":
             self._client = grpc_aio.InferenceServerClient(settings.triton_url, channel_args=GRPC_CHANNEL_ARGS)
         else:
-            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=settings.request_timeout_s)
+            # No timeout of the client's own: it would be one total for every call (aiohttp's session timeout; the
+            # HTTP client takes no per-call one), cutting a caller's longer deadline. Each call is bounded by
+            # ``asyncio.wait_for`` at its own deadline instead, as over gRPC.
+            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=None)
 
     async def close(self) -> None:
         await self._client.close()
