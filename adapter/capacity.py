@@ -2,18 +2,26 @@
 
 Without one, ~20 concurrent 8 MiB uploads got the adapter killed at a 1 GiB memory limit, together with every
 request it was answering. A request is admitted before its body is read, and holds what its body may occupy
-until it is answered: its declared Content-Length, or ``max_body_bytes`` when it declares none (chunked; the
-body limit stops it there). Refused requests are not read: the server discards their bodies.
+until it is answered (``body_bound``). Refused requests are not read: the server discards their bodies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from adapter.asgi import App, Receive, Scope, Send, declared_length
+from adapter.asgi import App, Receive, Scope, Send, declared_length, header
 from adapter.errors import ApiError, OverloadedError, error_response
 
 RETRY_AFTER_S = 1
+
+
+def body_bound(scope: Scope, max_body_bytes: int) -> int:
+    """The most a request's body can be: its Content-Length; ``max_body_bytes`` when chunked (the body limit stops
+    it there); with neither, HTTP/1.1 gives it no body."""
+    declared = declared_length(scope)
+    if declared is not None:
+        return declared
+    return max_body_bytes if header(scope, b"transfer-encoding") is not None else 0
 
 
 class CapacityMiddleware:
@@ -30,8 +38,7 @@ class CapacityMiddleware:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
-        declared = declared_length(scope)
-        size = self.max_body_bytes if declared is None else declared
+        size = body_bound(scope, self.max_body_bytes)
         if self.requests >= self.max_requests:
             await self._reject(f"{self.requests} requests in progress, at most {self.max_requests}", scope, receive,
                                send)

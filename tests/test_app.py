@@ -289,9 +289,9 @@ def test_the_backend_is_made_at_start_up_and_closed_at_shut_down(serve):
 
 def rerank_scope(length: int | None, path: str = "/v1/rerank", method: str = "POST",
                  headers: dict[bytes, bytes] | None = None) -> dict:
-    """The ASGI scope of a request as uvicorn passes it; ``length``: its Content-Length, None for none (chunked)."""
-    sent = {b"content-type": b"application/json", **({} if length is None else {b"content-length": b"%d" % length}),
-            **(headers or {})}
+    """The ASGI scope of a request as uvicorn passes it; ``length``: its Content-Length, None for a chunked body."""
+    framing = {b"transfer-encoding": b"chunked"} if length is None else {b"content-length": b"%d" % length}
+    sent = {b"content-type": b"application/json", **framing, **(headers or {})}
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
             "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": list(sent.items()),
             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http"}
@@ -357,26 +357,28 @@ def test_requests_and_their_bytes_past_the_capacity_are_503_unread():
         first = asyncio.ensure_future(call(app, rerank_scope(600), padded(600)))
         while backend.holding < 1:
             await asyncio.sleep(0)
-        results = {"bytes": await call(app, rerank_scope(401), padded(401))}
+        results = {"bytes": await call(app, rerank_scope(401), padded(401)),
+                   "chunked": await call(app, rerank_scope(None), padded(300))}  # holds MAX_BODY_BYTES
         second = asyncio.ensure_future(call(app, rerank_scope(400), padded(400)))
         while backend.holding < 2:
             await asyncio.sleep(0)
         results["requests"] = await call(app, rerank_scope(60), padded(60))
-        results["health"] = await call(app, rerank_scope(None, "/health", "GET"), b"")
+        results["health"] = await call(app, rerank_scope(0, "/health", "GET"), b"")
         backend.release.set()
         results["first"], results["second"] = await first, await second
-        results["chunked"] = await call(app, rerank_scope(None), padded(900))  # holds MAX_BODY_BYTES: all there is
         results["after"] = await call(app, rerank_scope(1000), padded(1000))
+        results["chunked after"] = await call(app, rerank_scope(None), padded(900))
         return results
 
     results = asyncio.run(run())
     for refused, why in (("bytes", "600 bytes of requests held, at most 1000"),
+                         ("chunked", "600 bytes of requests held, at most 1000"),
                          ("requests", "2 requests in progress, at most 2")):
         status, body, reads = results[refused]
         assert (status, body["type"], reads) == (503, "overloaded", 0)
         assert why in body["detail"]
     assert results["health"][0] == 200
-    assert [results[name][0] for name in ("first", "second", "chunked", "after")] == [200] * 4
+    assert [results[name][0] for name in ("first", "second", "after", "chunked after")] == [200] * 4
 
 
 def test_a_client_that_leaves_cancels_the_backend_call_and_gets_499():
