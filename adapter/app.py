@@ -117,6 +117,7 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
 
     app = FastAPI(title="jina-reranker-v3 rerank API", version=__version__, lifespan=lifespan,
                   description="Jina-compatible rerank API in front of NVIDIA Triton (jina-reranker-v3, llama.cpp).")
+
     def count(error: ApiError) -> None:
         metrics.errors.labels(error.kind).inc()
 

@@ -44,7 +44,8 @@ class CapacityMiddleware:
                                send)
             return
         if self.bytes + size > self.max_bytes:
-            await self._reject(f"{self.bytes} bytes of requests held, at most {self.max_bytes}", scope, receive, send)
+            await self._reject(f"{self.bytes} bytes of request bodies held, at most {self.max_bytes}", scope,
+                               receive, send)
             return
         self.requests += 1
         self.bytes += size

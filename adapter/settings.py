@@ -82,7 +82,7 @@ class AdapterSettings(EnvironmentSettings):
     # lexical overlap with the query; "exact" answers 504.
     rerank_mode: Literal["budgeted", "exact"] = "budgeted"
     max_body_bytes: Positive = 8 * 1024 * 1024  # -> 413
-    # Rerank requests held at once, and the bytes of their bodies (declared, or MAX_BODY_BYTES when undeclared)
+    # Rerank requests held at once, and the bytes of their bodies (declared, or MAX_BODY_BYTES when chunked)
     # -> 503. A body costs the adapter several times its size while parsed (8 concurrent 8 MiB bodies: ~500 MiB
     # peak), so the default keeps it well inside the manifests' 1 GiB.
     max_concurrent_requests: Positive = 64

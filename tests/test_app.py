@@ -371,8 +371,8 @@ def test_requests_and_their_bytes_past_the_capacity_are_503_unread():
         return results
 
     results = asyncio.run(run())
-    for refused, why in (("bytes", "600 bytes of requests held, at most 1000"),
-                         ("chunked", "600 bytes of requests held, at most 1000"),
+    for refused, why in (("bytes", "600 bytes of request bodies held, at most 1000"),
+                         ("chunked", "600 bytes of request bodies held, at most 1000"),
                          ("requests", "2 requests in progress, at most 2")):
         status, body, reads = results[refused]
         assert (status, body["type"], reads) == (503, "overloaded", 0)
