@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from adapter import __version__
+from adapter.auth import ApiKeyMiddleware
 from adapter.backend import Backend, TritonBackend
 from adapter.body_limit import BodyLimitMiddleware
+from adapter.capacity import CapacityMiddleware
 from adapter.docs import install_docs
 from adapter.errors import (
     ApiError,
@@ -27,7 +28,6 @@ from adapter.errors import (
     BackendUnavailableError,
     InvalidRequestError,
     TooLargeError,
-    UnauthorizedError,
     error_response,
 )
 from adapter.metrics import Metrics, RequestMetricsMiddleware
@@ -46,7 +46,7 @@ from adapter.settings import AdapterSettings
 log = logging.getLogger("adapter")
 
 RERANK_PATHS = frozenset({"/rerank", "/v1/rerank"})
-ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 503, 504)}
+ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 500, 502, 503, 504)}
 # The example bodies of each rerank route on /docs, its own clients' first ("Try it out" starts from it).
 DOCS_EXAMPLES = {
     "/v1/rerank": {"librechat": LIBRECHAT_EXAMPLE, "jina": JINA_EXAMPLE, "old_service": OLD_SERVICE_EXAMPLE},
@@ -132,8 +132,15 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
                   description="Jina-compatible rerank API in front of NVIDIA Triton (jina-reranker-v3, llama.cpp).",
                   docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)  # /docs: install_docs
     install_docs(app, DOCS_EXAMPLES, RERANK_PATHS if settings.api_key else ())
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       on_reject=lambda: metrics.errors.labels(TooLargeError.kind).inc())
+
+    def count(error: ApiError) -> None:
+        metrics.errors.labels(error.kind).inc()
+
+    # Outermost last: CORS, metrics, then the key, the body's size and the capacity, all before the body is read.
+    app.add_middleware(CapacityMiddleware, paths=RERANK_PATHS, max_requests=settings.max_concurrent_requests,
+                       max_bytes=settings.max_buffered_bytes, max_body_bytes=settings.max_body_bytes, on_reject=count)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, on_reject=count)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, paths=RERANK_PATHS, on_reject=count)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=RERANK_PATHS)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
@@ -142,8 +149,14 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         """Every error answer: the framework's own errors below come here as ApiErrors."""
-        metrics.errors.labels(exc.kind).inc()
+        count(exc)
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not the client's mistake: still the JSON body (Starlette then re-raises it, and uvicorn logs it
+        with its traceback)."""
+        return await api_error(request, ApiError(f"the adapter failed unexpectedly ({type(exc).__name__})"))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,15 +168,6 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
             return await api_error(request, InvalidRequestError("the request body is not valid UTF-8 JSON"))
         return await api_error(request, ApiError(str(exc.detail), exc.headers, status_code=exc.status_code,
                                                  kind=HTTP_ERROR_KINDS.get(exc.status_code, "http_error")))
-
-    async def authorize(authorization: str | None = Header(None, include_in_schema=False)) -> None:
-        """With API_KEY set, require it as a bearer token; without, accept any token or none."""
-        if not settings.api_key:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise UnauthorizedError("missing or invalid API key (Authorization: Bearer <key>)",
-                                    {"WWW-Authenticate": "Bearer"})
 
     def check_limits(body: RerankBody) -> None:
         if len(body.documents) > settings.max_documents:
@@ -178,9 +182,9 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
                     f"documents.{i}: {len(text)} characters, at most {settings.max_document_chars} allowed")
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-              responses=ERROR_RESPONSES, dependencies=[Depends(authorize)], summary="Rerank (Jina API)")
+              responses=ERROR_RESPONSES, summary="Rerank (Jina API)")
     @app.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-              responses=ERROR_RESPONSES, dependencies=[Depends(authorize)], summary="Rerank (old service's API)")
+              responses=ERROR_RESPONSES, summary="Rerank (old service's API)")
     async def rerank(body: RerankBody, request: Request, response: Response,
                      timeout_ms: str | None = Header(None, alias=TIMEOUT_HEADER, include_in_schema=False)
                      ) -> RerankResponse | Response:

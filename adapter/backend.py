@@ -90,7 +90,10 @@ class TritonBackend:
         if settings.triton_protocol == "grpc":
             self._client = grpc_aio.InferenceServerClient(settings.triton_url, channel_args=GRPC_CHANNEL_ARGS)
         else:
-            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=settings.request_timeout_s)
+            # No timeout of the client's own: it would be one total for every call (aiohttp's session timeout; the
+            # HTTP client takes no per-call one), cutting a caller's longer deadline. Each call is bounded by
+            # ``asyncio.wait_for`` at its own deadline instead, as over gRPC.
+            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=None)
 
     async def close(self) -> None:
         await self._client.close()
@@ -121,7 +124,8 @@ class TritonBackend:
         parameters: dict[str, object] = {"rerank_mode": "budgeted" if budgeted else "exact"}
         if budgeted:
             parameters["deadline_unix_ms"] = int((time.time() + timeout) * 1000)
-            parameters["top_n"] = top_n or 1
+            # No more than the documents: any larger value means the same, and one past int64 fails to encode.
+            parameters["top_n"] = min(top_n or 1, len(documents))
         # Triton gets the deadline too (µs): it drops the request from its queue once the deadline has
         # passed and the model stops computing it, so abandoned work does not delay other callers.
         # Over gRPC, giving up here also cancels the call, which the model notices within 50 ms.

@@ -47,6 +47,13 @@ class TooLargeError(ApiError):
     kind = "too_large"
 
 
+class OverloadedError(ApiError):
+    """The adapter holds as many requests, or request bytes, as it is configured to: retry shortly."""
+
+    status_code = 503
+    kind = "overloaded"
+
+
 class BackendError(ApiError):
     """The model server failed in a way none of the subclasses names."""
 

@@ -19,6 +19,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from adapter.app import TIMEOUT_HEADER
+
 pytestmark = pytest.mark.integration
 
 CLIENT_ERRORS = {413, 422}
@@ -113,6 +115,80 @@ def test_request_over_the_token_limit_is_422_and_long_documents_are_truncated(cl
     long = client.post("/v1/rerank", json={"query": "q", "documents": ["word " * 18_000, "short"]})
     assert long.status_code == 200
     assert long.json()["usage"]["total_tokens"] < 2048 + 400
+
+
+# What JSON (and Python's parser: NaN, Infinity) can carry where a number is expected: past int64 either way,
+# past float64 (1e400 parses as inf), fractions, and the wrong types.
+EXTREMES = ("9223372036854775808", "9223372036854775807", "-9223372036854775809", "18446744073709551616",
+            "1" + "0" * 30, "-1" + "0" * 30, "1" + "0" * 400, "0", "-1", "1", "2", "1e20", "-1e20", "1.5", "1.0",
+            "-0.0", "1e308", "1e400", "-1e400", "1e-400", "NaN", "Infinity", "-Infinity", "true", "false", "null",
+            '"5"', '"1e20"', '""', '"nan"', "[]", "{}")
+raw_numbers = (st.sampled_from(EXTREMES) | st.integers().map(str) | st.floats().map(json.dumps)
+               | st.text(max_size=12).map(json.dumps) | st.booleans().map(json.dumps))
+header_numbers = (st.sampled_from(EXTREMES) | st.integers().map(str) | st.floats().map(repr)
+                  | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=12))
+NUMERIC = {"integer", "number"}
+
+
+def is_numeric(schema: dict) -> bool:
+    return schema.get("type") in NUMERIC or any(is_numeric(option) for option in schema.get("anyOf", ()))
+
+
+def numeric_fields(adapter_url: str) -> list[tuple[str, str, str]]:
+    """(path, where, name) of every numeric field of every route: body fields and parameters from the adapter's
+    OpenAPI schema, and the deadline header the schema leaves out."""
+    spec = httpx.get(f"{adapter_url}/openapi.json", timeout=10).json()
+    fields = []
+    for path, methods in spec["paths"].items():
+        for operation in methods.values():
+            fields += [(path, "header", p["name"]) for p in operation.get("parameters", ()) if is_numeric(p["schema"])]
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body is None:
+                continue
+            schema = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+            fields += [(path, "body", name) for name, field in schema["properties"].items() if is_numeric(field)]
+            fields.append((path, "header", TIMEOUT_HEADER))
+    return sorted(set(fields))
+
+
+def send_numeric(client: httpx.Client, path: str, where: str, name: str, raw: str) -> None:
+    """One request with ``raw`` (JSON text, or a header's value) in the field; any answer but a 5xx is fine, an
+    error's body is JSON with a message, and a 200 holds as many results as asked for."""
+    body = {"query": "rivers", "documents": ["a river", "bread", "the sea"]}
+    text, headers = json.dumps(body), {"Content-Type": "application/json"}
+    if where == "body":
+        text = f'{text[:-1]}, "{name}": {raw}}}'
+    else:
+        headers[name] = raw
+    response = client.post(path, content=text.encode(), headers=headers)
+    assert response.status_code < 500, (path, name, raw, response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), (path, name, raw, response.text)
+    payload = response.json()
+    if response.status_code != 200:
+        assert 400 <= response.status_code < 500
+        assert isinstance(payload["detail"], str)
+        assert payload["detail"], (path, name, raw)
+        return
+    asked = json.loads(text).get("top_n")
+    expected = len(body["documents"]) if asked is None else min(int(asked), len(body["documents"]))
+    assert len(payload["results"]) == expected, (path, name, raw, payload)
+
+
+def test_every_numeric_field_of_every_route_takes_any_json_value_without_a_server_error(client):
+    fields = numeric_fields(str(client.base_url))
+    for path in ("/v1/rerank", "/rerank"):
+        assert {(path, "body", "top_n"), (path, "body", "batch_size"), (path, "header", TIMEOUT_HEADER)} <= set(fields)
+    for path, where, name in fields:
+        for raw in EXTREMES:
+            send_numeric(client, path, where, name, raw)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def generated(data: st.DataObject) -> None:
+        path, where, name = data.draw(st.sampled_from(fields))
+        send_numeric(client, path, where, name, data.draw(raw_numbers if where == "body" else header_numbers))
+
+    generated()
 
 
 def operations(adapter_url: str) -> list:
