@@ -20,7 +20,7 @@ from .errors import InvalidInputError, ModelLoadError, RequestCancelledError
 from .lexical import lexical_order
 from .llama_runner import LlamaRunner
 from .projector import load_projector
-from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks
+from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks, template_tokens
 from .request import RerankRequest, RerankResult
 from .scoring import cosine, merged_query
 
@@ -134,9 +134,12 @@ class Reranker:
         self.token_ids: dict[str, int] = ids  # type: ignore[assignment]
 
     def _check_context(self) -> None:
+        """Refuse an ``n_ctx`` in which a query and an instruction at their limit leave no room for a document
+        at its limit (``prepare`` keeps ``ESTIMATE_SLACK`` free, and packing needs more than one item left)."""
         c = self.config
-        smallest_block = len(self._build("", [], None).ids) + 3 * c.max_query_tokens + self._max_item_tokens
-        if c.llama.n_ctx < smallest_block + ESTIMATE_SLACK:
+        smallest_block = (template_tokens(self.tokenize, self.token_ids) + 3 * c.max_query_tokens + ESTIMATE_SLACK
+                          + self._max_item_tokens + 1)
+        if c.llama.n_ctx < smallest_block:
             raise ModelLoadError(f"n_ctx={c.llama.n_ctx} is too small: a block with a {c.max_query_tokens}-token "
                                  f"query, instruction and one {c.max_doc_tokens}-token document needs {smallest_block} "
                                  "tokens; raise n_ctx or lower the truncation limits")
@@ -172,18 +175,21 @@ class Reranker:
             raise result
         return result
 
-    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[RerankResult | InvalidInputError]:
-        """Score several requests; a bad request yields its InvalidInputError without failing the others."""
-        results: list[RerankResult | InvalidInputError] = [InvalidInputError("not scored")] * len(requests)
+    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[RerankResult | Exception]:
+        """Score several requests; a request that fails (InvalidInputError for a bad one) yields its exception
+        without failing the others."""
+        results: list[RerankResult | Exception] = [InvalidInputError("not scored")] * len(requests)
         for index, result in self.rerank_stream(requests):
             assert not isinstance(result, RequestCancelledError)
             results[index] = result
         return results
 
     def rerank_stream(self, requests: Sequence[RerankRequest], cancelled: Callable[[int], bool] | None = None
-                      ) -> Iterator[tuple[int, RerankResult | InvalidInputError | RequestCancelledError]]:
-        """Yield ``(index, result)`` for each request as soon as it is scored.
+                      ) -> Iterator[tuple[int, RerankResult | Exception]]:
+        """Yield ``(index, result)`` for each request as soon as it is scored, or the exception it failed with.
 
+        A request's failure is its own: InvalidInputError for a bad request, any other exception (logged) for
+        a fault met while scoring it; the other requests of the batch are scored all the same.
         Invalid requests come first, then the rest smallest first, so a large request
         delays small ones of the same batch as little as possible. ``cancelled(index)``
         is polled while decoding: a request nobody waits for any more stops early and
@@ -201,10 +207,15 @@ class Reranker:
                     continue
                 try:
                     prepared[index] = self._checked(self.prepare(request))
-                except InvalidInputError as exc:
-                    yield index, exc
+                except Exception as exc:
+                    yield index, failure(index, exc)
             if self._fits_whole(requests, prepared):
-                plans = {i: self._pack(p, range(len(p.docs))) for i, p in prepared.items()}
+                plans: dict[int, Plan] = {}
+                for index, request_prepared in prepared.items():
+                    try:
+                        plans[index] = self._pack(request_prepared, range(len(request_prepared.docs)))
+                    except Exception as exc:
+                        yield index, failure(index, exc)
                 yield from self._stream_exact(requests, plans, cancelled)
             else:
                 yield from self._stream_budgeted(requests, prepared, cancelled)
@@ -224,7 +235,7 @@ class Reranker:
 
     def _stream_exact(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
                       cancelled: Callable[[int], bool] | None
-                      ) -> Iterator[tuple[int, RerankResult | RequestCancelledError]]:
+                      ) -> Iterator[tuple[int, RerankResult | Exception]]:
         """Every request scored whole, smallest first; a pass that would end past a deadline is stopped."""
         order = sorted(plans, key=lambda i: plans[i].tokens)
         owners = [i for i in order for _ in plans[i].prompts]
@@ -232,22 +243,51 @@ class Reranker:
         prompts = [p for i in order for p in plans[i].prompts]
         stops = {i: self._stop_check(requests[i], None if cancelled is None else functools.partial(cancelled, i))
                  for i in order}
-        states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
-                                                 lambda seq: stops[owners[seq]](), self._timer.observe)
+        states = self._isolated_states(prompts, lambda seq: stops[owners[seq]]())
         passes: dict[int, list[tuple[list[int], Block, np.ndarray | None]]] = {}
         dropped: set[int] = set()
         for owner, block, prompt, hidden in zip(owners, blocks, prompts, states, strict=True):
             if owner in dropped:
                 continue
-            if hidden is None and cancelled is not None and cancelled(owner):
+            if isinstance(hidden, Exception) or (hidden is None and cancelled is not None and cancelled(owner)):
                 dropped.add(owner)
                 passes.pop(owner, None)
-                yield owner, RequestCancelledError("cancelled while it was being scored")
+                yield owner, (failure(owner, hidden) if isinstance(hidden, Exception)
+                              else RequestCancelledError("cancelled while it was being scored"))
                 continue
             done = passes.setdefault(owner, [])
             done.append((block, prompt, hidden))
             if len(done) == len(plans[owner].prompts):
-                yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
+                try:
+                    yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
+                except Exception as exc:
+                    yield owner, failure(owner, exc)
+
+    def _isolated_states(self, prompts: Sequence[Block], stop: Callable[[int], bool]
+                         ) -> Iterator[np.ndarray | Exception | None]:
+        """Hidden states of each prompt in order (None: stopped by ``stop(index)``), or the exception its decode
+        raised, so that a decode failure stays with the request whose pass it was.
+
+        A decode that raises ends llama.cpp's stream; the prompts not yet yielded are decoded again in a new
+        one. With ``share_decodes`` a decode holds the passes of several requests: the first pass not yet
+        yielded is then tried alone first, and the error is charged to it only when it fails alone.
+        """
+        start, alone = 0, False
+        while start < len(prompts):
+            chunk = prompts[start:start + 1] if alone else prompts[start:]
+            first, alone_before, alone = start, alone, False
+            try:
+                for hidden in self._runner.iter_hidden_states(
+                        [p.ids for p in chunk], [p.output_positions for p in chunk],
+                        lambda seq, first=first: stop(first + seq), self._timer.observe):
+                    start += 1
+                    yield hidden
+            except Exception as exc:
+                if self.config.llama.share_decodes and not alone_before and len(prompts) - start > 1:
+                    alone = True
+                    continue
+                start += 1
+                yield exc
 
     def _stop_check(self, request: RerankRequest, cancelled: Callable[[], bool] | None) -> Callable[[], bool]:
         """Whether to stop decoding ``request``: its client left, or its deadline is about to pass."""
@@ -297,7 +337,11 @@ class Reranker:
             log.debug("request %d: share %.2f s of %.2f s left, needs %.2f s (top_n %.2f s)", index, share,
                       deadline - now, demands[pick], floors[pick])
             stop = None if cancelled is None else functools.partial(cancelled, index)
-            yield index, self._score_within(requests[index], prepared[index], orders[index], share, need[index], stop)
+            try:
+                yield index, self._score_within(requests[index], prepared[index], orders[index], share, need[index],
+                                                stop)
+            except Exception as exc:
+                yield index, failure(index, exc)
 
     def _score_within(self, request: RerankRequest, prepared: Prepared, order: list[int], share: float,
                       whole_seconds: float, cancelled: Callable[[], bool] | None
@@ -472,3 +516,10 @@ class Reranker:
         return RerankResult(scores=budgeted_scores(n_docs, scored, model_scores, lexical),
                             tokens=sum(len(prompt.ids) for _, prompt, _ in finished),
                             doc_embeddings=doc_embeddings if request.return_embeddings else None, scored=mask)
+
+
+def failure(index: int, error: Exception) -> Exception:
+    """``error`` as request ``index``'s result; logged with its traceback unless it is the caller's mistake."""
+    if not isinstance(error, InvalidInputError | RequestCancelledError):
+        log.error("request %d of the batch failed", index, exc_info=error)
+    return error
