@@ -127,3 +127,18 @@ def test_a_kept_prefix_gives_the_hidden_states_of_a_full_decode(engine_f32):
                                                  decoded=lambda lengths, _s: decoded.append(lengths), prefix=prefix)
             np.testing.assert_allclose(states, expected, rtol=0, atol=1e-5)
     assert decoded[-1] == [len(prompts[1].ids) - len(prefix)]  # only the tokens after the prefix were decoded
+
+
+def test_a_round_after_a_whole_decode_is_budgeted_with_the_prefix(engine_q8):
+    """A whole decode clears the kept system-prompt prefix: the next budgeted round decodes it again, and its
+    prediction must say so (it was budgeted as cached, ~100 tokens short)."""
+    docs = documents(20, 20)
+    prepared = engine_q8.prepare(RerankRequest(QUERY, docs))
+    prefix = engine_q8._fixed_prefix()
+    engine_q8.rerank(QUERY, docs)  # a whole decode
+    cold = engine_q8._subset_seconds(prepared)(range(5))
+    [prompt] = engine_q8.plan(RerankRequest(QUERY, docs[:5])).prompts
+    list(engine_q8.runner.iter_hidden_states([prompt.ids], [prompt.output_positions], prefix=prefix))  # untimed
+    warm = engine_q8._subset_seconds(prepared)(range(5))
+    assert cold == pytest.approx(warm + engine_q8.pass_timer.seconds([len(prefix)]))
+    assert cold > warm

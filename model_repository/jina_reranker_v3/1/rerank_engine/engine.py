@@ -397,8 +397,9 @@ class Reranker:
     def _subset_seconds(self, prepared: Prepared, reuse_prefix: bool = True) -> Callable[[Iterable[int]], float]:
         """Predicted seconds to score a subset of the documents (indices in any order).
 
-        Counts tokens as decoded: without the kept prefix when ``reuse_prefix``, and without the
-        slack that packing keeps free in each block.
+        Counts tokens as decoded, without the slack that packing keeps free in each block. With
+        ``reuse_prefix`` the passes skip the kept prefix, which costs a decode of its own when the cache does
+        not hold it when the prediction is made (a whole decode clears it).
         """
         base = self._base_tokens(prepared) - (len(self._prefix) if reuse_prefix else 0)
         slack = ESTIMATE_SLACK
@@ -406,7 +407,9 @@ class Reranker:
         def seconds(indices: Iterable[int]) -> float:
             lengths = [prepared.lengths[i] for i in sorted(indices)]
             blocks = plan_blocks(lengths, prepared.capacity, self._max_item_tokens, self.config.max_docs_per_block)
-            return sum(self._timer.seconds([base + sum(lengths[j] - slack for j in block)]) for block in blocks)
+            passes = sum(self._timer.seconds([base + sum(lengths[j] - slack for j in block)]) for block in blocks)
+            cold = reuse_prefix and self._prefix and not self._runner.holds_prefix(self._prefix)
+            return passes + (self._timer.seconds([len(self._prefix)]) if cold else 0.0)
 
         return seconds
 
