@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from rerank_engine import RerankRequest, RerankResult
+from rerank_engine.engine import ANSWER_RESERVE_S, PLAN_FRACTION
 from rerank_engine.lexical import lexical_order
+from tests.conftest import open_engine
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +144,32 @@ def test_a_round_after_a_whole_decode_is_budgeted_with_the_prefix(engine_q8):
     warm = engine_q8._subset_seconds(prepared)(range(5))
     assert cold == pytest.approx(warm + engine_q8.pass_timer.seconds([len(prefix)]))
     assert cold > warm
+
+
+def test_every_request_gets_model_scores_when_passes_run_slower_than_learnt(tiny_q8):
+    """Four equal requests due together, predicted to be scored whole in time; then every decode takes twice
+    as long as the instance has learnt (a hook that sleeps as long as llama.cpp decoded, inside the runner).
+    The batch must be planned again as passes come in slow: each request still gets its top_n model-scored."""
+    engine = open_engine(tiny_q8, n_ctx=8192)
+    try:
+        docs = documents(40, 30)
+        requests = [RerankRequest(f"{QUERY} {i}", docs, min_scored=5) for i in range(4)]
+        engine.rerank_many(requests)  # learn this size of pass at full speed
+        full = sum(predicted_seconds(engine, r) for r in requests)
+        decode = engine.runner._decode
+
+        def slow_decode(*args):
+            started = time.perf_counter()
+            decode(*args)
+            time.sleep(time.perf_counter() - started)
+
+        engine.runner._decode = slow_decode
+        deadline = time.monotonic() + ANSWER_RESERVE_S + 1.1 * full / PLAN_FRACTION  # predicted to fit whole
+        results = engine.rerank_many([RerankRequest(r.query, r.documents, deadline=deadline, min_scored=5)
+                                      for r in requests])
+    finally:
+        engine.close()
+    assert time.monotonic() < deadline + SLACK_S
+    assert all(result.n_scored >= 5 for result in results), [result.n_scored for result in results]
+    for result in results:
+        assert_model_scored_rank_first(result)

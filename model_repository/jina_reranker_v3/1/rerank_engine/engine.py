@@ -225,9 +225,15 @@ class Reranker:
 
     def _fits_whole(self, requests: Sequence[RerankRequest], prepared: dict[int, Prepared]) -> bool:
         """Whether every request, scored whole smallest first, is predicted to finish before its deadline."""
+        order = sorted(prepared, key=lambda i: sum(prepared[i].lengths))
+        return self._in_time(requests, [(i, self._whole_seconds(prepared[i])) for i in order])
+
+    def _in_time(self, requests: Sequence[RerankRequest], work: Iterable[tuple[int, float]]) -> bool:
+        """Whether ``work``, ``(request index, predicted seconds)`` done in this order from now, is predicted to
+        leave each request done within the part of its time to its deadline that plans may use."""
         finish = now = time.monotonic()
-        for index in sorted(prepared, key=lambda i: sum(prepared[i].lengths)):
-            finish += self._whole_seconds(prepared[index])
+        for index, seconds in work:
+            finish += seconds
             deadline = requests[index].deadline
             if deadline is not None and finish - now > (deadline - ANSWER_RESERVE_S - now) * PLAN_FRACTION:
                 return False
@@ -236,32 +242,60 @@ class Reranker:
     def _stream_exact(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
                       cancelled: Callable[[int], bool] | None
                       ) -> Iterator[tuple[int, RerankResult | Exception]]:
-        """Every request scored whole, smallest first; a pass that would end past a deadline is stopped."""
+        """Every request scored whole, smallest first; a pass that would end past a deadline is stopped.
+
+        The batch was predicted to fit; with deadlines that prediction is made again after each pass, from
+        the time left and what the instance has learnt since. When the passes left no longer fit (passes
+        ran slower than predicted: a busy machine, another instance on the same cores), the requests not
+        started yet are budgeted (``_stream_budgeted``) and one part-way through is answered with the passes
+        it has, instead of decoding on smallest first until the last requests' deadlines pass unscored.
+        """
         order = sorted(plans, key=lambda i: plans[i].tokens)
         owners = [i for i in order for _ in plans[i].prompts]
         blocks = [b for i in order for b in plans[i].blocks]
         prompts = [p for i in order for p in plans[i].prompts]
         stops = {i: self._stop_check(requests[i], None if cancelled is None else functools.partial(cancelled, i))
                  for i in order}
-        states = self._isolated_states(prompts, lambda seq: stops[owners[seq]]())
         passes: dict[int, list[tuple[list[int], Block, np.ndarray | None]]] = {}
         dropped: set[int] = set()
-        for owner, block, prompt, hidden in zip(owners, blocks, prompts, states, strict=True):
+        states = self._isolated_states(prompts, lambda seq: owners[seq] in dropped or stops[owners[seq]]())
+        replan = any(requests[i].deadline is not None for i in order)
+        for position, hidden in enumerate(states):
+            owner = owners[position]
             if owner in dropped:
-                continue
-            if isinstance(hidden, Exception) or (hidden is None and cancelled is not None and cancelled(owner)):
+                pass
+            elif isinstance(hidden, Exception) or (hidden is None and cancelled is not None and cancelled(owner)):
                 dropped.add(owner)
                 passes.pop(owner, None)
                 yield owner, (failure(owner, hidden) if isinstance(hidden, Exception)
                               else RequestCancelledError("cancelled while it was being scored"))
-                continue
-            done = passes.setdefault(owner, [])
-            done.append((block, prompt, hidden))
-            if len(done) == len(plans[owner].prompts):
-                try:
-                    yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
-                except Exception as exc:
-                    yield owner, failure(owner, exc)
+            else:
+                done = passes.setdefault(owner, [])
+                done.append((blocks[position], prompts[position], hidden))
+                if len(done) == len(plans[owner].prompts):
+                    try:
+                        yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
+                    except Exception as exc:
+                        yield owner, failure(owner, exc)
+            later = [p for p in range(position + 1, len(prompts)) if owners[p] not in dropped]
+            if replan and later and not self._in_time(
+                    requests, [(owners[p], self._timer.seconds([len(prompts[p].ids)])) for p in later]):
+                states.close()
+                yield from self._replanned(requests, plans, passes, [owners[p] for p in later], cancelled)
+                return
+
+    def _replanned(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
+                   passes: dict[int, list[tuple[list[int], Block, np.ndarray | None]]], unfinished: Sequence[int],
+                   cancelled: Callable[[int], bool] | None) -> Iterator[tuple[int, RerankResult | Exception]]:
+        """The rest of an exact stream that fell behind: requests part-way through answered with the passes they
+        have (the rest of their documents ranked lexically), the others budgeted in the time left."""
+        for index in passes:
+            try:
+                yield index, self._finish(requests[index], plans[index], passes[index], None)
+            except Exception as exc:
+                yield index, failure(index, exc)
+        rest = {i: plans[i].prepared for i in dict.fromkeys(unfinished) if i not in passes}
+        yield from self._stream_budgeted(requests, rest, cancelled)
 
     def _isolated_states(self, prompts: Sequence[Block], stop: Callable[[int], bool]
                          ) -> Iterator[np.ndarray | Exception | None]:
@@ -379,7 +413,10 @@ class Reranker:
                 break
             candidates = self._pack(prepared, sorted(rest[:count]))
             started = time.monotonic()
-            passes += self._decode_passes(candidates, stop, self._prefix)
+            # A later round is planned to end with the share; one running past it (passes slower than learnt)
+            # is stopped there rather than take the time of the requests after this one.
+            passes += self._decode_passes(candidates, stop if taken == 0 else functools.partial(
+                _past_or, share_ends, stop), self._prefix)
             log.debug("budget round: %d documents, %d tokens, predicted %.2f s of %.2f s, took %.2f s", count,
                       candidates.tokens - len(self._prefix), cost_of(rest[:count]), available,
                       time.monotonic() - started)
@@ -519,6 +556,10 @@ class Reranker:
         return RerankResult(scores=budgeted_scores(n_docs, scored, model_scores, lexical),
                             tokens=sum(len(prompt.ids) for _, prompt, _ in finished),
                             doc_embeddings=doc_embeddings if request.return_embeddings else None, scored=mask)
+
+
+def _past_or(moment: float, stop: Callable[[], bool]) -> bool:
+    return time.monotonic() > moment or stop()
 
 
 def failure(index: int, error: Exception) -> Exception:
