@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from models.generate_test_model import EMBED_TOKEN
 from rerank_engine import InvalidInputError, ModelLoadError, RerankRequest
-from tests.conftest import open_engine
+from tests.conftest import open_engine, smallest_context
 
 pytestmark = pytest.mark.integration
 
@@ -192,19 +192,6 @@ def test_bf16_and_f16_projectors(make_model, tmp_path):
     np.testing.assert_array_equal(open_engine(bf16).rerank(QUERY, docs).scores, expected)
     np.testing.assert_allclose(open_engine(f16).rerank(QUERY, docs).scores,
                                open_engine(f32).rerank(QUERY, docs).scores, atol=2e-3)
-
-
-def smallest_context(paths, **limits) -> int:
-    """The smallest n_ctx the engine accepts with these truncation limits (bisection over real loads)."""
-    low, high = 64, 8192  # low is refused, high is accepted
-    while high - low > 1:
-        middle = (low + high) // 2
-        try:
-            open_engine(paths, n_ctx=middle, calibration_tokens=0, **limits).close()
-            high = middle
-        except ModelLoadError:
-            low = middle
-    return high
 
 
 def test_the_longest_texts_fit_the_smallest_accepted_context(tiny_q8):
