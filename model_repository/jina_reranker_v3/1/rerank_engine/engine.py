@@ -228,13 +228,14 @@ class Reranker:
         order = sorted(prepared, key=lambda i: sum(prepared[i].lengths))
         return self._in_time(requests, [(i, self._whole_seconds(prepared[i])) for i in order])
 
-    def _in_time(self, requests: Sequence[RerankRequest], work: Iterable[tuple[int, float]]) -> bool:
+    def _in_time(self, requests: Sequence[RerankRequest], work: Iterable[tuple[int | None, float]]) -> bool:
         """Whether ``work``, ``(request index, predicted seconds)`` done in this order from now, is predicted to
-        leave each request done within the part of its time to its deadline that plans may use."""
+        leave each request done within the part of its time to its deadline that plans may use. Work of index
+        None takes time but is not judged."""
         finish = now = time.monotonic()
         for index, seconds in work:
             finish += seconds
-            deadline = requests[index].deadline
+            deadline = None if index is None else requests[index].deadline
             if deadline is not None and finish - now > (deadline - ANSWER_RESERVE_S - now) * PLAN_FRACTION:
                 return False
         return True
@@ -245,10 +246,11 @@ class Reranker:
         """Every request scored whole, smallest first; a pass that would end past a deadline is stopped.
 
         The batch was predicted to fit; with deadlines that prediction is made again after each pass, from
-        the time left and what the instance has learnt since. When the passes left no longer fit (passes
-        ran slower than predicted: a busy machine, another instance on the same cores), the requests not
-        started yet are budgeted (``_stream_budgeted``) and one part-way through is answered with the passes
-        it has, instead of decoding on smallest first until the last requests' deadlines pass unscored.
+        the time left and what the instance has learnt since. When a request not started yet would no longer
+        be done in time (passes ran slower than predicted: a busy machine, another instance on the same
+        cores), the requests not started are budgeted (``_stream_budgeted``) and one part-way through is
+        answered with the passes it has, instead of decoding on smallest first until the last requests'
+        deadlines pass unscored. A request part-way through with none after it runs on to its hard stop.
         """
         order = sorted(plans, key=lambda i: plans[i].tokens)
         owners = [i for i in order for _ in plans[i].prompts]
@@ -277,9 +279,10 @@ class Reranker:
                         yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
                     except Exception as exc:
                         yield owner, failure(owner, exc)
-            later = [p for p in range(position + 1, len(prompts)) if owners[p] not in dropped]
-            if replan and later and not self._in_time(
-                    requests, [(owners[p], self._timer.seconds([len(prompts[p].ids)])) for p in later]):
+            later = [p for p in range(position + 1, len(prompts)) if replan and owners[p] not in dropped]
+            if any(owners[p] not in passes for p in later) and not self._in_time(requests, [
+                    (None if owners[p] in passes else owners[p], self._timer.seconds([len(prompts[p].ids)]))
+                    for p in later]):
                 states.close()
                 yield from self._replanned(requests, plans, passes, [owners[p] for p in later], cancelled)
                 return
