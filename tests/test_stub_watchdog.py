@@ -66,7 +66,7 @@ def test_the_stub_scan_survives_threads_that_end_while_it_reads():
     churn = subprocess.Popen([sys.executable, "-c", THREAD_CHURN], stdout=subprocess.PIPE, text=True)
     try:
         stub = int(churn.stdout.readline())
-        scans = [live_stubs(churn.pid) for _ in range(3000)]
+        scans = [live_stubs(churn.pid) for _ in range(2000)]  # the old scan raised in about 1 of 250 here
     finally:
         churn.kill()
         churn.wait()
