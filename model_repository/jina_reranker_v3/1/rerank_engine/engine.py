@@ -416,10 +416,7 @@ class Reranker:
                 break
             candidates = self._pack(prepared, sorted(rest[:count]))
             started = time.monotonic()
-            # A later round is planned to end with the share; one running past it (passes slower than learnt)
-            # is stopped there rather than take the time of the requests after this one.
-            passes += self._decode_passes(candidates, stop if taken == 0 else functools.partial(
-                _past_or, share_ends, stop), self._prefix)
+            passes += self._decode_passes(candidates, stop, self._prefix)
             log.debug("budget round: %d documents, %d tokens, predicted %.2f s of %.2f s, took %.2f s", count,
                       candidates.tokens - len(self._prefix), cost_of(rest[:count]), available,
                       time.monotonic() - started)
@@ -559,10 +556,6 @@ class Reranker:
         return RerankResult(scores=budgeted_scores(n_docs, scored, model_scores, lexical),
                             tokens=sum(len(prompt.ids) for _, prompt, _ in finished),
                             doc_embeddings=doc_embeddings if request.return_embeddings else None, scored=mask)
-
-
-def _past_or(moment: float, stop: Callable[[], bool]) -> bool:
-    return time.monotonic() > moment or stop()
 
 
 def failure(index: int, error: Exception) -> Exception:
