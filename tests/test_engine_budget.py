@@ -173,3 +173,25 @@ def test_every_request_gets_model_scores_when_passes_run_slower_than_learnt(tiny
     assert all(result.n_scored >= 5 for result in results), [result.n_scored for result in results]
     for result in results:
         assert_model_scored_rank_first(result)
+
+
+def test_a_budgeted_request_whose_decode_fails_fails_alone(engine_q8, monkeypatch):
+    """In a budgeted batch (rounds of lexical candidates) llama.cpp failing on one request's passes (here: made
+    to) answers that request with the error; the others are still scored within the time."""
+    docs = slow_request(engine_q8, 1.5)
+    queries = [f"{QUERY} {i}" for i in range(2)] + ["poisoned rivers"]
+    poison = engine_q8.tokenize(" poisoned")
+    decode_group = engine_q8.runner._decode_group
+
+    def failing_decode_group(sequences, *args):
+        if any(poison == list(s[i:i + len(poison)]) for s in sequences for i in range(len(s))):
+            raise RuntimeError("llama_decode failed with status -1")
+        return decode_group(sequences, *args)
+
+    monkeypatch.setattr(engine_q8.runner, "_decode_group", failing_decode_group)
+    full = sum(predicted_seconds(engine_q8, RerankRequest(q, docs)) for q in queries)
+    deadline = time.monotonic() + 0.4 * full + 0.3
+    results = engine_q8.rerank_many([RerankRequest(q, docs, deadline=deadline, min_scored=3) for q in queries])
+    assert time.monotonic() < deadline + SLACK_S
+    assert isinstance(results[2], RuntimeError)
+    assert all(result.n_scored >= 3 for result in results[:2]), [result.n_scored for result in results[:2]]
