@@ -66,6 +66,21 @@ def open_engine(paths: tuple[Path, Path], **options) -> Reranker:
     return Reranker(EngineConfig.from_options(str(paths[0]), str(paths[1]), **options))
 
 
+def smallest_context(paths: tuple[Path, Path], **limits: int) -> int:
+    """The smallest n_ctx the engine accepts with these truncation limits (bisection over real loads)."""
+    from rerank_engine import ModelLoadError
+
+    low, high = 64, 8192  # low is refused, high is accepted
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            open_engine(paths, n_ctx=middle, calibration_tokens=0, **limits).close()
+            high = middle
+        except ModelLoadError:
+            low = middle
+    return high
+
+
 @pytest.fixture(scope="session")
 def engine_f32(tiny_f32: tuple[Path, Path]) -> Reranker:
     return open_engine(tiny_f32, n_ctx=8192, **EXACT)
