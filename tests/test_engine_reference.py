@@ -6,27 +6,10 @@ import numpy as np
 import pytest
 
 from models import numpy_reference as ref
+from models.reference_check import DOCS, EXACT, QUERY, Reference, open_engine, words
 from rerank_engine import RerankRequest
-from tests.conftest import EXACT, Reference, open_engine
 
 pytestmark = pytest.mark.integration
-
-QUERY = "What is the capital of France?"
-DOCS = [
-    "Paris is the capital and most populous city of France.",
-    "Bananas are an excellent source of potassium.",
-    "The Eiffel Tower is a wrought-iron lattice tower in Paris.",
-    "Berlin is the capital of Germany.",
-    "",
-    "France borders Belgium, Luxembourg, Germany, Switzerland, Italy, Monaco, Andorra and Spain.",
-]
-
-
-def words(n: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    vocab = ref.SYSTEM.replace(".", "").split()
-    return " ".join(rng.choice(vocab, size=n))
-
 
 def test_hidden_states_match_reference_f32(engine_f32, reference_f32):
     prompt = engine_f32.plan(RerankRequest(QUERY, DOCS)).prompts[0]
