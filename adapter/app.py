@@ -23,6 +23,7 @@ from pydantic import BaseModel, Discriminator, Tag
 from starlette.exceptions import HTTPException
 
 from adapter import __version__
+from adapter.asgi import Scope
 from adapter.auth import ApiKeyMiddleware
 from adapter.backend import Backend, TritonBackend
 from adapter.body_limit import BodyLimitMiddleware
@@ -168,7 +169,7 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
     def count(error: ApiError) -> None:
         metrics.errors.labels(error.kind).inc()
 
-    def reject(scope: dict[str, Any], error: ApiError) -> JSONResponse:
+    def reject(scope: Scope, error: ApiError) -> JSONResponse:
         """A middleware's refusal, before the body is read: counted, in the dialect of the request's path."""
         count(error)
         return error_response(error, PATH_DIALECTS.get(scope["path"], jina.DIALECT).error)
