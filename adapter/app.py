@@ -207,17 +207,18 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
         return await api_error(request, ApiError(str(exc.detail), exc.headers, status_code=exc.status_code,
                                                  kind=HTTP_ERROR_KINDS.get(exc.status_code, "http_error")))
 
-    def check_limits(call: RerankCall) -> None:
+    def check_limits(call: RerankCall, field: str) -> None:
+        """The adapter's limits; ``field``: what the dialect calls its documents, for the messages."""
         if len(call.documents) > settings.max_documents:
             raise InvalidRequestError(
-                f"documents: {len(call.documents)} documents, at most {settings.max_documents} allowed")
+                f"{field}: {len(call.documents)} documents, at most {settings.max_documents} allowed")
         if len(call.query) > settings.max_query_chars:
             raise InvalidRequestError(
                 f"query: {len(call.query)} characters, at most {settings.max_query_chars} allowed")
         for i, text in enumerate(call.documents):
             if len(text) > settings.max_document_chars:
                 raise InvalidRequestError(
-                    f"documents.{i}: {len(text)} characters, at most {settings.max_document_chars} allowed")
+                    f"{field}.{i}: {len(text)} characters, at most {settings.max_document_chars} allowed")
 
     async def answer(dialect: Dialect[Any], body: BaseModel, request: Request, response: Response,
                      timeout_ms: str | None) -> Any:
@@ -225,7 +226,7 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
         started = time.perf_counter()
         request.state.dialect = dialect  # its errors from here on are answered in its shape
         call = dialect.call(body)
-        check_limits(call)
+        check_limits(call, dialect.documents_field)
         timeout = caller_timeout(timeout_ms, settings.request_timeout_s)
         budgeted = settings.rerank_mode == "budgeted"
         n_docs = len(call.documents)

@@ -114,7 +114,8 @@ def test_limits_key_and_backend_failures_are_the_same_on_every_dialect(serve, pa
     too_many = client.post(path, json=body, headers=auth)
     assert too_many.status_code == (400 if path == "/v2/rerank" else 422)
     assert set(too_many.json()) == keys
-    assert "at most 3 allowed" in str(too_many.json())
+    assert f"{'texts' if 'texts' in body else 'documents'}: {len(DOCS)} documents, at most 3 allowed" in str(
+        too_many.json())
     short = {**body, ("texts" if "texts" in body else "documents"): DOCS[:2]}
     for error, status in ((BackendUnavailableError("down"), 503), (BackendTimeoutError("late"), 504)):
         backend.error = error

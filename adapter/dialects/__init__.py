@@ -46,3 +46,4 @@ class Dialect(Generic[Body]):
     call: Callable[[Body], RerankCall]
     render: Callable[[Body, Ranked], Any]
     error: ErrorShape
+    documents_field: str = "documents"  # the body's name for its documents, as error messages name it

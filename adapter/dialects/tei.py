@@ -76,4 +76,4 @@ def error(error: ApiError) -> tuple[int, dict[str, str]]:
                                        ).model_dump()
 
 
-DIALECT = Dialect("tei", call, render, error)
+DIALECT = Dialect("tei", call, render, error, documents_field="texts")
