@@ -145,3 +145,13 @@ def test_tei_scores_map_cosines_onto_zero_to_one_keeping_order(cosine):
 @pytest.mark.parametrize(("documents", "units"), [(1, 1), (100, 1), (101, 2), (1000, 10)])
 def test_cohere_bills_a_search_unit_per_hundred_documents(documents, units):
     assert cohere.meta("2", documents, 5).billed_units.search_units == units
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v2/rerank", COHERE), ("/rerank", TEI)])
+def test_a_budgeted_answer_says_so_on_every_dialect(app, path, body):
+    client, backend = app
+    backend.scored = 2
+    response = client.post(path, json=body)
+    assert response.status_code == 200
+    assert response.headers[SCORED_HEADER] == f"2/{len(DOCS)}"
+    assert "rerank_budgeted_requests_total 1.0" in client.get("/metrics").text
