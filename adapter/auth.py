@@ -7,10 +7,9 @@ cost ~24 MB before its 401. Here a request without the key is answered at once; 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
 
 from adapter.asgi import App, Receive, Scope, Send, header
-from adapter.errors import ApiError, UnauthorizedError, error_response
+from adapter.errors import Rejection, UnauthorizedError, plain_rejection
 
 
 def authorized(authorization: bytes | None, api_key: str) -> bool:
@@ -23,7 +22,7 @@ class ApiKeyMiddleware:
     """Requests to ``paths`` need ``api_key`` as a bearer token (no key configured: any token or none)."""
 
     def __init__(self, app: App, api_key: str, paths: frozenset[str],
-                 on_reject: Callable[[ApiError], None] = lambda _: None) -> None:
+                 on_reject: Rejection = plain_rejection) -> None:
         self.app, self.api_key, self.paths, self.on_reject = app, api_key, paths, on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -33,5 +32,4 @@ class ApiKeyMiddleware:
             return
         error = UnauthorizedError("missing or invalid API key (Authorization: Bearer <key>)",
                                   {"WWW-Authenticate": "Bearer"})
-        self.on_reject(error)
-        await error_response(error)(scope, receive, send)
+        await self.on_reject(scope, error)(scope, receive, send)

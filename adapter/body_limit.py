@@ -6,12 +6,10 @@ Checks the declared Content-Length first, then counts what actually arrives
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from starlette.exceptions import HTTPException
 
 from adapter.asgi import App, Message, Receive, Scope, Send, declared_length
-from adapter.errors import ApiError, TooLargeError, error_response
+from adapter.errors import Rejection, TooLargeError, plain_rejection
 
 
 class BodyTooLarge(HTTPException):
@@ -22,7 +20,7 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: App, max_bytes: int, on_reject: Callable[[ApiError], None] = lambda _: None) -> None:
+    def __init__(self, app: App, max_bytes: int, on_reject: Rejection = plain_rejection) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.on_reject = on_reject
@@ -60,5 +58,4 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = TooLargeError(BodyTooLarge(self.max_bytes).detail, {"Connection": "close"})
-        self.on_reject(error)
-        await error_response(error)(scope, receive, send)
+        await self.on_reject(scope, error)(scope, receive, send)

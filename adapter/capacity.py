@@ -7,10 +7,8 @@ until it is answered (``body_bound``). Refused requests are not read: the server
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from adapter.asgi import App, Receive, Scope, Send, declared_length, header
-from adapter.errors import ApiError, OverloadedError, error_response
+from adapter.errors import OverloadedError, Rejection, plain_rejection
 
 RETRY_AFTER_S = 1
 
@@ -28,7 +26,7 @@ class CapacityMiddleware:
     """At most ``max_requests`` requests to ``paths`` at once, holding at most ``max_bytes`` of bodies together."""
 
     def __init__(self, app: App, paths: frozenset[str], max_requests: int, max_bytes: int, max_body_bytes: int,
-                 on_reject: Callable[[ApiError], None] = lambda _: None) -> None:
+                 on_reject: Rejection = plain_rejection) -> None:
         self.app, self.paths, self.on_reject = app, paths, on_reject
         self.max_requests, self.max_bytes, self.max_body_bytes = max_requests, max_bytes, max_body_bytes
         self.requests = 0
@@ -58,5 +56,4 @@ class CapacityMiddleware:
     async def _reject(self, reason: str, scope: Scope, receive: Receive, send: Send) -> None:
         error = OverloadedError(f"the adapter is at capacity ({reason}); retry shortly",
                                 {"Retry-After": str(RETRY_AFTER_S)})
-        self.on_reject(error)
-        await error_response(error)(scope, receive, send)
+        await self.on_reject(scope, error)(scope, receive, send)

@@ -77,7 +77,7 @@ def test_generated_bodies_never_get_a_server_error(client, body):
 def test_arbitrary_bytes_never_get_a_server_error(client, raw):
     response = client.post("/rerank", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code in CLIENT_ERRORS
-    assert response.json()["detail"]
+    assert error_message(response.json())
 
 
 STRANGE = {
@@ -134,27 +134,44 @@ def is_numeric(schema: dict) -> bool:
     return schema.get("type") in NUMERIC or any(is_numeric(option) for option in schema.get("anyOf", ()))
 
 
-def numeric_fields(adapter_url: str) -> list[tuple[str, str, str]]:
-    """(path, where, name) of every numeric field of every route: body fields and parameters from the adapter's
-    OpenAPI schema, and the deadline header the schema leaves out."""
+def numeric_fields(adapter_url: str) -> list[tuple[str, str, str, str]]:
+    """(path, body schema, where, name) of every numeric field of every route and every body it takes (a route may
+    take several: /rerank, Jina's and TEI's): body fields and parameters from the adapter's OpenAPI schema, and the
+    deadline header the schema leaves out."""
     spec = httpx.get(f"{adapter_url}/openapi.json", timeout=10).json()
     fields = []
     for path, methods in spec["paths"].items():
         for operation in methods.values():
-            fields += [(path, "header", p["name"]) for p in operation.get("parameters", ()) if is_numeric(p["schema"])]
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body is None:
                 continue
-            schema = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
-            fields += [(path, "body", name) for name, field in schema["properties"].items() if is_numeric(field)]
-            fields.append((path, "header", TIMEOUT_HEADER))
+            for ref in body.get("oneOf", [body]):
+                name = ref["$ref"].rsplit("/", 1)[1]
+                schema = spec["components"]["schemas"][name]
+                fields += [(path, name, "header", p["name"]) for p in operation.get("parameters", ())
+                           if is_numeric(p["schema"])]
+                fields += [(path, name, "body", field) for field, spec_ in schema["properties"].items()
+                           if is_numeric(spec_)]
+                fields.append((path, name, "header", TIMEOUT_HEADER))
     return sorted(set(fields))
 
 
-def send_numeric(client: httpx.Client, path: str, where: str, name: str, raw: str) -> None:
-    """One request with ``raw`` (JSON text, or a header's value) in the field; any answer but a 5xx is fine, an
-    error's body is JSON with a message, and a 200 holds as many results as asked for."""
-    body = {"query": "rivers", "documents": ["a river", "bread", "the sea"]}
+def body_examples(adapter_url: str) -> dict[str, dict]:
+    """Each body schema's own example (the one /docs shows), by the schema's name."""
+    schemas = httpx.get(f"{adapter_url}/openapi.json", timeout=10).json()["components"]["schemas"]
+    return {name: schema["examples"][0] for name, schema in schemas.items() if schema.get("examples")}
+
+
+def error_message(payload: dict) -> object:
+    """An error body's message in any dialect's shape: Jina's ``detail``, Cohere's ``message``, TEI's ``error``."""
+    return next(payload[key] for key in ("detail", "message", "error") if key in payload)
+
+
+def send_numeric(client: httpx.Client, path: str, example: dict, where: str, name: str, raw: str) -> None:
+    """One request, the body schema's ``example`` with ``raw`` (JSON text, or a header's value) in the field; any
+    answer but a 5xx is fine, an error's body is JSON with a message, and a 200 holds as many results as asked
+    for."""
+    body = {key: value for key, value in example.items() if key != name}
     text, headers = json.dumps(body), {"Content-Type": "application/json"}
     if where == "body":
         text = f'{text[:-1]}, "{name}": {raw}}}'
@@ -166,27 +183,33 @@ def send_numeric(client: httpx.Client, path: str, where: str, name: str, raw: st
     payload = response.json()
     if response.status_code != 200:
         assert 400 <= response.status_code < 500
-        assert isinstance(payload["detail"], str)
-        assert payload["detail"], (path, name, raw)
+        assert isinstance(error_message(payload), str)
+        assert error_message(payload), (path, name, raw)
         return
+    documents = body.get("documents", body.get("texts"))
     asked = json.loads(text).get("top_n")
-    expected = len(body["documents"]) if asked is None else min(int(asked), len(body["documents"]))
-    assert len(payload["results"]) == expected, (path, name, raw, payload)
+    expected = len(documents) if asked is None else min(int(asked), len(documents))
+    results = payload if isinstance(payload, list) else payload["results"]  # TEI's answer is a bare list
+    assert len(results) == expected, (path, name, raw, payload)
 
 
 def test_every_numeric_field_of_every_route_takes_any_json_value_without_a_server_error(client):
     fields = numeric_fields(str(client.base_url))
-    for path in ("/v1/rerank", "/rerank"):
-        assert {(path, "body", "top_n"), (path, "body", "batch_size"), (path, "header", TIMEOUT_HEADER)} <= set(fields)
-    for path, where, name in fields:
+    examples = body_examples(str(client.base_url))
+    for path, body in (("/v1/rerank", "RerankBody"), ("/rerank", "RerankBody"), ("/v2/rerank", "CohereBody")):
+        assert {(path, body, "body", "top_n"), (path, body, "header", TIMEOUT_HEADER)} <= set(fields)
+    assert ("/v2/rerank", "CohereBody", "body", "max_tokens_per_doc") in fields
+    assert ("/rerank", "TeiBody", "header", TIMEOUT_HEADER) in fields
+    for path, body, where, name in fields:
         for raw in EXTREMES:
-            send_numeric(client, path, where, name, raw)
+            send_numeric(client, path, examples[body], where, name, raw)
 
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(data=st.data())
     def generated(data: st.DataObject) -> None:
-        path, where, name = data.draw(st.sampled_from(fields))
-        send_numeric(client, path, where, name, data.draw(raw_numbers if where == "body" else header_numbers))
+        path, body, where, name = data.draw(st.sampled_from(fields))
+        send_numeric(client, path, examples[body], where, name,
+                     data.draw(raw_numbers if where == "body" else header_numbers))
 
     generated()
 
@@ -213,5 +236,5 @@ def test_openapi_schema_fuzzing(live_stack, mode):
 
         call()
         tried.append(f"{operation.method.upper()} {operation.path}")
-    assert {"POST /v1/rerank", "POST /rerank"} <= set(tried)
+    assert {"POST /v1/rerank", "POST /rerank", "POST /v2/rerank"} <= set(tried)
     assert mode == GenerationMode.NEGATIVE or {"GET /ready", "GET /info", "GET /metrics"} <= set(tried)

@@ -41,9 +41,9 @@ class StandIn:
         self.calls: list[dict[str, object]] = []
 
     async def rerank(self, query: str, documents: list[str], instruction: str | None, timeout: float,
-                     top_n: int | None = None, budgeted: bool = True) -> Scores:
+                     top_n: int | None = None, budgeted: bool = True, max_doc_tokens: int | None = None) -> Scores:
         self.calls.append({"query": query, "documents": documents, "instruction": instruction, "timeout": timeout,
-                           "top_n": top_n, "budgeted": budgeted})
+                           "top_n": top_n, "budgeted": budgeted, "max_doc_tokens": max_doc_tokens})
         if self.error is not None:
             raise self.error
         n = len(documents)
@@ -126,11 +126,18 @@ def test_the_backend_gets_the_request_the_mode_and_the_deadline(serve, mode, bud
     client, backend = serve(rerank_mode=mode, request_timeout_s=3.5)
     client.post("/v1/rerank", json={"query": "q", "documents": DOCS[:2], "top_n": 1, "instruction": "be brief"})
     client.post("/v1/rerank", json={"query": "q", "documents": DOCS[:2]}, headers={TIMEOUT_HEADER: "250"})
+    client.post("/v2/rerank", json={"model": "rerank-v3.5", "query": "q", "documents": DOCS[:2], "top_n": 1,
+                                    "max_tokens_per_doc": 64}, headers={TIMEOUT_HEADER: "500"})
+    client.post("/rerank", json={"query": "q", "texts": DOCS[:2], "truncate": True})
     assert backend.calls == [
         {"query": "q", "documents": DOCS[:2], "instruction": "be brief", "timeout": 3.5, "top_n": 1,
-         "budgeted": budgeted},
+         "budgeted": budgeted, "max_doc_tokens": None},
         {"query": "q", "documents": DOCS[:2], "instruction": None, "timeout": 0.25, "top_n": None,
-         "budgeted": budgeted}]
+         "budgeted": budgeted, "max_doc_tokens": None},
+        {"query": "q", "documents": DOCS[:2], "instruction": None, "timeout": 0.5, "top_n": 1,
+         "budgeted": budgeted, "max_doc_tokens": 64},
+        {"query": "q", "documents": DOCS[:2], "instruction": None, "timeout": 3.5, "top_n": None,
+         "budgeted": budgeted, "max_doc_tokens": None}]
 
 
 def test_scored_header_says_how_many_the_model_scored(app):

@@ -96,6 +96,18 @@ def test_truncates_long_document_and_query(engine_f32, reference_f32):
     assert result.tokens < untruncated
 
 
+def test_a_request_caps_its_documents_tokens_as_the_reference_truncates(engine_f32, reference_f32):
+    """Cohere's max_tokens_per_doc: the request's own cap, applied by the engine's tokeniser."""
+    docs = [words(200, 3), words(150, 4), DOCS[0]]
+    [capped] = engine_f32.rerank_many([RerankRequest(QUERY, docs, max_doc_tokens=24)])
+    expected = reference_f32.rerank(QUERY, docs, max_doc_tokens=24)
+    np.testing.assert_allclose(capped.scores, expected.scores, atol=1e-4)
+    assert capped.tokens < engine_f32.rerank(QUERY, docs).tokens - 200
+    # Above the engine's own limit, the engine's limit holds: as if no cap were given.
+    [loose] = engine_f32.rerank_many([RerankRequest(QUERY, docs, max_doc_tokens=10**9)])
+    assert loose.tokens == engine_f32.rerank(QUERY, docs).tokens
+
+
 def test_instruction_is_part_of_the_prompt(engine_f32, reference_f32):
     instruction = "Rank passages about geography above all others."
     with_instruction = engine_f32.rerank(QUERY, DOCS, instruction=instruction)

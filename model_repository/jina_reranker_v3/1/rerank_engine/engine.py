@@ -481,9 +481,10 @@ class Reranker:
             raise InvalidInputError("documents must be a list of strings")
         if not request.documents:
             raise InvalidInputError("documents is empty: give at least one")
+        doc_limit = min(c.max_doc_tokens, request.max_doc_tokens or c.max_doc_tokens)
         docs, lengths = [], []
         for i, doc in enumerate(request.documents):
-            text, n_tokens = self._prepare(doc, f"document {i}", c.max_doc_tokens)
+            text, n_tokens = self._prepare(doc, f"document {i}", doc_limit)
             docs.append(text)
             lengths.append(n_tokens + self._wrapper_tokens)
         capacity = c.llama.n_ctx - len(self._build(query, [], instruction).ids) - ESTIMATE_SLACK
