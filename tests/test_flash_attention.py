@@ -8,7 +8,14 @@ stale or wrong head, tile or padding shows up here as hidden states far from the
 GQA (Q heads sharing a KV head, with several heads per thread's chunk), the real head size 128, lengths that are
 not multiples of the tile, one ubatch and several (the second attends to a longer, padded cache), and a prompt
 too short for the tiled path. Flash attention rounds K and V through F16, so agreement is to F16 rounding, not
-to 1e-5.
+to 1e-5; where the build has AVX512-BF16, stack/patches/ggml-cpu-flash-attn-bf16.patch also rounds Q, K, V and
+the softmax weights P to BF16 for the two products, and MIN_COSINE holds for those too.
+
+Below, the kernel itself (one GGML_OP_FLASH_ATTN_EXT call through ggml's C API, tests/flash_attention_kernel.py)
+against float64, with the BF16 products' error model; the builds without AVX512-BF16 (the AVX2 build) bit for
+bit as before the BF16 patch; the hidden states of the BF16 products against the F32 products (this CPU's build
+without the patch) on the tiny model and the stand-in; the Q8_0 scores with the served attention; and the
+bench's comparison.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 import pytest
 
 from models import numpy_reference as ref
+from perf import bf16_attention_comparison, tables
 from perf.common import cosine_rows, engine_config
 from perf.standin import ensure_standin
 from rerank_engine import RerankRequest
@@ -191,3 +199,29 @@ def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
     result = engine.rerank("capital of France", docs)
     expected = Reference(tiny_q8, engine).rerank("capital of France", docs).scores
     np.testing.assert_allclose(result.scores, expected, atol=0.05)
+
+
+# -- the bench's comparison (perf/bf16_attention_comparison.py) ---------------------------------------------
+
+
+@pytest.mark.build
+def test_bench_compares_the_builds_side_by_side(f32_path_build, tiny_q8):
+    """perf/bf16_attention_bench.py's comparison on the tiny model: both builds in children, timed and profiled
+    (here the tests' libggml-cpu variant stands in for the wheel built without the patch)."""
+    import llama_cpp
+
+    options = engine_config(*tiny_q8).llama
+    paths = {"bf16": Path(llama_cpp.__file__).parent.parent, "f32": f32_path_build}
+    result = bf16_attention_comparison.compare(tiny_q8[0], options, [200], 1, paths, say=lambda _: None)
+    assert result["bf16_attention_vs_f32"]["200"] > 0
+    assert result["builds"]["bf16"]["attention_s"]["200"] > 0
+    assert 0.999 <= result["cosine_min"]["200"] < 1.0
+    assert "| 200 | " in tables.bf16_attention_table(result)
+
+
+def test_bench_says_why_it_cannot_compare_without_avx512_bf16():
+    reason = bf16_attention_comparison.why_not_here({"avx2", "avx512f"}, "Some CPU")
+    assert reason is not None
+    assert "Some CPU has no AVX512-BF16" in reason
+    assert bf16_attention_comparison.why_not_here({"avx512f", "avx512_bf16"}, None) is None
+    assert reason in tables.bf16_attention_table({"skipped": reason})
