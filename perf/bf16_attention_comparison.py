@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import ROOT, amx_comparison
-from perf.common import WARMUP_TOKENS, cosine_rows, probe, shown_path, timed_engine_pass, tokens_per_s
+from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s
 from stack import cpu_features
 
 BUILDS = ("bf16", "f32")  # with the patch, without it
@@ -111,10 +111,7 @@ def child_main(argv: Sequence[str]) -> None:
     runner = LlamaRunner(model, options)
     runner.start()
     try:
-        timed_engine_pass(runner, *probe(WARMUP_TOKENS, runner.n_vocab))  # pages in the weights, primes the buffers
-        seconds, hidden = {}, {}
-        for n in lengths:
-            hidden[f"hidden_{n}"], seconds[str(n)] = timed_engine_pass(runner, *probe(n, runner.n_vocab))
+        hidden, seconds = timed_passes(runner, lengths)
         vocab = runner.n_vocab
     finally:
         runner.close()
