@@ -22,7 +22,7 @@ from perf.tables import bf16_attention_table
 from stack import cpu_features
 
 RESULTS = ROOT / "perf" / "results" / "cpu-bf16-attention.json"
-ROUNDS = 2  # best of two: an 8k pass takes tens of seconds on 2 cores
+ROUNDS = 2  # taking turns; few, because an 8k pass takes tens of seconds on 2 cores
 
 
 def main(argv: Sequence[str] | None = None) -> int:

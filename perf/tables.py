@@ -151,7 +151,8 @@ def bf16_attention_table(result: Mapping) -> str:
         return f"BF16 vs F32 attention products: {result['skipped']}"
     builds = result["builds"]
     lines = [f"Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch "
-             f"({result['kv_cache_type'].upper()} cache, best of {result['rounds']} rounds):", "",
+             f"({result['kv_cache_type'].upper()} cache; tokens/s over {result['rounds']} rounds, attention from one "
+             "profiled pass):", "",
              "| tokens | F32 products (tokens/s) | BF16 products (tokens/s) | BF16 / F32 | attention F32 (s) "
              "| attention BF16 (s) | attention speed-up | cosine (min) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
