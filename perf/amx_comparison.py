@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import ROOT
-from perf.common import WARMUP_TOKENS, cosine_rows, probe, timed_engine_pass, tokens_per_s
+from perf.common import cosine_rows, timed_passes, tokens_per_s
 from stack import cpu_features
 
 BUILDS_DIR = ROOT / ".cache" / "llama-builds"
@@ -139,10 +139,7 @@ def child(model: Path, options_json: str, lengths: Sequence[int], out: Path) -> 
     runner = LlamaRunner(str(model), options)
     runner.start()
     try:
-        timed_engine_pass(runner, *probe(WARMUP_TOKENS, runner.n_vocab))  # pages in the weights, primes the buffers
-        seconds, hidden = {}, {}
-        for n in lengths:
-            hidden[f"hidden_{n}"], seconds[str(n)] = timed_engine_pass(runner, *probe(n, runner.n_vocab))
+        hidden, seconds = timed_passes(runner, lengths)
     finally:
         runner.close()
     report = {"llama_cpp_file": llama_cpp.__file__, "libraries": loaded_llama_libraries(),

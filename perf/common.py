@@ -139,6 +139,16 @@ def timed_engine_pass(runner: LlamaRunner, ids: Sequence[int], positions: Sequen
     return hidden, time.perf_counter() - start
 
 
+def timed_passes(runner: LlamaRunner, lengths: Sequence[int]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A warm-up pass (pages in the weights, primes the buffers), then one timed pass per length on its probe:
+    the hidden states (as ``hidden_N``, the children's npz names) and the seconds, per length."""
+    timed_engine_pass(runner, *probe(WARMUP_TOKENS, runner.n_vocab))
+    seconds, hidden = {}, {}
+    for n in lengths:
+        hidden[f"hidden_{n}"], seconds[str(n)] = timed_engine_pass(runner, *probe(n, runner.n_vocab))
+    return hidden, seconds
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two [rows, width] arrays (float64)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

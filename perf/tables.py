@@ -140,6 +140,29 @@ def q8_repack_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
+# -- the tiled flash attention's BF16 products vs its F32 products (perf/bf16_attention_comparison.py):
+# cpu-bf16-attention.json --------------------------------------------------------------------------------
+
+
+def bf16_attention_table(result: Mapping) -> str:
+    """Whole-pass tokens/s and the attention's seconds of both builds per length, their ratios and cosine; or why
+    the comparison was not made here."""
+    if "skipped" in result:
+        return f"BF16 vs F32 attention products: {result['skipped']}"
+    builds = result["builds"]
+    lines = [f"Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch "
+             f"({result['kv_cache_type'].upper()} cache; tokens/s over {result['rounds']} rounds, attention from one "
+             "profiled pass):", "",
+             "| tokens | F32 products (tokens/s) | BF16 products (tokens/s) | BF16 / F32 | attention F32 (s) "
+             "| attention BF16 (s) | attention speed-up | cosine (min) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, ratio in result["bf16_attention_vs_f32"].items():
+        lines.append(f"| {n} | {builds['f32']['tokens_per_s'][n]:.1f} | {builds['bf16']['tokens_per_s'][n]:.1f} | "
+                     f"{ratio:.2f} | {builds['f32']['attention_s'][n]:.2f} | {builds['bf16']['attention_s'][n]:.2f} | "
+                     f"{result['attention_speedup'][n]:.2f} | {result['cosine_min'][n]:.5f} |")
+    return "\n".join(lines)
+
+
 # -- AIPerf beside perf/loadgen.py (perf/aiperf_bench.py): aiperf-latest.json ------------------------------
 
 

@@ -3,7 +3,8 @@
 ``-march=native`` is not used: on some virtual machines it compiles ggml's AMX kernels, which then die with
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
 /proc/cpuinfo. Every build gets this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI,
-AVX-VNNI, AVX2) and its fix of the tiled flash attention's conversions (stack/patches/).
+AVX-VNNI, AVX2), its fix of the tiled flash attention's conversions, and that attention's products on AVX512-BF16
+dot products where the CPU has them (stack/patches/).
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
 ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
@@ -25,6 +26,8 @@ from pathlib import Path
 AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-amx-tile-config.patch"
 Q8_0_REPACK_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-repack-x86.patch"
 FLASH_ATTN_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-tiled.patch"
+# Q·K^T and P·V of that path on VDPBF16PS where GGML_AVX512_BF16 is on (below); compiles to nothing elsewhere.
+FLASH_ATTN_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-bf16.patch"
 # llama-cpp-python's own CMakeLists: llama.cpp's common library only with the mtmd tools (half the build's time).
 PACKAGE_PATCH = Path(__file__).resolve().parent / "patches" / "llama-cpp-python-common-only-for-mtmd.patch"
 # (ggml option, cpuinfo flags that must all be present), in the order the flags are written.
@@ -91,9 +94,10 @@ def cmake_args(flags: set[str], amx: bool) -> list[str]:
 
 
 def ggml_patches(amx: bool) -> list[Path]:
-    """The patches to ggml, in order: the Q8_0 repack kernels and the flash-attention fix always, the AMX fix with
-    AMX (what a build of libggml-cpu alone applies)."""
-    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH] + ([AMX_PATCH] if amx else [])
+    """The patches to ggml, in order: the Q8_0 repack kernels, the flash-attention fix and its BF16 products
+    always (the last is compiled only with GGML_AVX512_BF16), the AMX fix with AMX (what a build of libggml-cpu
+    alone applies)."""
+    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH] + ([AMX_PATCH] if amx else [])
 
 
 def patches(amx: bool) -> list[Path]:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
@@ -114,20 +115,21 @@ def apply_patch(source: Path, reverse: bool = False, patch: Path = cpu_features.
                    input=patch.read_bytes(), check=True, capture_output=True)
 
 
-def variant(amx: bool) -> Path:
+def variant(amx: bool, without: Sequence[Path] = ()) -> Path:
     """A folder holding a copy of the installed llama_cpp package whose CPU backend is built from this CPU's flags
-    and this project's ggml patches, with AMX (and its patch) or without.
+    and this project's ggml patches (except those ``without``), with AMX (and its patch) or without.
 
     On an AMX machine these are the two builds to compare, whichever of them is installed, for the price of
-    libggml-cpu alone (a minute or two) instead of a second wheel. Cached like the emulated builds.
+    libggml-cpu alone (a minute or two) instead of a second wheel; without a patch, the build as it was before
+    that patch. Cached like the emulated builds.
     """
     import llama_cpp
 
     installed_package = Path(llama_cpp.__file__).parent
     sdist = installed_sdist()
     cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=amx)
-    patches = cpu_features.ggml_patches(amx=amx)
-    name = "amx" if amx else "avx512"
+    patches = [patch for patch in cpu_features.ggml_patches(amx=amx) if patch not in without]
+    name = ("amx" if amx else "avx512") + "".join(f"-without-{patch.stem}" for patch in without)
     digest = hashlib.sha256("\n".join([name, sdist.name, " ".join(cmake_args)]).encode())
     for path in [*patches, *sorted((installed_package / "lib").iterdir())]:
         digest.update(path.read_bytes())

@@ -16,6 +16,7 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
@@ -65,25 +66,26 @@ def compiled_path(system_info: str) -> str | None:
     return next((path for path, marker in SYSTEM_INFO.items() if marker in system_info), None)
 
 
-def build(path: str) -> Path:
+def build(path: str, without: Sequence[Path] = ()) -> Path:
     """A folder holding a llama_cpp package whose CPU backend compiles ``path``'s kernels and whose extra buffer
     types are the repacking: the installed package, or on an AMX build its AVX-512 variant, where that is the
-    path they compile; otherwise a copy of the installed package with a libggml-cpu built for ``path``."""
+    path they compile; otherwise a copy of the installed package with a libggml-cpu built for ``path``. Without
+    some of the project's ggml patches (``without``), always such a copy: the build as it was before them."""
     import llama_cpp
 
     installed_package = Path(llama_cpp.__file__).parent
     system_info = llama_cpp.llama_print_system_info().decode()
-    if "AMX_INT8 = 1" in system_info:
+    if not without and "AMX_INT8 = 1" in system_info:
         if path == native_path(cpu_features.cpu_flags()):
             return amx_emulation.variant(amx=False)  # built from this CPU's flags without AMX
-    elif path == compiled_path(system_info):
+    elif not without and path == compiled_path(system_info):
         return installed_package.parent
     sdist = amx_emulation.installed_sdist()
-    patches = cpu_features.ggml_patches(amx=False)
+    patches = [patch for patch in cpu_features.ggml_patches(amx=False) if patch not in without]
     digest = hashlib.sha256("\n".join([sdist.name, " ".join(cmake_args(path))]).encode())
     for file in [*patches, *sorted((installed_package / "lib").iterdir())]:
         digest.update(file.read_bytes())
-    target = CACHE / f"{path}-{digest.hexdigest()[:16]}"
+    target = CACHE / (path + "".join(f"-without-{patch.stem}" for patch in without) + f"-{digest.hexdigest()[:16]}")
     if (target / "llama_cpp" / "__init__.py").is_file():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)

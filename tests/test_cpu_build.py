@@ -91,13 +91,22 @@ def test_the_amx_patch_applies_exactly(tmp_path):
                    capture_output=True)
 
 
-def test_the_build_stops_when_the_patch_does_not_apply(tmp_path):
-    bogus = tmp_path / "bogus.patch"
-    bogus.write_text("--- a/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
-                     "+++ b/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
-                     "@@ -1,1 +1,1 @@\n-no such line\n+replacement\n")
+@pytest.mark.parametrize("case", ["bogus", "bf16-attention-out-of-order"])
+def test_the_build_stops_when_the_patch_does_not_apply(tmp_path, case):
+    """A patch that matches nothing, and the BF16 attention patch without the tiled one it builds on (the agreed
+    order is package, Q8_0 repack, flash attention tiled, then BF16): each stops the build, naming the patch."""
+    if case == "bogus":
+        bogus = tmp_path / "bogus.patch"
+        bogus.write_text("--- a/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
+                         "+++ b/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
+                         "@@ -1,1 +1,1 @@\n-no such line\n+replacement\n")
+        patches = [bogus]
+    else:
+        bogus = cpu_features.FLASH_ATTN_BF16_PATCH
+        patches = [p for p in cpu_features.patches(amx=False) if p != cpu_features.FLASH_ATTN_PATCH]
+        assert patches[-1] == bogus
     env = {**os.environ, "PYTHON": sys.executable, "LLAMA_CPP_PYTHON_VERSION": "0.3.36", "LLAMA_CMAKE_ARGS": VERIFIED,
-           "LLAMA_PATCH": str(bogus), "CACHE_DIR": str(tmp_path / "cache")}
+           "LLAMA_PATCH": " ".join(map(str, patches)), "CACHE_DIR": str(tmp_path / "cache")}
     (tmp_path / "cache" / "sdist").mkdir(parents=True)
     for sdist in (ROOT / ".cache" / "sdist").glob("*.tar.gz"):
         (tmp_path / "cache" / "sdist" / sdist.name).symlink_to(sdist)

@@ -8,17 +8,32 @@ stale or wrong head, tile or padding shows up here as hidden states far from the
 GQA (Q heads sharing a KV head, with several heads per thread's chunk), the real head size 128, lengths that are
 not multiples of the tile, one ubatch and several (the second attends to a longer, padded cache), and a prompt
 too short for the tiled path. Flash attention rounds K and V through F16, so agreement is to F16 rounding, not
-to 1e-5.
+to 1e-5; where the build has AVX512-BF16, stack/patches/ggml-cpu-flash-attn-bf16.patch also rounds Q, K, V and
+the softmax weights P to BF16 for the two products, and MIN_COSINE holds for those too.
+
+Below, the kernel itself (one GGML_OP_FLASH_ATTN_EXT call through ggml's C API, tests/flash_attention_kernel.py)
+against float64, with the BF16 products' error model; the builds without AVX512-BF16 (the AVX2 build) bit for
+bit as before the BF16 patch; the hidden states of the BF16 products against the F32 products (this CPU's build
+without the patch) on the tiny model and the stand-in; the Q8_0 scores with the served attention; and the
+bench's comparison.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models import numpy_reference as ref
-from perf.common import engine_config
-from tests.conftest import open_engine
+from perf import bf16_attention_comparison, tables
+from perf.common import cosine_rows, engine_config
+from perf.standin import ensure_standin
+from rerank_engine import RerankRequest
+from stack import cpu_features
+from tests import amx_emulation, q8_repack_builds
+from tests.conftest import Reference, open_engine
+from tests.test_q8_repack import run_child
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +70,158 @@ def test_flash_attention_matches_reference(model_and_reference, n_tokens):
     expected = reference.hidden_states(ids)[positions]
     cos = np.sum(hidden * expected, axis=1) / (np.linalg.norm(hidden, axis=1) * np.linalg.norm(expected, axis=1))
     assert cos.min() >= MIN_COSINE, dict(zip(positions, cos.round(6), strict=True))
+
+
+# -- the kernel itself, and the builds around it -----------------------------------------------------------
+
+KERNEL = """
+import json, sys
+from pathlib import Path
+import llama_cpp
+from tests.flash_attention_kernel import case
+lib = Path(llama_cpp.__file__).parent / "lib"
+print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(),
+                  "cases": {spec: case(lib, spec) for spec in sys.argv[1:]}}))
+"""
+# n_q x n_kv x n_head x n_head_kv x DK x DV x cache: Q rows and KV length off the 64-row tiles, GQA 1 to 4, head
+# sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on whole tiles, every cache type
+KERNEL_CASES = ["200x333x4x2x128x128xf16", "130x130x6x2x64x64xf16", "96x160x8x2x128x128xf32",
+                "77x77x2x1x65x24xf16", "100x150x3x3x72x40xbf16", "64x64x16x8x128x128xf16"]
+BF16_UNIT = 2.0 ** -8  # BF16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of it
+F32_PATH_ERROR = 1e-5  # F32 products over at most 333 terms, relative to max |V|
+
+
+def kernel_results(package: Path) -> dict:
+    return run_child(KERNEL, package, *KERNEL_CASES)  # type: ignore[return-value]
+
+
+def bf16_products(system_info: str) -> bool:
+    """Whether a build's tiled flash attention takes the BF16 products (compiled where AVX512-BF16 is)."""
+    return "AVX512_BF16 = 1" in system_info
+
+
+def test_flash_attention_kernel_matches_float64():
+    """The served build's kernel on one call of GGML_OP_FLASH_ATTN_EXT per case, against float64.
+
+    Error model of the BF16 products (builds with AVX512-BF16), errors relative to max |V|, u = 2^-8:
+    - against float64 on the same BF16-rounded Q, K and V, only P's rounding is left: |sum_j dp_j v_j| <=
+      u sum_j p_j |v_j| <= u (plus F32 summation, ~1e-6);
+    - against float64 on the operands as given, to first order: V's rounding u, P's u, and each score s_j off
+      by at most 2u S (S: the largest scale * sum_d |q_d k_d|), which moves the weights p_j by at most a factor
+      of 4u S: u (2 + 4 S) in all.
+    The F32 path (other builds) reads the operands as given (the cache type's rounding is in the reference) and
+    errs only by F32 summation. A BF16 cache outside the tiled BF16 path goes to ggml's one-row path, which
+    rounds Q to BF16 as it rounds K: its reference is the BF16-rounded one, to F32 summation."""
+    import llama_cpp
+
+    result = kernel_results(Path(llama_cpp.__file__).parent.parent)
+    for spec, errors in result["cases"].items():
+        if bf16_products(result["system_info"]):
+            assert errors["error_bf16_operands"] <= BF16_UNIT + F32_PATH_ERROR, (spec, errors)
+            assert errors["error"] <= BF16_UNIT * (2 + 4 * errors["score_magnitude"]) + F32_PATH_ERROR, (spec, errors)
+        elif spec.endswith("bf16"):
+            assert errors["error_bf16_operands"] <= F32_PATH_ERROR, (spec, errors)
+        else:
+            assert errors["error"] <= F32_PATH_ERROR, (spec, errors)
+
+
+@pytest.mark.build
+def test_builds_without_avx512_bf16_keep_the_f32_path_bit_for_bit():
+    """The AVX2 build (libggml-cpu alone, tests/q8_repack_builds.py) with and without the BF16 patch: the same
+    output bits on every kernel case, within the F32 path's error."""
+    reason = q8_repack_builds.why_not_here("avx2")
+    if reason:
+        pytest.skip(f"avx2 build: {reason}")
+    patched = kernel_results(q8_repack_builds.build("avx2"))
+    unpatched = kernel_results(q8_repack_builds.build("avx2", without=[cpu_features.FLASH_ATTN_BF16_PATCH]))
+    assert not bf16_products(patched["system_info"])
+    for spec in KERNEL_CASES:
+        assert patched["cases"][spec]["digest"] == unpatched["cases"][spec]["digest"], spec
+    assert all(errors["error"] <= F32_PATH_ERROR for spec, errors in patched["cases"].items()
+               if not spec.endswith("bf16"))
+
+
+HIDDEN = """
+import json, sys
+from perf.amx_comparison import loaded_llama_libraries
+from perf.common import engine_config, probe
+from rerank_engine.llama_runner import LlamaRunner
+from pathlib import Path
+
+options = engine_config(Path(sys.argv[1]), Path(sys.argv[2])).llama  # the CPU config's attention
+runner = LlamaRunner(sys.argv[1], options)
+runner.start()
+ids, positions = probe(int(sys.argv[3]), runner.n_vocab)
+[hidden] = runner.hidden_states([ids], [positions])
+runner.close()
+print(json.dumps({"hidden": hidden.tolist(), "libraries": loaded_llama_libraries(),
+                  "flash_attn": options.flash_attn, "kv_cache_type": options.kv_cache_type}))
+"""
+# Smallest row cosine, BF16 products against the F32 path (the build without the patch), CPU config attention.
+# Each layer's attention output moves by ~u = 2^-8 of its size (relative RMS ~1e-3, the kernel test's errors), and
+# the residual stream carries it on: ~1e-6 off a cosine of 1 for 2 layers, and over the stand-in's 28 random
+# layers 0.9993-0.9995 measured at 1k-4k tokens.
+MIN_COSINE_BF16 = {"tiny": 0.9999, "standin": 0.999}
+
+
+@pytest.fixture(scope="module")
+def f32_path_build() -> Path:
+    """This CPU's build without the BF16 patch (libggml-cpu alone, cached), where the installed one has it."""
+    import llama_cpp
+
+    if not bf16_products(llama_cpp.llama_print_system_info().decode()):
+        pytest.skip("the installed build has no AVX512-BF16: it takes the F32 path, tested above")
+    return amx_emulation.variant(amx=False, without=[cpu_features.FLASH_ATTN_BF16_PATCH])
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("model", ["tiny", "standin"])
+def test_bf16_products_keep_the_hidden_states_of_the_f32_path(f32_path_build, make_model, model):
+    import llama_cpp
+
+    paths = make_model("f32") if model == "tiny" else ensure_standin()
+    served = run_child(HIDDEN, Path(llama_cpp.__file__).parent.parent, *map(str, paths), "700")
+    f32 = run_child(HIDDEN, f32_path_build, *map(str, paths), "700")
+    assert served["flash_attn"]
+    assert all(Path(lib).is_relative_to(f32_path_build.resolve()) for lib in f32["libraries"])
+    cos = cosine_rows(np.array(served["hidden"]), np.array(f32["hidden"]))
+    assert MIN_COSINE_BF16[model] <= cos.min() < 1.0, cos  # < 1: the two builds do compute differently
+
+
+def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
+    """Q8_0 scores within the project's Q8_0 tolerance (tests/test_engine_reference.py) with the CPU config's
+    attention (flash attention on the tiled path: a prompt of several 64-token tiles)."""
+    served = engine_config(*tiny_q8).llama
+    engine = open_engine(tiny_q8, n_ctx=4096, flash_attn=served.flash_attn, kv_cache_type=served.kv_cache_type)
+    docs = [" ".join(["Paris is the capital of France and its most populous city."] * (i + 3)) for i in range(8)]
+    prompt_tokens = len(engine.plan(RerankRequest("capital of France", docs)).prompts[0].ids)
+    assert prompt_tokens >= 3 * 64
+    result = engine.rerank("capital of France", docs)
+    expected = Reference(tiny_q8, engine).rerank("capital of France", docs).scores
+    np.testing.assert_allclose(result.scores, expected, atol=0.05)
+
+
+# -- the bench's comparison (perf/bf16_attention_comparison.py) ---------------------------------------------
+
+
+@pytest.mark.build
+def test_bench_compares_the_builds_side_by_side(f32_path_build, tiny_q8):
+    """perf/bf16_attention_bench.py's comparison on the tiny model: both builds in children, timed and profiled
+    (here the tests' libggml-cpu variant stands in for the wheel built without the patch)."""
+    import llama_cpp
+
+    options = engine_config(*tiny_q8).llama
+    paths = {"bf16": Path(llama_cpp.__file__).parent.parent, "f32": f32_path_build}
+    result = bf16_attention_comparison.compare(tiny_q8[0], options, [200], 1, paths, say=lambda _: None)
+    assert result["bf16_attention_vs_f32"]["200"] > 0
+    assert result["builds"]["bf16"]["attention_s"]["200"] > 0
+    assert 0.999 <= result["cosine_min"]["200"] < 1.0
+    assert "| 200 | " in tables.bf16_attention_table(result)
+
+
+def test_bench_says_why_it_cannot_compare_without_avx512_bf16():
+    reason = bf16_attention_comparison.why_not_here({"avx2", "avx512f"}, "Some CPU")
+    assert reason is not None
+    assert "Some CPU has no AVX512-BF16" in reason
+    assert bf16_attention_comparison.why_not_here({"avx512f", "avx512_bf16"}, None) is None
+    assert reason in tables.bf16_attention_table({"skipped": reason})

@@ -1,0 +1,53 @@
+"""ggml's tiled flash attention on AVX512-BF16 dot products against its F32 products (``bf16_attention_vs_f32``):
+perf/bf16_attention_comparison.py's comparison, its results and table (perf/tables.py) printed.
+
+    python -m perf.bf16_attention_bench                # quick: 1,024 tokens
+    python -m perf.bf16_attention_bench --mode full    # 1,024, 3,072 and 8,192 tokens:
+                                                       # perf/results/cpu-bf16-attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from perf import ROOT, bf16_attention_comparison
+from perf.common import LENGTHS, engine_config, write_results
+from perf.standin import PRESET, ensure_standin
+from perf.tables import bf16_attention_table
+from stack import cpu_features
+
+RESULTS = ROOT / "perf" / "results" / "cpu-bf16-attention.json"
+ROUNDS = 2  # taking turns; few, because an 8k pass takes tens of seconds on 2 cores
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=f"{__doc__}\n{bf16_attention_comparison.__doc__}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS.relative_to(ROOT)} in full mode, "
+                                                 "none in quick mode)")
+    args = parser.parse_args(argv)
+    out = args.out or (RESULTS if args.mode == "full" else None)
+    model, projector = ensure_standin()
+    started, load_before = time.time(), os.getloadavg()
+    reason = bf16_attention_comparison.why_not_here(cpu_features.cpu_flags(), cpu_features.cpu_model())
+    if reason:
+        result: dict = {"skipped": reason}
+    else:
+        result = bf16_attention_comparison.compare(model, engine_config(model, projector).llama, LENGTHS[args.mode],
+                                                   args.rounds, bf16_attention_comparison.builds())
+    print(bf16_attention_table(result))
+    if out:
+        command = "python -m perf.bf16_attention_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_results(out, command, started, load_before, model=PRESET, bf16_attention=result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""The tiled flash attention on AVX512-BF16 dot products against its F32 products, side by side
+(``bf16_attention_vs_f32``): the comparison that perf/bf16_attention_bench.py runs; its table is perf/tables.py's
+``bf16_attention_table``.
+
+stack/patches/ggml-cpu-flash-attn-bf16.patch computes Q·K^T and P·V of ggml's tiled CPU flash attention with
+VDPBF16PS where the build targets AVX512-BF16. The two builds compared are the same version, CMake flags (this
+CPU's) and patches, except that one: both built by stack/build_llama_wheel.sh (build only, cached by its key; the
+one with every patch is the installed build's wheel) and unpacked under ``.cache/llama-builds/``. Each build runs
+in child processes, the unpacked one first on ``PYTHONPATH``, taking turns per round: the engine's runner with the
+CPU config's options, one timed forward pass per length on the PyTorch peer's token ids and outputs, and in the
+first round one more pass per length with every graph node timed, for the attention's share (ggml's
+FLASH_ATTN_EXT nodes). Where the CPU has no AVX512-BF16 nothing is built or timed: the patch compiles to nothing
+there, and the results say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from perf import ROOT, amx_comparison
+from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s
+from stack import cpu_features
+
+BUILDS = ("bf16", "f32")  # with the patch, without it
+# A child's program (python -c), run from the repository root: the unpacked build first on its PYTHONPATH.
+CHILD = "import sys; from perf.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
+
+
+def why_not_here(flags: set[str], cpu_model: str | None) -> str | None:
+    """Why the comparison means nothing on a CPU with these flags, or None when it can be made."""
+    if "avx512_bf16" not in flags or "avx512f" not in flags:
+        return (f"not measured: {cpu_model or 'this CPU'} has no AVX512-BF16 (no avx512_bf16 in /proc/cpuinfo), so "
+                "both builds compile the F32 products")
+    return None
+
+
+def builds(say: Callable[[str], None] = print) -> dict[str, Path]:
+    """Both builds, unpacked for a child's PYTHONPATH: this CPU's flags and patches, with and without the BF16
+    patch (without AMX, as ``make install`` builds by default)."""
+    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False)
+    patches = cpu_features.patches(amx=False)
+    without = [patch for patch in patches if patch != cpu_features.FLASH_ATTN_BF16_PATCH]
+    return {"bf16": amx_comparison.unpack(amx_comparison.build_wheel(cmake_args, patches, say=say)),
+            "f32": amx_comparison.unpack(amx_comparison.build_wheel(cmake_args, without, say=say))}
+
+
+def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, paths: dict[str, Path],
+            say: Callable[[str], None] = print) -> dict:
+    """Tokens/s of both builds (``paths``: where each is unpacked) at each length, their ratio, the attention's
+    seconds in a profiled pass, and the hidden states' agreement (the smallest row cosine)."""
+    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in BUILDS}
+    reports: dict[str, dict] = {}
+    hidden: dict[str, dict[int, np.ndarray]] = {}
+    attention: dict[str, dict[str, float]] = {}
+    for r in range(rounds):
+        for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
+            reports[build], hidden[build] = run_child(model, options, lengths, paths[build], profile=r == 0)
+            attention.setdefault(build, reports[build]["attention_s"])
+            for n in lengths:
+                seconds[build][n].append(reports[build]["seconds"][str(n)])
+            say(f"{build} build, round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
+    measured = {build: {"build": shown_path(paths[build]), "system_info": reports[build]["system_info"],
+                        "tokens_per_s": {str(n): tokens_per_s(n, seconds[build][n]) for n in lengths},
+                        "attention_s": attention[build]} for build in BUILDS}
+    return {"builds": measured, "rounds": rounds, "flash_attn": options.flash_attn,  # type: ignore[attr-defined]
+            "kv_cache_type": options.kv_cache_type,  # type: ignore[attr-defined]
+            "cosine_min": {str(n): round(float(cosine_rows(hidden["bf16"][n], hidden["f32"][n]).min()), 5)
+                           for n in lengths},
+            "bf16_attention_vs_f32": {str(n): round(measured["bf16"]["tokens_per_s"][str(n)]
+                                                    / measured["f32"]["tokens_per_s"][str(n)], 3) for n in lengths},
+            "attention_speedup": {str(n): round(attention["f32"][str(n)] / attention["bf16"][str(n)], 3)
+                                  for n in lengths}}
+
+
+def run_child(model: Path, options: object, lengths: Sequence[int], python_path: Path, profile: bool,
+              timeout_s: float = 3600) -> tuple[dict, dict[int, np.ndarray]]:
+    """One child process on the build unpacked at ``python_path``: each length's pass timed once, and with
+    ``profile`` one more with every node timed. Returns its report and the hidden states per length."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "pass.npz"
+        argv = [sys.executable, "-c", CHILD, str(model), json.dumps(dataclasses.asdict(options)),  # type: ignore[call-overload]
+                ",".join(map(str, lengths)), str(out), "profile" if profile else "time"]
+        result = subprocess.run(argv, env=amx_comparison.child_environment(python_path), cwd=ROOT,
+                                capture_output=True, text=True, timeout=timeout_s)
+        if result.returncode != 0:
+            raise RuntimeError(f"engine pass failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        with np.load(out) as data:
+            return json.loads(str(data["report"])), {n: data[f"hidden_{n}"] for n in lengths}
+
+
+def child_main(argv: Sequence[str]) -> None:
+    """The child's command line, as run_child writes it: the model, the options as JSON, the lengths
+    (comma-separated), the file to write and ``profile`` or ``time``."""
+    import llama_cpp
+
+    from perf.torch_comparison import engine_profile
+    from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
+
+    model, options_json, lengths_text, out, mode = argv
+    options = RunnerOptions(**json.loads(options_json))
+    lengths = [int(n) for n in lengths_text.split(",")]
+    runner = LlamaRunner(model, options)
+    runner.start()
+    try:
+        hidden, seconds = timed_passes(runner, lengths)
+        vocab = runner.n_vocab
+    finally:
+        runner.close()
+    attention = {str(n): round(engine_profile(Path(model), options, *probe(n, vocab))[0]["attention"], 3)
+                 for n in lengths} if mode == "profile" else {}
+    report = {"libraries": amx_comparison.loaded_llama_libraries(),
+              "system_info": llama_cpp.llama_print_system_info().decode().strip(), "seconds": seconds,
+              "attention_s": attention}
+    np.savez(out, report=np.array(json.dumps(report)), **hidden)

@@ -1,0 +1,117 @@
+"""ggml's CPU flash attention (GGML_OP_FLASH_ATTN_EXT) on one case, called through ggml's C API, against float64
+(test support; run in a child process whose PYTHONPATH puts the build to test first).
+
+A case is "n_q x n_kv x n_head x n_head_kv x DK x DV x cache type": Q (F32), K and V (in the cache type) and a
+causal F16 mask (the last query row sees every key) from a fixed seed, computed with 2 threads. 64 query rows
+or more take the tiled path (stack/patches/ggml-cpu-flash-attn-tiled.patch and, where the build has
+AVX512-BF16, ggml-cpu-flash-attn-bf16.patch). The reference is computed twice in float64: from the operands as
+given, and from the operands rounded to BF16 as that patch rounds Q, K and V, so that its one remaining
+rounding (of P) can be bounded tightly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+GGML_TYPES = {"f32": 0, "f16": 1, "bf16": 30}
+THREADS = 2
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """``x`` (float32) rounded to BF16 as ggml and VCVTNEPS2BF16 round (nearest even), as float32 again."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).astype(np.uint32)
+    return rounded.view(np.float32)
+
+
+def _libraries(lib_dir: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    base.ggml_init.restype = ctypes.c_void_p
+    base.ggml_init.argtypes = [_InitParams]
+    base.ggml_new_tensor_4d.restype = ctypes.c_void_p
+    base.ggml_new_tensor_4d.argtypes = [ctypes.c_void_p, ctypes.c_int, *[ctypes.c_int64] * 4]
+    base.ggml_flash_attn_ext.restype = ctypes.c_void_p
+    base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_float] * 3
+    base.ggml_new_graph.restype = ctypes.c_void_p
+    base.ggml_new_graph.argtypes = [ctypes.c_void_p]
+    base.ggml_build_forward_expand.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    base.ggml_get_data.restype = ctypes.c_void_p
+    base.ggml_get_data.argtypes = [ctypes.c_void_p]
+    base.ggml_free.argtypes = [ctypes.c_void_p]
+    cpu.ggml_graph_compute_with_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    cpu.ggml_cpu_init()
+    return base, cpu
+
+
+def _stored(x: np.ndarray, cache_type: str) -> np.ndarray:
+    """The bytes of ``x`` as ggml stores it in ``cache_type``."""
+    if cache_type == "f16":
+        return x.astype(np.float16)
+    if cache_type == "bf16":
+        return (to_bf16(x).view(np.uint32) >> 16).astype(np.uint16)
+    return x.astype(np.float32)
+
+
+def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """softmax(Q·K^T·scale + mask)·V in float64, [n_q, n_head, DV] like ggml's output; GQA by head groups."""
+    group = q.shape[0] // k.shape[0]
+    k, v = np.repeat(k, group, axis=0).astype(np.float64), np.repeat(v, group, axis=0).astype(np.float64)
+    scores = np.einsum("hqd,hkd->hqk", q.astype(np.float64), k) * scale + mask.astype(np.float64)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    return np.einsum("hqk,hkd->qhd", p / p.sum(-1, keepdims=True), v)
+
+
+def case(lib_dir: Path, spec: str) -> dict:
+    """One case (``spec``, see the module's docstring) on the build in ``lib_dir``: the largest error against
+    both references, relative to the largest |V|, the largest score's magnitude (for the error bound) and a
+    digest of the output's bytes."""
+    n_q, n_kv, n_head, n_head_kv, dk, dv, cache_type = spec.split("x")
+    n_q, n_kv, n_head, n_head_kv, dk, dv = map(int, (n_q, n_kv, n_head, n_head_kv, dk, dv))
+    rng = np.random.default_rng(int(hashlib.sha256(spec.encode()).hexdigest()[:8], 16))
+    q = (rng.standard_normal((n_head, n_q, dk)) * 2).astype(np.float32)
+    k = (rng.standard_normal((n_head_kv, n_kv, dk)) * 2).astype(np.float32)
+    v = rng.standard_normal((n_head_kv, n_kv, dv)).astype(np.float32)
+    k_stored, v_stored = _stored(k, cache_type), _stored(v, cache_type)
+    if cache_type != "f32":  # what the kernel reads
+        k, v = (to_bf16(x) if cache_type == "bf16" else x.astype(np.float16).astype(np.float32) for x in (k, v))
+    causal = np.arange(n_kv)[None, :] > np.arange(n_q)[:, None] + (n_kv - n_q)
+    mask = np.where(causal, -np.inf, 0).astype(np.float16)
+    scale = 1 / np.sqrt(dk)
+
+    base, cpu = _libraries(lib_dir)
+    size = sum(x.nbytes for x in (q, k_stored, v_stored, mask)) + n_q * n_head * dv * 4
+    ctx = base.ggml_init(_InitParams(size + 256 * 2**20, None, False))
+    try:
+        tensors = []
+        for array, type_name, shape in ((q, "f32", (dk, n_q, n_head)), (k_stored, cache_type, (dk, n_kv, n_head_kv)),
+                                        (v_stored, cache_type, (dv, n_kv, n_head_kv)), (mask, "f16", (n_kv, n_q, 1))):
+            tensor = base.ggml_new_tensor_4d(ctx, GGML_TYPES[type_name], *shape, 1)
+            data = np.ascontiguousarray(array)
+            ctypes.memmove(base.ggml_get_data(tensor), data.ctypes.data, data.nbytes)
+            tensors.append(tensor)
+        out = base.ggml_flash_attn_ext(ctx, *tensors, None, scale, 0.0, 0.0)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, out)
+        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, THREADS) == 0
+        result = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float)),
+                                       (n_q, n_head, dv)).copy()
+    finally:
+        base.ggml_free(ctx)
+    v_max = float(np.abs(v).max())
+    group = n_head // n_head_kv
+    magnitudes = np.einsum("hqd,hkd->hqk", np.abs(q).astype(np.float64), np.repeat(np.abs(k), group, axis=0))
+    exact = _reference(q, k, v, mask, scale)
+    bf16_operands = _reference(to_bf16(q), to_bf16(k), to_bf16(v), mask, scale)
+    return {"error": float(np.abs(result - exact).max() / v_max),
+            "error_bf16_operands": float(np.abs(result - bf16_operands).max() / v_max),
+            "score_magnitude": float(magnitudes.max() * scale),  # max over scores of scale * sum |q_d k_d|
+            "digest": hashlib.sha256(result.tobytes()).hexdigest()}
