@@ -1,6 +1,7 @@
 """`make serve`: model files, Triton and the adapter, in one command; Ctrl-C stops both.
 
-Settings: stack.settings.Settings (RERANKER_MODEL, RERANKER_PROJECTOR: default models/, downloaded when absent;
+Settings: stack.settings.Settings (RERANKER_RELEASE: v3 or v3.5; RERANKER_MODEL, RERANKER_PROJECTOR: default the
+release's files under models/, downloaded when absent;
 Triton's ports) and adapter.settings.AdapterSettings (ADAPTER_PORT, ADAPTER_HOST: 0.0.0.0 to accept other
 hosts, e.g. LibreChat in Docker; API_KEY; the adapter's limits), both checked before anything starts.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from adapter.settings import AdapterSettings
 from stack.adapter_server import AdapterServer
-from stack.download import MODELS_DIR, DownloadError, fetch
+from stack.download import DownloadError, fetch
 from stack.processes import interrupt_on_stop_signals
 from stack.settings import Settings, missing_model_files
 from stack.triton_server import TritonServer
@@ -34,9 +35,8 @@ def gpu_config_usable() -> bool:
 
 
 def ensure_model_files(settings: Settings) -> None:
-    defaults = Settings()
-    if (settings.model, settings.projector) == (defaults.model, defaults.projector):
-        fetch(MODELS_DIR)
+    if settings.model is None and settings.projector is None:
+        fetch(release=settings.release)
     problem = missing_model_files(settings)
     if problem:
         raise DownloadError(problem)
