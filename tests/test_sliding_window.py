@@ -16,17 +16,10 @@ from rerank_engine import ModelLoadError, RerankRequest
 from rerank_engine.prompt import RERANK_TOKEN
 from rerank_engine.recipes import V3, V3_5
 from tests.conftest import EXACT, Reference, open_engine
+from tests.test_engine_reference import DOCS, QUERY
 
 pytestmark = pytest.mark.integration
 
-QUERY = "What is the capital of France?"
-DOCS = [
-    "Paris is the capital and most populous city of France.",
-    "Bananas are an excellent source of potassium.",
-    "The Eiffel Tower is a wrought-iron lattice tower in Paris.",
-    "Berlin is the capital of Germany.",
-    "France borders Belgium, Luxembourg, Germany, Switzerland, Italy, Monaco, Andorra and Spain.",
-]
 WINDOW = PRESETS["tiny-v35"].sliding_window
 LIMITS = {"max_query_tokens": V3_5.max_query_tokens, "max_doc_tokens": V3_5.max_doc_tokens}
 F32_TOLERANCE, Q8_TOLERANCE = 2e-3, 6e-2
