@@ -31,6 +31,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-peer": ("cpu-peer-latest.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-q8-repack": ("cpu-q8-repack.json", lambda results: tables.q8_repack_table(results["q8_repack"])),
     "cpu-amx": ("cpu-amx.json", lambda results: tables.amx_table(results["amx"])),
+    "cpu-swa": ("cpu-swa.json", lambda results: tables.swa_table(results["swa"])),
     "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
     "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
     "librechat-search-before": ("librechat-search-cpu-before.json", tables.librechat_run),
