@@ -39,6 +39,8 @@ DEADLINE_SLACK_S = 0.05
 # A budgeted request is due at its deadline; this much later the adapter stops waiting (a 504). Triton's own
 # timeout is set to the same point, so it never drops a request the model could still answer in time.
 BUDGETED_GRACE_S = 0.5
+# More than any model's per-document limit: a larger max_tokens_per_doc is sent as this.
+MAX_TOKENS_PARAMETER = 2**31 - 1
 # The model's errors: "[<engine error kind>] <message>". A wire format that triton_contract defines
 # (error_message, ERROR_KINDS) in the model's image, which the adapter's does not hold; the kinds are repeated
 # here and tests/test_backend_errors.py checks that both sides agree.
@@ -70,8 +72,9 @@ class Backend(Protocol):
     """What the app needs of a model server: ``TritonBackend``, or a test's stand-in."""
 
     async def rerank(self, query: str, documents: list[str], instruction: str | None, timeout: float,
-                     top_n: int | None = None, budgeted: bool = True) -> Scores:
-        """Scores due ``timeout`` seconds from now; failures are BackendErrors."""
+                     top_n: int | None = None, budgeted: bool = True, max_doc_tokens: int | None = None) -> Scores:
+        """Scores due ``timeout`` seconds from now, each document cut at ``max_doc_tokens`` tokens (None: the
+        model's limit); failures are BackendErrors."""
         ...
 
     async def is_ready(self) -> bool:
@@ -90,7 +93,10 @@ class TritonBackend:
         if settings.triton_protocol == "grpc":
             self._client = grpc_aio.InferenceServerClient(settings.triton_url, channel_args=GRPC_CHANNEL_ARGS)
         else:
-            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=settings.request_timeout_s)
+            # No timeout of the client's own: it would be one total for every call (aiohttp's session timeout; the
+            # HTTP client takes no per-call one), cutting a caller's longer deadline. Each call is bounded by
+            # ``asyncio.wait_for`` at its own deadline instead, as over gRPC.
+            self._client = http_aio.InferenceServerClient(settings.triton_url, conn_timeout=None)
 
     async def close(self) -> None:
         await self._client.close()
@@ -108,7 +114,7 @@ class TritonBackend:
         return tensor
 
     async def rerank(self, query: str, documents: list[str], instruction: str | None, timeout: float,
-                     top_n: int | None = None, budgeted: bool = True) -> Scores:
+                     top_n: int | None = None, budgeted: bool = True, max_doc_tokens: int | None = None) -> Scores:
         """Scores from the model, due ``timeout`` seconds from now.
 
         Budgeted, the model answers by then whatever it could score (the rest ranked lexically);
@@ -119,9 +125,13 @@ class TritonBackend:
             inputs.append(self._text_input("INSTRUCTION", [instruction]))
         outputs = [self._protocol.InferRequestedOutput(name) for name in ("SCORES", "TOKENS", "SCORED")]
         parameters: dict[str, object] = {"rerank_mode": "budgeted" if budgeted else "exact"}
+        if max_doc_tokens is not None:
+            # Any cap over the model's own limit means that limit, and one past int64 fails to encode.
+            parameters["max_tokens_per_doc"] = min(max_doc_tokens, MAX_TOKENS_PARAMETER)
         if budgeted:
             parameters["deadline_unix_ms"] = int((time.time() + timeout) * 1000)
-            parameters["top_n"] = top_n or 1
+            # No more than the documents: any larger value means the same, and one past int64 fails to encode.
+            parameters["top_n"] = min(top_n or 1, len(documents))
         # Triton gets the deadline too (µs): it drops the request from its queue once the deadline has
         # passed and the model stops computing it, so abandoned work does not delay other callers.
         # Over gRPC, giving up here also cancels the call, which the model notices within 50 ms.

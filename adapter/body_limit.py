@@ -6,18 +6,10 @@ Checks the declared Content-Length first, then counts what actually arrives
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from starlette.exceptions import HTTPException
 
-from adapter.errors import TooLargeError, error_response
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from adapter.asgi import App, Message, Receive, Scope, Send, declared_length
+from adapter.errors import Rejection, TooLargeError, plain_rejection
 
 
 class BodyTooLarge(HTTPException):
@@ -28,7 +20,7 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: App, max_bytes: int, on_reject: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, app: App, max_bytes: int, on_reject: Rejection = plain_rejection) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.on_reject = on_reject
@@ -37,8 +29,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        declared = declared_length(scope)
+        if declared is not None and declared > self.max_bytes:
             await self._reject(scope, receive, send)
             return
         received = 0
@@ -65,6 +57,5 @@ class BodyLimitMiddleware:
                 await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.on_reject()
         error = TooLargeError(BodyTooLarge(self.max_bytes).detail, {"Connection": "close"})
-        await error_response(error)(scope, receive, send)
+        await self.on_reject(scope, error)(scope, receive, send)

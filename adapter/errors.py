@@ -1,15 +1,18 @@
 """The adapter's errors as data: one exception type, ``ApiError``, and one place that builds its answer.
 
 Each kind of failure is a subclass naming its HTTP status and the ``type`` of the JSON body
-(``{"detail": message, "type": kind}``); ``error_response`` is the only code that writes that body.
+(``{"detail": message, "type": kind}``, the adapter's own shape, Jina's); ``error_response`` is the only code
+that answers an error, in that shape or in a dialect's (adapter/dialects: Cohere's, TEI's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from starlette.responses import JSONResponse
 
+from adapter.asgi import Scope
 from adapter.schemas import ErrorBody
 
 
@@ -47,6 +50,13 @@ class TooLargeError(ApiError):
     kind = "too_large"
 
 
+class OverloadedError(ApiError):
+    """The adapter holds as many requests, or request bytes, as it is configured to: retry shortly."""
+
+    status_code = 503
+    kind = "overloaded"
+
+
 class BackendError(ApiError):
     """The model server failed in a way none of the subclasses names."""
 
@@ -75,7 +85,25 @@ class BackendRejectedError(BackendError):
     kind = "invalid_request"
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    """The answer to ``error``: its status, its headers and the body ``{"detail", "type"}``."""
-    body = ErrorBody(detail=error.message, type=error.kind)
-    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=error.headers)
+# An error as a dialect answers it: the HTTP status and the JSON body.
+ErrorShape = Callable[[ApiError], tuple[int, dict[str, Any]]]
+
+
+def own_shape(error: ApiError) -> tuple[int, dict[str, Any]]:
+    """The adapter's own error body, ``{"detail", "type"}``, at the error's status."""
+    return error.status_code, ErrorBody(detail=error.message, type=error.kind).model_dump()
+
+
+def error_response(error: ApiError, shape: ErrorShape = own_shape) -> JSONResponse:
+    """The answer to ``error``: its status and headers, and its body in ``shape``."""
+    status, body = shape(error)
+    return JSONResponse(body, status_code=status, headers=error.headers)
+
+
+# What a middleware answers a request it refuses before the body is read: the app counts the error and shapes it in
+# the dialect of the request's path.
+Rejection = Callable[[Scope, ApiError], JSONResponse]
+
+
+def plain_rejection(_: Scope, error: ApiError) -> JSONResponse:
+    return error_response(error)

@@ -1,4 +1,4 @@
-"""Turn the model's scores (input order) into the API's ranked results."""
+"""Turn the model's scores (input order) into a ranking: best first, ties by index, at most ``top_n``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from adapter.schemas import RerankResult, TextDocument
 
 
+def order(scores: Sequence[float], top_n: int | None) -> list[int]:
+    """The documents' indices best first, ties by index; the first ``top_n`` (None: all). Every dialect ranks so."""
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return ranked if top_n is None else ranked[:top_n]
+
+
 def rank(scores: Sequence[float], documents: Sequence[str | TextDocument], top_n: int | None,
          return_documents: bool) -> list[RerankResult]:
-    """Best first, ties by index; each document in the form it arrived, unless left out."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if top_n is not None:
-        order = order[:top_n]
+    """Jina's results: each document in the form it arrived, unless left out."""
     return [RerankResult(index=i, relevance_score=float(scores[i]),
-                         document=documents[i] if return_documents else None) for i in order]
+                         document=documents[i] if return_documents else None) for i in order(scores, top_n)]

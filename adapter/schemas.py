@@ -1,10 +1,14 @@
-"""Request and response bodies of the rerank API (Jina's and the old fastembed service's)."""
+"""Request and response bodies of Jina's rerank API (and the old fastembed service's), and what the dialects share:
+the query's checks, checked text, and Cohere's ``meta`` (which Jina's responses carry too, for Cohere's v1 clients).
+
+Cohere's v2 bodies are in adapter/dialects/cohere.py, TEI's in adapter/dialects/tei.py.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 
 def _valid_unicode(text: str) -> str:
@@ -13,6 +17,25 @@ def _valid_unicode(text: str) -> str:
     except UnicodeEncodeError as exc:
         raise ValueError(f"not valid Unicode text ({exc.reason} at character {exc.start})") from None
     return text
+
+
+# A string that is valid Unicode (JSON can carry lone surrogates, which cannot be encoded for the model).
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
+
+
+class QueryBody(BaseModel):
+    """The query every dialect sends; unknown fields are ignored for compatibility."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: StrictStr = Field(description="The search query; must contain non-whitespace text.")
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("query must contain non-whitespace text")
+        return _valid_unicode(query)
 
 
 class TextDocument(BaseModel):
@@ -49,25 +72,17 @@ OLD_SERVICE_EXAMPLE = {
               "batch_size": 32, "top_n": 2, "return_documents": True}}
 
 
-class RerankBody(BaseModel):
-    """Fields the clients send; unknown fields are ignored for compatibility."""
+class RerankBody(QueryBody):
+    """Fields Jina's clients and the old service's send."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [JINA_EXAMPLE["value"]]})
 
-    query: StrictStr = Field(description="The search query; must contain non-whitespace text.")
     documents: list[StrictStr | TextDocument] = Field(min_length=1, description="Strings or {\"text\": ...} objects.")
     top_n: int | None = Field(None, ge=1, description="How many results to return (default: all).")
     return_documents: bool = Field(True, description="Include each document in its result.")
     model: str | None = Field(None, description="Accepted and ignored: the served model always answers.")
     batch_size: int | None = Field(None, description="Accepted for compatibility with the old service; ignored.")
     instruction: StrictStr | None = Field(None, description="Optional ranking instruction for the model.")
-
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, query: str) -> str:
-        if not query.strip():
-            raise ValueError("query must contain non-whitespace text")
-        return _valid_unicode(query)
 
     @field_validator("instruction")
     @classmethod
@@ -99,6 +114,26 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ApiVersion(BaseModel):
+    version: str
+
+
+class BilledUnits(BaseModel):
+    search_units: int
+
+
+class InputTokens(BaseModel):
+    input_tokens: int
+
+
+class ApiMeta(BaseModel):
+    """Cohere's ``meta``: the API's version, the search units a request counts as, and the tokens it used."""
+
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: InputTokens
+
+
 class RerankResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "jina-reranker-v3", "object": "list", "usage": {"total_tokens": 98}, "results": [
@@ -109,6 +144,8 @@ class RerankResponse(BaseModel):
     object: Literal["list"] = "list"
     usage: Usage
     results: list[RerankResult]
+    id: str | None = Field(None, description="Unique per request (Cohere's v1 clients read it).")
+    meta: ApiMeta | None = Field(None, description="Cohere's v1 meta: API version, billed units, tokens.")
 
 
 class ErrorBody(BaseModel):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # The Triton model's name, defined here once: the model's folder in model_repository/ and the `name:` of its
@@ -82,6 +82,11 @@ class AdapterSettings(EnvironmentSettings):
     # lexical overlap with the query; "exact" answers 504.
     rerank_mode: Literal["budgeted", "exact"] = "budgeted"
     max_body_bytes: Positive = 8 * 1024 * 1024  # -> 413
+    # Rerank requests held at once, and the bytes of their bodies (declared, or MAX_BODY_BYTES when chunked)
+    # -> 503. A body costs the adapter several times its size while parsed (8 concurrent 8 MiB bodies: ~500 MiB
+    # peak), so the default keeps it well inside the manifests' 1 GiB.
+    max_concurrent_requests: Positive = 64
+    max_buffered_bytes: Positive = 64 * 1024 * 1024
     max_documents: Positive = 1000  # -> 422
     max_document_chars: Positive = 100_000  # -> 422; documents are truncated to 2,048 tokens by the model anyway
     max_query_chars: Positive = 20_000  # -> 422; the query is truncated to 512 tokens by the model anyway
@@ -115,7 +120,16 @@ class AdapterSettings(EnvironmentSettings):
     def _upper_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("max_buffered_bytes")
+    @classmethod
+    def _a_whole_body_fits(cls, value: int, info: ValidationInfo) -> int:
+        body = info.data.get("max_body_bytes")
+        if body is not None and value < body:
+            raise ValueError(f"less than MAX_BODY_BYTES ({body}): a body at that limit could never be admitted")
+        return value
+
     def public_limits(self) -> dict[str, object]:
-        return {"max_body_bytes": self.max_body_bytes, "max_documents": self.max_documents,
+        return {"max_body_bytes": self.max_body_bytes, "max_concurrent_requests": self.max_concurrent_requests,
+                "max_buffered_bytes": self.max_buffered_bytes, "max_documents": self.max_documents,
                 "max_document_chars": self.max_document_chars, "max_query_chars": self.max_query_chars,
                 "request_timeout_s": self.request_timeout_s, "rerank_mode": self.rerank_mode}

@@ -18,8 +18,18 @@ fi
 tritonserver "$@" &
 triton=$!
 trap 'kill -TERM "$triton" 2>/dev/null || true' TERM INT
-python3 "${STUB_WATCHDOG:-/opt/reranker/stub_watchdog.py}" --pid "$triton" --url "127.0.0.1:$http_port" \
-    --model jina_reranker_v3 &
+# When the watchdog itself ends while tritonserver runs (anything but "tritonserver is gone", 0, or "I stopped
+# it", 3), nothing watches the backend processes any more: stop tritonserver, so that the container ends.
+(
+    status=0
+    python3 "${STUB_WATCHDOG:-/opt/reranker/stub_watchdog.py}" --pid "$triton" --url "127.0.0.1:$http_port" \
+        --model jina_reranker_v3 || status=$?
+    if [ "$status" -ne 0 ] && [ "$status" -ne 3 ]; then
+        echo "triton-entrypoint: the stub watchdog exited with status $status; stopping tritonserver" >&2
+        kill -TERM "$triton" 2>/dev/null || true
+    fi
+    exit "$status"
+) &
 watchdog=$!
 # wait returns early when a trapped signal arrives; keep waiting until tritonserver itself has exited.
 while :; do
@@ -27,11 +37,16 @@ while :; do
     wait "$triton" || status=$?
     kill -0 "$triton" 2>/dev/null || break
 done
-# The watchdog ends by itself within a few seconds of tritonserver; status 3 means it stopped tritonserver.
+# The watchdog ends by itself within a few seconds of tritonserver; status 3 means it stopped tritonserver,
+# any other non-zero status that it died (and its subshell above stopped tritonserver).
 watchdog_status=0
 wait "$watchdog" || watchdog_status=$?
 if [ "$watchdog_status" -eq 3 ]; then
     echo "triton-entrypoint: a Python-backend process died; exiting so that the container is restarted" >&2
+    exit 1
+fi
+if [ "$watchdog_status" -ne 0 ]; then
+    echo "triton-entrypoint: the stub watchdog died; exiting so that the container is restarted" >&2
     exit 1
 fi
 exit "$status"

@@ -128,9 +128,8 @@ def fidelity(gpu_layers: int, say: Callable[[str], None]) -> dict:
     """The engine's reference checks with every layer where ``gpu_layers`` puts it; each check's figures and
     verdict (``passed``), the tiny models generated here."""
     from models.generate_test_model import PRESETS, generate
+    from models.reference_check import DOCS, EXACT, QUERY, Reference, open_engine, words
     from rerank_engine import RerankRequest
-    from tests.conftest import EXACT, Reference, open_engine
-    from tests.test_engine_reference import DOCS, QUERY, words
 
     gpu_options = {"n_gpu_layers": gpu_layers, "flash_attn": True, "kv_cache_type": "f16"}
     checks: dict[str, dict] = {}

@@ -43,7 +43,8 @@ def ensure_model_files(settings: Settings) -> None:
 
 
 def usage_banner(settings: Settings, adapter: AdapterServer, api_key: str) -> str:
-    key = api_key or "any-non-empty-key"
+    """How to call the stack; a configured API key is named, never shown (the banner ends up in logs)."""
+    key = "<your API_KEY>" if api_key else "any-non-empty-key"
     url = f"{adapter.url}/v1/rerank"
     return f"""
 ready: the reranker answers at {url}

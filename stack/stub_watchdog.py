@@ -35,24 +35,38 @@ STUB_NAME = "triton_python_b"  # /proc/<pid>/comm keeps 15 characters of triton_
 
 
 def live_stubs(triton_pid: int) -> set[int]:
-    """Stub processes of this tritonserver that are alive (zombies, not yet reaped, do not count)."""
+    """Stub processes of this tritonserver that are alive (zombies, not yet reaped, do not count).
+
+    Found by their parent process id in ``/proc/<pid>/stat``, not through ``/proc/<triton>/task/*/children``:
+    a thread of tritonserver that ends between the listing and the read makes its ``children`` file vanish
+    (FileNotFoundError, about one scan in a hundred against a process that starts and ends threads), and
+    its children move to another thread meanwhile, so a scan of the threads can miss a live stub.
+    """
     stubs = set()
-    for task in Path(f"/proc/{triton_pid}/task").glob("*/children"):
-        for pid in map(int, task.read_text().split()):
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if comm == STUB_NAME and alive(pid):
-                stubs.add(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := process_stat(int(entry))) is not None:
+            comm, state, parent = stat
+            if parent == triton_pid and comm == STUB_NAME and state != "Z":
+                stubs.add(int(entry))
     return stubs
 
 
-def alive(pid: int) -> bool:
+def process_stat(pid: int) -> tuple[str, str, int] | None:
+    """``(comm, state, parent pid)`` from ``/proc/<pid>/stat``; None once the process is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):  # gone before the open, or between open and read
-        return False
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
+        return None
+    head, _, tail = text.rpartition(")")  # comm may itself hold ")" and spaces
+    fields = tail.split()
+    if len(fields) < 2:
+        return None
+    return head.partition("(")[2], fields[0], int(fields[1])
+
+
+def alive(pid: int) -> bool:
+    stat = process_stat(pid)
+    return stat is not None and stat[1] != "Z"
 
 
 class StubWatchdog:
@@ -99,13 +113,25 @@ class StubWatchdog:
             os.kill(self.triton_pid, signal.SIGKILL)
 
     def run(self) -> None:
+        """Check every ``interval`` until tritonserver ends or it is stopped. A check that fails (anything
+        unexpected in /proc or in Triton's answers) is logged and the next one runs: a watchdog that died
+        would leave a dead stub's instance READY for good."""
         while alive(self.triton_pid):
-            expected = self.expected_stubs()
-            if expected is not None and len(live_stubs(self.triton_pid)) < expected:
-                self.stop_triton()
-                return
+            try:
+                if self.check():
+                    return
+            except Exception:
+                log.exception("stub check failed; still watching")
             if self._stop.wait(self.interval):
                 return
+
+    def check(self) -> bool:
+        """One check: stop tritonserver and return True when a stub is missing."""
+        expected = self.expected_stubs()
+        if expected is not None and len(live_stubs(self.triton_pid)) < expected:
+            self.stop_triton()
+            return True
+        return False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="stub-watchdog", daemon=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from adapter.settings import TRITON_MODEL as MODEL_NAME
 from stack.processes import STOP_TIMEOUT_S, ManagedProcess, http_ok, interrupt_on_stop_signals
 from stack.settings import Settings, missing_model_files
+from stack.shm_regions import remove_stale_regions
 from stack.stub_watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,9 @@ class TritonServer(ManagedProcess):
         return http_ok(f"http://{self.http_url}/v2/models/{MODEL_NAME}/ready")
 
     def start(self) -> None:
+        """Start tritonserver, first removing the shared memory that killed Triton processes left behind."""
         self.watchdog = None
+        remove_stale_regions()
         super().start()
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -14,15 +14,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from models import numpy_reference as ref
     from rerank_engine import Reranker
 
+from models.reference_check import EXACT, Reference, open_engine
 from tests.layers import LAYERS, module_layers
 
 ModelFactory = Callable[..., tuple[Path, Path]]
-# llama.cpp options under which an F32 model matches the float64 reference to ~1e-7: the CPU flash-attention
-# kernel rounds through F16 (~1e-3 in hidden states) and so does an F16 KV cache.
-EXACT = {"flash_attn": False, "kv_cache_type": "f32"}
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -60,10 +57,19 @@ def tiny_q8(make_model: ModelFactory) -> tuple[Path, Path]:
     return make_model("q8_0")
 
 
-def open_engine(paths: tuple[Path, Path], **options) -> Reranker:
-    from rerank_engine import EngineConfig, Reranker
+def smallest_context(paths: tuple[Path, Path], **limits: int) -> int:
+    """The smallest n_ctx the engine accepts with these truncation limits (bisection over real loads)."""
+    from rerank_engine import ModelLoadError
 
-    return Reranker(EngineConfig.from_options(str(paths[0]), str(paths[1]), **options))
+    low, high = 64, 8192  # low is refused, high is accepted
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            open_engine(paths, n_ctx=middle, calibration_tokens=0, **limits).close()
+            high = middle
+        except ModelLoadError:
+            low = middle
+    return high
 
 
 @pytest.fixture(scope="session")
@@ -74,26 +80,6 @@ def engine_f32(tiny_f32: tuple[Path, Path]) -> Reranker:
 @pytest.fixture(scope="session")
 def engine_q8(tiny_q8: tuple[Path, Path]) -> Reranker:
     return open_engine(tiny_q8, n_ctx=8192)
-
-
-class Reference:
-    """The NumPy reference bound to one model, tokenising with the engine's vocabulary."""
-
-    def __init__(self, paths: tuple[Path, Path], engine: Reranker) -> None:
-        from models import numpy_reference as ref
-
-        self.model = ref.Qwen3Reference(str(paths[0]))
-        self.projector = ref.load_projector(str(paths[1]))
-        self.engine = engine
-
-    def plain_tokenize(self, text: str) -> list[int]:
-        return self.engine.tokenize(text)
-
-    def rerank(self, query: str, docs: list[str], instruction: str | None = None, **kwargs) -> ref.ReferenceResult:
-        from models import numpy_reference as ref
-
-        return ref.rerank(self.model, self.projector, self.plain_tokenize, self.engine.detokenize,
-                          self.engine.token_ids, query, docs, instruction, **kwargs)
 
 
 @pytest.fixture(scope="session")

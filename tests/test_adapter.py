@@ -257,5 +257,5 @@ def test_info_health_ready_metrics_and_docs(adapter):
                  'rerank_errors_total{kind="invalid_request"}'):
         assert name in metrics
     schema = httpx.get(f"{adapter.url}/openapi.json", timeout=5).json()
-    assert {"/rerank", "/v1/rerank", "/info", "/health", "/ready", "/metrics"} <= set(schema["paths"])
+    assert {"/rerank", "/v1/rerank", "/v2/rerank", "/info", "/health", "/ready", "/metrics"} <= set(schema["paths"])
     assert httpx.get(f"{adapter.url}/docs", timeout=5).status_code == 200

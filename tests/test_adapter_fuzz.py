@@ -19,6 +19,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from adapter.app import TIMEOUT_HEADER
+
 pytestmark = pytest.mark.integration
 
 CLIENT_ERRORS = {413, 422}
@@ -75,7 +77,7 @@ def test_generated_bodies_never_get_a_server_error(client, body):
 def test_arbitrary_bytes_never_get_a_server_error(client, raw):
     response = client.post("/rerank", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code in CLIENT_ERRORS
-    assert response.json()["detail"]
+    assert error_message(response.json())
 
 
 STRANGE = {
@@ -115,6 +117,103 @@ def test_request_over_the_token_limit_is_422_and_long_documents_are_truncated(cl
     assert long.json()["usage"]["total_tokens"] < 2048 + 400
 
 
+# What JSON (and Python's parser: NaN, Infinity) can carry where a number is expected: past int64 either way,
+# past float64 (1e400 parses as inf), fractions, and the wrong types.
+EXTREMES = ("9223372036854775808", "9223372036854775807", "-9223372036854775809", "18446744073709551616",
+            "1" + "0" * 30, "-1" + "0" * 30, "1" + "0" * 400, "0", "-1", "1", "2", "1e20", "-1e20", "1.5", "1.0",
+            "-0.0", "1e308", "1e400", "-1e400", "1e-400", "NaN", "Infinity", "-Infinity", "true", "false", "null",
+            '"5"', '"1e20"', '""', '"nan"', "[]", "{}")
+raw_numbers = (st.sampled_from(EXTREMES) | st.integers().map(str) | st.floats().map(json.dumps)
+               | st.text(max_size=12).map(json.dumps) | st.booleans().map(json.dumps))
+header_numbers = (st.sampled_from(EXTREMES) | st.integers().map(str) | st.floats().map(repr)
+                  | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=12))
+NUMERIC = {"integer", "number"}
+
+
+def is_numeric(schema: dict) -> bool:
+    return schema.get("type") in NUMERIC or any(is_numeric(option) for option in schema.get("anyOf", ()))
+
+
+def numeric_fields(adapter_url: str) -> list[tuple[str, str, str, str]]:
+    """(path, body schema, where, name) of every numeric field of every route and every body it takes (a route may
+    take several: /rerank, Jina's and TEI's): body fields and parameters from the adapter's OpenAPI schema, and the
+    deadline header the schema leaves out."""
+    spec = httpx.get(f"{adapter_url}/openapi.json", timeout=10).json()
+    fields = []
+    for path, methods in spec["paths"].items():
+        for operation in methods.values():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body is None:
+                continue
+            for ref in body.get("oneOf", [body]):
+                name = ref["$ref"].rsplit("/", 1)[1]
+                schema = spec["components"]["schemas"][name]
+                fields += [(path, name, "header", p["name"]) for p in operation.get("parameters", ())
+                           if is_numeric(p["schema"])]
+                fields += [(path, name, "body", field) for field, spec_ in schema["properties"].items()
+                           if is_numeric(spec_)]
+                fields.append((path, name, "header", TIMEOUT_HEADER))
+    return sorted(set(fields))
+
+
+def body_examples(adapter_url: str) -> dict[str, dict]:
+    """Each body schema's own example (the one /docs shows), by the schema's name."""
+    schemas = httpx.get(f"{adapter_url}/openapi.json", timeout=10).json()["components"]["schemas"]
+    return {name: schema["examples"][0] for name, schema in schemas.items() if schema.get("examples")}
+
+
+def error_message(payload: dict) -> object:
+    """An error body's message in any dialect's shape: Jina's ``detail``, Cohere's ``message``, TEI's ``error``."""
+    return next(payload[key] for key in ("detail", "message", "error") if key in payload)
+
+
+def send_numeric(client: httpx.Client, path: str, example: dict, where: str, name: str, raw: str) -> None:
+    """One request, the body schema's ``example`` with ``raw`` (JSON text, or a header's value) in the field; any
+    answer but a 5xx is fine, an error's body is JSON with a message, and a 200 holds as many results as asked
+    for."""
+    body = {key: value for key, value in example.items() if key != name}
+    text, headers = json.dumps(body), {"Content-Type": "application/json"}
+    if where == "body":
+        text = f'{text[:-1]}, "{name}": {raw}}}'
+    else:
+        headers[name] = raw
+    response = client.post(path, content=text.encode(), headers=headers)
+    assert response.status_code < 500, (path, name, raw, response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), (path, name, raw, response.text)
+    payload = response.json()
+    if response.status_code != 200:
+        assert 400 <= response.status_code < 500
+        assert isinstance(error_message(payload), str)
+        assert error_message(payload), (path, name, raw)
+        return
+    documents = body.get("documents", body.get("texts"))
+    asked = json.loads(text).get("top_n")
+    expected = len(documents) if asked is None else min(int(asked), len(documents))
+    results = payload if isinstance(payload, list) else payload["results"]  # TEI's answer is a bare list
+    assert len(results) == expected, (path, name, raw, payload)
+
+
+def test_every_numeric_field_of_every_route_takes_any_json_value_without_a_server_error(client):
+    fields = numeric_fields(str(client.base_url))
+    examples = body_examples(str(client.base_url))
+    for path, body in (("/v1/rerank", "RerankBody"), ("/rerank", "RerankBody"), ("/v2/rerank", "CohereBody")):
+        assert {(path, body, "body", "top_n"), (path, body, "header", TIMEOUT_HEADER)} <= set(fields)
+    assert ("/v2/rerank", "CohereBody", "body", "max_tokens_per_doc") in fields
+    assert ("/rerank", "TeiBody", "header", TIMEOUT_HEADER) in fields
+    for path, body, where, name in fields:
+        for raw in EXTREMES:
+            send_numeric(client, path, examples[body], where, name, raw)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def generated(data: st.DataObject) -> None:
+        path, body, where, name = data.draw(st.sampled_from(fields))
+        send_numeric(client, path, examples[body], where, name,
+                     data.draw(raw_numbers if where == "body" else header_numbers))
+
+    generated()
+
+
 def operations(adapter_url: str) -> list:
     schema = schemathesis.openapi.from_url(f"{adapter_url}/openapi.json")
     return [result.ok() for result in schema.get_all_operations()]
@@ -137,5 +236,5 @@ def test_openapi_schema_fuzzing(live_stack, mode):
 
         call()
         tried.append(f"{operation.method.upper()} {operation.path}")
-    assert {"POST /v1/rerank", "POST /rerank"} <= set(tried)
+    assert {"POST /v1/rerank", "POST /rerank", "POST /v2/rerank"} <= set(tried)
     assert mode == GenerationMode.NEGATIVE or {"GET /ready", "GET /info", "GET /metrics"} <= set(tried)

@@ -41,9 +41,9 @@ class StandIn:
         self.calls: list[dict[str, object]] = []
 
     async def rerank(self, query: str, documents: list[str], instruction: str | None, timeout: float,
-                     top_n: int | None = None, budgeted: bool = True) -> Scores:
+                     top_n: int | None = None, budgeted: bool = True, max_doc_tokens: int | None = None) -> Scores:
         self.calls.append({"query": query, "documents": documents, "instruction": instruction, "timeout": timeout,
-                           "top_n": top_n, "budgeted": budgeted})
+                           "top_n": top_n, "budgeted": budgeted, "max_doc_tokens": max_doc_tokens})
         if self.error is not None:
             raise self.error
         n = len(documents)
@@ -126,11 +126,18 @@ def test_the_backend_gets_the_request_the_mode_and_the_deadline(serve, mode, bud
     client, backend = serve(rerank_mode=mode, request_timeout_s=3.5)
     client.post("/v1/rerank", json={"query": "q", "documents": DOCS[:2], "top_n": 1, "instruction": "be brief"})
     client.post("/v1/rerank", json={"query": "q", "documents": DOCS[:2]}, headers={TIMEOUT_HEADER: "250"})
+    client.post("/v2/rerank", json={"model": "rerank-v3.5", "query": "q", "documents": DOCS[:2], "top_n": 1,
+                                    "max_tokens_per_doc": 64}, headers={TIMEOUT_HEADER: "500"})
+    client.post("/rerank", json={"query": "q", "texts": DOCS[:2], "truncate": True})
     assert backend.calls == [
         {"query": "q", "documents": DOCS[:2], "instruction": "be brief", "timeout": 3.5, "top_n": 1,
-         "budgeted": budgeted},
+         "budgeted": budgeted, "max_doc_tokens": None},
         {"query": "q", "documents": DOCS[:2], "instruction": None, "timeout": 0.25, "top_n": None,
-         "budgeted": budgeted}]
+         "budgeted": budgeted, "max_doc_tokens": None},
+        {"query": "q", "documents": DOCS[:2], "instruction": None, "timeout": 0.5, "top_n": 1,
+         "budgeted": budgeted, "max_doc_tokens": 64},
+        {"query": "q", "documents": DOCS[:2], "instruction": None, "timeout": 3.5, "top_n": None,
+         "budgeted": budgeted, "max_doc_tokens": None}]
 
 
 def test_scored_header_says_how_many_the_model_scored(app):
@@ -254,6 +261,17 @@ def test_each_backend_error_is_its_status_and_body(app, error, status, kind):
     assert re.search(rf'^rerank_errors_total\{{kind="{kind}"\}} 1\.0$', client.get("/metrics").text, re.M)
 
 
+def test_an_unexpected_exception_is_a_json_500_counted_as_internal(serve):
+    client, backend = serve()
+    client = TestClient(client.app, raise_server_exceptions=False)
+    backend.error = ValueError("Value out of range: 9223372036854775808")
+    response = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+    assert_error(response, 500, "internal_error")
+    assert "ValueError" in response.json()["detail"]
+    assert "9223372036854775808" not in response.json()["detail"]  # the adapter's log has it, not the client
+    assert re.search(r'^rerank_errors_total\{kind="internal_error"\} 1\.0$', client.get("/metrics").text, re.M)
+
+
 def test_framework_errors_share_the_body(app):
     client, _ = app
     assert_error(client.get("/nowhere"), 404, "not_found")
@@ -274,6 +292,100 @@ def test_the_backend_is_made_at_start_up_and_closed_at_shut_down(serve):
     assert not backend.closed
     client.__exit__(None, None, None)
     assert backend.closed
+
+
+def rerank_scope(length: int | None, path: str = "/v1/rerank", method: str = "POST",
+                 headers: dict[bytes, bytes] | None = None) -> dict:
+    """The ASGI scope of a request as uvicorn passes it; ``length``: its Content-Length, None for a chunked body."""
+    framing = {b"transfer-encoding": b"chunked"} if length is None else {b"content-length": b"%d" % length}
+    sent = {b"content-type": b"application/json", **framing, **(headers or {})}
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+            "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": list(sent.items()),
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http"}
+
+
+class Held(StandIn):
+    """A backend that answers only once ``release`` is set, counting the calls it holds."""
+
+    def __init__(self, settings: AdapterSettings) -> None:
+        super().__init__(settings)
+        self.release = asyncio.Event()
+        self.holding = 0
+
+    async def rerank(self, *args: object, **kwargs: object) -> Scores:
+        self.holding += 1
+        await self.release.wait()
+        return await super().rerank(*args, **kwargs)
+
+
+async def call(app: object, scope: dict, body: bytes) -> tuple[int, dict, int]:
+    """Drive ``app`` with one request: (status, JSON body, how many times it asked for the request's body)."""
+    reads, sent = 0, []
+
+    async def receive() -> dict:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays until answered
+        raise AssertionError("not reached")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(payload), reads
+
+
+def padded(length: int) -> bytes:
+    """A valid rerank body of exactly ``length`` bytes (JSON allows trailing whitespace)."""
+    body = json.dumps({"query": "q", "documents": ["a"]}).encode()
+    return body + b" " * (length - len(body))
+
+
+def test_without_the_api_key_the_body_is_never_read():
+    app = create_app(AdapterSettings(api_key="s3cret"), StandIn)
+    app.state.backend = StandIn(AdapterSettings())
+    for headers in ({}, {b"authorization": b"Bearer wrong"}):
+        status, body, reads = asyncio.run(call(app, rerank_scope(8_000_000, headers=headers), b"{not json"))
+        assert (status, body["type"], reads) == (401, "unauthorized", 0)
+    status, body, reads = asyncio.run(call(app, rerank_scope(9, headers={b"authorization": b"Bearer s3cret"}),
+                                           b"{not json"))
+    assert (status, body["type"], reads) == (422, "invalid_request", 1)
+
+
+def test_requests_and_their_bytes_past_the_capacity_are_503_unread():
+    settings = AdapterSettings(max_concurrent_requests=2, max_buffered_bytes=1000, max_body_bytes=1000)
+    app = create_app(settings, Held)
+    backend = app.state.backend = Held(settings)
+
+    async def run() -> dict[str, tuple[int, dict, int]]:
+        first = asyncio.ensure_future(call(app, rerank_scope(600), padded(600)))
+        while backend.holding < 1:
+            await asyncio.sleep(0)
+        results = {"bytes": await call(app, rerank_scope(401), padded(401)),
+                   "chunked": await call(app, rerank_scope(None), padded(300))}  # holds MAX_BODY_BYTES
+        second = asyncio.ensure_future(call(app, rerank_scope(400), padded(400)))
+        while backend.holding < 2:
+            await asyncio.sleep(0)
+        results["requests"] = await call(app, rerank_scope(60), padded(60))
+        results["health"] = await call(app, rerank_scope(0, "/health", "GET"), b"")
+        backend.release.set()
+        results["first"], results["second"] = await first, await second
+        results["after"] = await call(app, rerank_scope(1000), padded(1000))
+        results["chunked after"] = await call(app, rerank_scope(None), padded(900))
+        return results
+
+    results = asyncio.run(run())
+    for refused, why in (("bytes", "600 bytes of request bodies held, at most 1000"),
+                         ("chunked", "600 bytes of request bodies held, at most 1000"),
+                         ("requests", "2 requests in progress, at most 2")):
+        status, body, reads = results[refused]
+        assert (status, body["type"], reads) == (503, "overloaded", 0)
+        assert why in body["detail"]
+    assert results["health"][0] == 200
+    assert [results[name][0] for name in ("first", "second", "after", "chunked after")] == [200] * 4
 
 
 def test_a_client_that_leaves_cancels_the_backend_call_and_gets_499():
@@ -307,11 +419,7 @@ def test_a_client_that_leaves_cancels_the_backend_call_and_gets_499():
         async def send(message: dict) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "path": "/v1/rerank", "raw_path": b"/v1/rerank", "query_string": b"", "root_path": "",
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http"}
-        await asyncio.wait_for(app(scope, receive, send), 10)
+        await asyncio.wait_for(app(rerank_scope(len(body)), receive, send), 10)
 
     asyncio.run(run())
     assert cancelled.is_set()

@@ -129,6 +129,24 @@ def test_exact_and_budgeted_agree_when_time_is_enough(triton, adapter, tmp_path)
         exact.stop()
 
 
+@pytest.mark.parametrize("mode", ["exact", "budgeted"])
+def test_over_http_a_call_has_the_requests_own_deadline_not_request_timeout_s(triton, tmp_path, mode):
+    """TRITON_PROTOCOL=http: the caller's deadline, longer than REQUEST_TIMEOUT_S, is the call's; REQUEST_TIMEOUT_S
+    (here 50 ms) was once the HTTP client's total timeout for every call, and cut it short with a 504."""
+    adapter = start_adapter(triton.http_url, tmp_path / "adapter.log", protocol="http", RERANK_MODE=mode,
+                            REQUEST_TIMEOUT_S="0.05")
+    try:
+        started = time.monotonic()
+        response = httpx.post(f"{adapter.url}/v1/rerank", json={"query": QUERY, "documents": documents(200, 40)},
+                              headers={"X-Request-Timeout-Ms": "60000"}, timeout=90)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200, response.text
+        assert scored_header(response) == (200, 200)
+        assert elapsed > 0.05, "the request must outlive REQUEST_TIMEOUT_S for this test to show anything"
+    finally:
+        adapter.stop()
+
+
 def raw_post(port: int, body: bytes) -> socket.socket:
     """An HTTP POST sent over a socket we can close mid-request, as a client that gives up does."""
     sock = socket.create_connection(("127.0.0.1", port))

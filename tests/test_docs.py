@@ -65,13 +65,16 @@ def test_each_rerank_route_shows_its_clients_bodies_and_each_is_answered(client,
     schema = client.get("/openapi.json").json()
     examples = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
     assert list(examples) == list(DOCS_EXAMPLES[path])  # in order: the first is what "Try it out" starts from
-    assert len(examples) == 3
+    assert examples
     for name, example in examples.items():
         assert example["summary"]
         body = example["value"]
         response = client.post(path, json=body)
         assert response.status_code == 200, (name, response.text)
-        assert len(response.json()["results"]) == min(body.get("top_n", len(body["documents"])), len(body["documents"]))
+        answer = response.json()
+        results = answer if isinstance(answer, list) else answer["results"]  # TEI's answer is a bare list
+        documents = body.get("documents", body.get("texts"))
+        assert len(results) == min(body.get("top_n", len(documents)), len(documents))
 
 
 def test_the_answers_example_is_an_answer(client):

@@ -86,7 +86,8 @@ def test_docs_page_works_offline_authorizes_and_reranks(adapter, tmp_path):
 
             paths = page.locator(".opblock-summary-path")
             expect(paths.first).to_be_visible(timeout=ACTION_TIMEOUT_MS)
-            assert set(paths.all_inner_texts()) == {"/v1/rerank", "/rerank", "/health", "/ready", "/info", "/metrics"}
+            assert set(paths.all_inner_texts()) == {"/v1/rerank", "/rerank", "/v2/rerank", "/health", "/ready",
+                                                    "/info", "/metrics"}
 
             operation = "operations-default-rerank_v1_rerank_post"
             page.locator(f"#{operation} .opblock-summary").click()

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from rerank_engine import RerankRequest, RerankResult
+from rerank_engine.engine import ANSWER_RESERVE_S, PLAN_FRACTION
 from rerank_engine.lexical import lexical_order
+from tests.conftest import open_engine
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +129,69 @@ def test_a_kept_prefix_gives_the_hidden_states_of_a_full_decode(engine_f32):
                                                  decoded=lambda lengths, _s: decoded.append(lengths), prefix=prefix)
             np.testing.assert_allclose(states, expected, rtol=0, atol=1e-5)
     assert decoded[-1] == [len(prompts[1].ids) - len(prefix)]  # only the tokens after the prefix were decoded
+
+
+def test_a_round_after_a_whole_decode_is_budgeted_with_the_prefix(engine_q8):
+    """A whole decode clears the kept system-prompt prefix: the next budgeted round decodes it again, and its
+    prediction must say so (it was budgeted as cached, ~100 tokens short)."""
+    docs = documents(20, 20)
+    prepared = engine_q8.prepare(RerankRequest(QUERY, docs))
+    prefix = engine_q8._fixed_prefix()
+    engine_q8.rerank(QUERY, docs)  # a whole decode
+    cold = engine_q8._subset_seconds(prepared)(range(5))
+    [prompt] = engine_q8.plan(RerankRequest(QUERY, docs[:5])).prompts
+    list(engine_q8.runner.iter_hidden_states([prompt.ids], [prompt.output_positions], prefix=prefix))  # untimed
+    warm = engine_q8._subset_seconds(prepared)(range(5))
+    assert cold == pytest.approx(warm + engine_q8.pass_timer.seconds([len(prefix)]))
+    assert cold > warm
+
+
+def test_every_request_gets_model_scores_when_passes_run_slower_than_learnt(tiny_q8):
+    """Four equal requests due together, predicted to be scored whole in time; then every decode takes twice
+    as long as the instance has learnt (a hook that sleeps as long as llama.cpp decoded, inside the runner).
+    The batch must be planned again as passes come in slow: each request still gets its top_n model-scored."""
+    engine = open_engine(tiny_q8, n_ctx=8192)
+    try:
+        docs = documents(40, 30)
+        requests = [RerankRequest(f"{QUERY} {i}", docs, min_scored=5) for i in range(4)]
+        engine.rerank_many(requests)  # learn this size of pass at full speed
+        full = sum(predicted_seconds(engine, r) for r in requests)
+        decode = engine.runner._decode
+
+        def slow_decode(*args):
+            started = time.perf_counter()
+            decode(*args)
+            time.sleep(time.perf_counter() - started)
+
+        engine.runner._decode = slow_decode
+        deadline = time.monotonic() + ANSWER_RESERVE_S + 1.1 * full / PLAN_FRACTION  # predicted to fit whole
+        results = engine.rerank_many([RerankRequest(r.query, r.documents, deadline=deadline, min_scored=5)
+                                      for r in requests])
+    finally:
+        engine.close()
+    assert time.monotonic() < deadline + SLACK_S
+    assert all(result.n_scored >= 5 for result in results), [result.n_scored for result in results]
+    for result in results:
+        assert_model_scored_rank_first(result)
+
+
+def test_a_budgeted_request_whose_decode_fails_fails_alone(engine_q8, monkeypatch):
+    """In a budgeted batch (rounds of lexical candidates) llama.cpp failing on one request's passes (here: made
+    to) answers that request with the error; the others are still scored within the time."""
+    docs = slow_request(engine_q8, 1.5)
+    queries = [f"{QUERY} {i}" for i in range(2)] + ["poisoned rivers"]
+    poison = engine_q8.tokenize(" poisoned")
+    decode_group = engine_q8.runner._decode_group
+
+    def failing_decode_group(sequences, *args):
+        if any(poison == list(s[i:i + len(poison)]) for s in sequences for i in range(len(s))):
+            raise RuntimeError("llama_decode failed with status -1")
+        return decode_group(sequences, *args)
+
+    monkeypatch.setattr(engine_q8.runner, "_decode_group", failing_decode_group)
+    full = sum(predicted_seconds(engine_q8, RerankRequest(q, docs)) for q in queries)
+    deadline = time.monotonic() + 0.4 * full + 0.3
+    results = engine_q8.rerank_many([RerankRequest(q, docs, deadline=deadline, min_scored=3) for q in queries])
+    assert time.monotonic() < deadline + SLACK_S
+    assert isinstance(results[2], RuntimeError)
+    assert all(result.n_scored >= 3 for result in results[:2]), [result.n_scored for result in results[:2]]

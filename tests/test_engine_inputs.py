@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gguf
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from models.generate_test_model import EMBED_TOKEN
 from rerank_engine import InvalidInputError, ModelLoadError, RerankRequest
-from tests.conftest import open_engine
+from tests.conftest import open_engine, smallest_context
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +192,66 @@ def test_bf16_and_f16_projectors(make_model, tmp_path):
     np.testing.assert_array_equal(open_engine(bf16).rerank(QUERY, docs).scores, expected)
     np.testing.assert_allclose(open_engine(f16).rerank(QUERY, docs).scores,
                                open_engine(f32).rerank(QUERY, docs).scores, atol=2e-3)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-v35"])
+def test_the_longest_texts_fit_the_smallest_accepted_context(make_model, preset):
+    """The context check counts every wrapper of the template (the instruction's too, v3.5's second query
+    marker too): at the smallest n_ctx it accepts, a query and an instruction at their limit and a document at
+    its limit are scored."""
+    paths = make_model("q8_0", preset)
+    limits = {"max_query_tokens": 48, "max_doc_tokens": 64}
+    engine = open_engine(paths, n_ctx=smallest_context(paths, **limits), **limits)
+    try:
+        long_text = " ".join(["rivers and seas"] * 60)
+        result = engine.rerank(long_text, [long_text, "bread"], instruction=long_text)
+    finally:
+        engine.close()
+    assert result.scored.all()
+    assert np.all(np.abs(result.scores) <= 1)
+
+
+class ExplodingDocuments(Sequence):
+    """A documents list that fails while it is read: a fault no input check names."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index):
+        raise RuntimeError("documents exploded")
+
+
+def test_an_unexpected_failure_stays_with_its_request(engine_q8):
+    good = RerankRequest(QUERY, ["The Nile.", "Bread recipes."])
+    results = engine_q8.rerank_many([good, RerankRequest(QUERY, ExplodingDocuments()), good])
+    assert isinstance(results[1], RuntimeError)
+    assert "documents exploded" in str(results[1])
+    expected = engine_q8.rerank(good.query, good.documents).scores
+    for result in (results[0], results[2]):
+        np.testing.assert_allclose(result.scores, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("share_decodes", [False, True])
+def test_a_decode_that_fails_fails_only_its_request(tiny_q8, monkeypatch, share_decodes):
+    """llama.cpp failing on one request's pass (here: made to) answers that request with the error and
+    scores the others of the batch, whether or not their passes shared the failing decode call."""
+    engine = open_engine(tiny_q8, n_ctx=4096, share_decodes=share_decodes)
+    try:
+        requests = [RerankRequest(f"{QUERY} {i}", ["The Nile flows north.", "Bread recipes."]) for i in range(3)]
+        alone = [engine.rerank(r.query, r.documents).scores for r in requests]
+        [poisoned] = engine.plan(requests[1]).prompts
+        decode_group = engine.runner._decode_group
+
+        def failing_decode_group(sequences, *args):
+            if any(list(sequence) == poisoned.ids for sequence in sequences):
+                raise RuntimeError("llama_decode failed with status -1")
+            return decode_group(sequences, *args)
+
+        monkeypatch.setattr(engine.runner, "_decode_group", failing_decode_group)
+        results = engine.rerank_many(requests)
+    finally:
+        engine.close()
+    assert isinstance(results[1], RuntimeError)
+    assert "status -1" in str(results[1])
+    for index in (0, 2):
+        np.testing.assert_allclose(results[index].scores, alone[index], atol=1e-4)

@@ -6,27 +6,10 @@ import numpy as np
 import pytest
 
 from models import numpy_reference as ref
+from models.reference_check import DOCS, EXACT, QUERY, Reference, open_engine, words
 from rerank_engine import RerankRequest
-from tests.conftest import EXACT, Reference, open_engine
 
 pytestmark = pytest.mark.integration
-
-QUERY = "What is the capital of France?"
-DOCS = [
-    "Paris is the capital and most populous city of France.",
-    "Bananas are an excellent source of potassium.",
-    "The Eiffel Tower is a wrought-iron lattice tower in Paris.",
-    "Berlin is the capital of Germany.",
-    "",
-    "France borders Belgium, Luxembourg, Germany, Switzerland, Italy, Monaco, Andorra and Spain.",
-]
-
-
-def words(n: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    vocab = ref.SYSTEM.replace(".", "").split()
-    return " ".join(rng.choice(vocab, size=n))
-
 
 def test_hidden_states_match_reference_f32(engine_f32, reference_f32):
     prompt = engine_f32.plan(RerankRequest(QUERY, DOCS)).prompts[0]
@@ -111,6 +94,18 @@ def test_truncates_long_document_and_query(engine_f32, reference_f32):
     np.testing.assert_allclose(result.scores, expected.scores, atol=1e-4)
     untruncated = len(engine_f32.tokenize(long_doc)) + 2 * len(engine_f32.tokenize(long_query))
     assert result.tokens < untruncated
+
+
+def test_a_request_caps_its_documents_tokens_as_the_reference_truncates(engine_f32, reference_f32):
+    """Cohere's max_tokens_per_doc: the request's own cap, applied by the engine's tokeniser."""
+    docs = [words(200, 3), words(150, 4), DOCS[0]]
+    [capped] = engine_f32.rerank_many([RerankRequest(QUERY, docs, max_doc_tokens=24)])
+    expected = reference_f32.rerank(QUERY, docs, max_doc_tokens=24)
+    np.testing.assert_allclose(capped.scores, expected.scores, atol=1e-4)
+    assert capped.tokens < engine_f32.rerank(QUERY, docs).tokens - 200
+    # Above the engine's own limit, the engine's limit holds: as if no cap were given.
+    [loose] = engine_f32.rerank_many([RerankRequest(QUERY, docs, max_doc_tokens=10**9)])
+    assert loose.tokens == engine_f32.rerank(QUERY, docs).tokens
 
 
 def test_instruction_is_part_of_the_prompt(engine_f32, reference_f32):

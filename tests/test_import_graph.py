@@ -1,6 +1,6 @@
 """The repository's import graph, read from the source with ``ast``: no cycle in any package, no module outside
-the tests that imports a bench (so no bench imports another: what they share is in library modules), and no
-``sys.path`` edit outside the tests' conftest.
+the tests that imports a bench (so no bench imports another: what they share is in library modules) or a test
+module, and no ``sys.path`` edit outside the tests' conftest.
 
 Every import statement counts, at module level or inside a function, ``TYPE_CHECKING`` blocks included. The
 engine's folder is an import root of its own, as it is on Triton's path and in the installed .pth file.
@@ -158,6 +158,26 @@ def test_bench_importers_are_found() -> None:
 def test_no_module_outside_the_tests_imports_a_bench(graph) -> None:
     """The benches are leaves: what another module needs of one belongs in a library module."""
     assert bench_importers(graph) == {}
+
+
+def outside_importers_of_tests(graph: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    """Module outside the tests -> the test modules it imports, for every such module that imports one."""
+    def is_test(module: str) -> bool:
+        return module == "tests" or module.startswith("tests.")
+
+    return {module: sorted(filter(is_test, targets)) for module, targets in graph.items()
+            if not is_test(module) and any(map(is_test, targets))}
+
+
+def test_importers_of_tests_are_found() -> None:
+    graph = {"perf.gpu_check": {"tests.conftest", "perf.common"}, "tests.test_x": {"tests.conftest"}}
+    assert outside_importers_of_tests(graph) == {"perf.gpu_check": ["tests.conftest"]}
+
+
+def test_nothing_outside_the_tests_imports_them(graph) -> None:
+    """The tests may be absent where the project runs (an image, the GPU machine's copy): what a bench or the
+    stack shares with them lives in a library module (e.g. models/reference_check.py)."""
+    assert outside_importers_of_tests(graph) == {}
 
 
 def test_the_report_renders_with_the_tables_alone(graph) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import numpy_reference as ref
-from rerank_engine.prompt import EMBED_TOKEN, IM_END, IM_START, RERANK_TOKEN, build_block, plan_blocks
+from rerank_engine.prompt import EMBED_TOKEN, IM_END, IM_START, RERANK_TOKEN, build_block, plan_blocks, template_tokens
 from rerank_engine.scoring import cosine, merged_query
 
 pytestmark = pytest.mark.unit
@@ -109,3 +109,7 @@ def test_opening_query_marker_follows_the_opening_lines_query():
     assert text.count(RERANK_TOKEN) == 2
     assert block.query_position == len(block.ids) - 1
     assert detokenize(build_block("q?", ["doc A"], None, char_tokenize, IDS).ids).count(RERANK_TOKEN) == 1
+
+
+def test_template_tokens_count_the_opening_query_marker():
+    assert template_tokens(char_tokenize, IDS, opening_query_marker=True) == template_tokens(char_tokenize, IDS) + 1

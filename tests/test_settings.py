@@ -42,12 +42,14 @@ def test_defaults():
 def test_each_variable_is_its_field_name_in_upper_case():
     environ = {"TRITON_URL": "triton:9001", "TRITON_PROTOCOL": "http", "TRITON_MODEL": "other",
                "MODEL_NAME": "m", "API_KEY": "k", "REQUEST_TIMEOUT_S": "2.5", "RERANK_MODE": "exact",
-               "MAX_BODY_BYTES": "10", "MAX_DOCUMENTS": "11", "MAX_DOCUMENT_CHARS": "12", "MAX_QUERY_CHARS": "13",
+               "MAX_BODY_BYTES": "10", "MAX_CONCURRENT_REQUESTS": "3", "MAX_BUFFERED_BYTES": "20",
+               "MAX_DOCUMENTS": "11", "MAX_DOCUMENT_CHARS": "12", "MAX_QUERY_CHARS": "13",
                "ADAPTER_HOST": "0.0.0.0", "ADAPTER_PORT": "80", "KEEP_ALIVE_S": "30", "LOG_LEVEL": "debug"}
     settings = AdapterSettings.from_environment(environ)
     assert settings == AdapterSettings(triton_url="triton:9001", triton_protocol="http", triton_model="other",
                                        model_name="m", api_key="k", request_timeout_s=2.5, rerank_mode="exact",
-                                       max_body_bytes=10, max_documents=11, max_document_chars=12,
+                                       max_body_bytes=10, max_concurrent_requests=3, max_buffered_bytes=20,
+                                       max_documents=11, max_document_chars=12,
                                        max_query_chars=13, adapter_host="0.0.0.0", adapter_port=80,
                                        keep_alive_s=30, log_level="DEBUG")
     assert set(environ) == {AdapterSettings.variable(name) for name in AdapterSettings.model_fields} - {
@@ -94,6 +96,8 @@ def test_cors_origins_are_comma_separated(value, origins):
 @pytest.mark.parametrize(("cls", "variable", "value", "problem"), [
     (AdapterSettings, "MAX_DOCUMENTS", "many", "a valid integer"),
     (AdapterSettings, "MAX_BODY_BYTES", "0", "greater than 0"),
+    (AdapterSettings, "MAX_CONCURRENT_REQUESTS", "0", "greater than 0"),
+    (AdapterSettings, "MAX_BUFFERED_BYTES", "1000", "less than MAX_BODY_BYTES (8388608)"),
     (AdapterSettings, "MAX_DOCUMENT_CHARS", "1.5", "a valid integer"),
     (AdapterSettings, "MAX_QUERY_CHARS", "-1", "greater than 0"),
     (AdapterSettings, "REQUEST_TIMEOUT_S", "soon", "a valid number"),

@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from rerank_engine import Reranker
 from stack.triton_server import MODEL_NAME, REPOSITORY
+from tests.conftest import smallest_context
 from tests.servers import repository_copy, start_triton
 
 pytestmark = pytest.mark.integration
@@ -292,3 +293,34 @@ def test_launcher_names_a_missing_model_file_before_starting(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"RERANKER_MODEL: no file at {missing}"
     assert "starting Triton" not in result.stdout
+
+
+def test_a_query_and_instruction_at_their_limits_are_scored_in_a_batch(make_model, tmp_path):
+    """At the smallest n_ctx the engine accepts, a request whose query and instruction are at their limits
+    is scored, and so are the requests batched with it (the instruction's wrapper once went uncounted: its
+    ValueError failed the whole batch with "[internal] rerank failed")."""
+    paths = make_model("q8_0")
+    limits = {"max_query_tokens": 48, "max_doc_tokens": 64}
+    repository = repository_copy(tmp_path / "repo", parameters={
+        "n_ctx": str(smallest_context(paths, **limits)), **{k: str(v) for k, v in limits.items()}}, replace={
+        "max_queue_delay_microseconds: 100000": "max_queue_delay_microseconds: 5000000\n  preferred_batch_size: [ 4 ]"})
+    server = start_triton(paths, tmp_path / "server.log", repository=repository)
+    try:
+        long_text = " ".join(["rivers and seas"] * 60)
+        requests = [(f"query {i}", [f"document {i}.{d}" for d in range(2)], None) for i in range(3)]
+        requests.append((long_text, [long_text, "bread"], long_text))
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(infer, server, "http", q, d, ("SCORES", "SCORED"), instruction=i)
+                       for q, d, i in requests]
+            answers = [f.result() for f in futures]
+        with client(server, "http") as connection:
+            stats = connection.get_inference_statistics(MODEL_NAME)["model_stats"][0]
+            parameters = connection.get_model_config(MODEL_NAME)["parameters"]
+        assert stats["execution_count"] < stats["inference_count"], "requests should have been batched"
+        engine = Reranker(triton_contract.engine_config(
+            parameters, "KIND_CPU", 0, {"RERANKER_MODEL": str(paths[0]), "RERANKER_PROJECTOR": str(paths[1])}))
+        for (q, d, i), response in zip(requests, answers, strict=True):
+            assert response.as_numpy("SCORED").all()
+            np.testing.assert_allclose(response.as_numpy("SCORES")[0], engine.rerank(q, d, i).scores, rtol=0, atol=1e-6)
+    finally:
+        server.stop()

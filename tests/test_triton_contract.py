@@ -126,10 +126,13 @@ NOW, NOW_UNIX = 1000.0, 1_700_000_000.0
     ('{"deadline_unix_ms": 1700000003000}', 1_000_000, contract.Budget(NOW + 1.0, 1)),  # the earlier one
     ('{"rerank_mode": "exact", "deadline_unix_ms": 1700000003000}', 1_000_000, contract.Budget(None, 1)),
     ('{"rerank_mode": "budgeted", "top_n": 3}', 0, contract.Budget(None, 3)),
+    ('{"max_tokens_per_doc": 64}', 0, contract.Budget(None, 1, 64)),
+    ('{"rerank_mode": "exact", "max_tokens_per_doc": 8}', 0, contract.Budget(None, 1, 8)),
 ])
 def test_budget_from_parameters_and_timeout(parameters, timeout_us, expected):
     budget = contract.budget(parameters, timeout_us, NOW, NOW_UNIX)
     assert budget.min_scored == expected.min_scored
+    assert budget.max_doc_tokens == expected.max_doc_tokens
     assert budget.deadline == (None if expected.deadline is None else pytest.approx(expected.deadline))
 
 
@@ -139,6 +142,8 @@ def test_budget_from_parameters_and_timeout(parameters, timeout_us, expected):
     ('{"top_n": "5"}', "top_n must be a positive integer"),
     ('{"top_n": true}', "top_n must be a positive integer"),
     ('{"deadline_unix_ms": "soon"}', "deadline_unix_ms must be a number"),
+    ('{"max_tokens_per_doc": 0}', "max_tokens_per_doc must be a positive integer"),
+    ('{"max_tokens_per_doc": 1.5}', "max_tokens_per_doc must be a positive integer"),
     ("{not json", "not valid JSON"),
 ])
 def test_budget_rejects_bad_parameters(parameters, message):
@@ -147,5 +152,5 @@ def test_budget_rejects_bad_parameters(parameters, message):
 
 
 def test_rows_carry_the_budget():
-    [row] = contract.rows(text([b"q"]), text([b"a"]), None, False, contract.Budget(12.5, 4))
-    assert (row.deadline, row.min_scored) == (12.5, 4)
+    [row] = contract.rows(text([b"q"]), text([b"a"]), None, False, contract.Budget(12.5, 4, 32))
+    assert (row.deadline, row.min_scored, row.max_doc_tokens) == (12.5, 4, 32)

@@ -13,6 +13,8 @@ Request parameters (all optional):
   rerank_mode       "budgeted" (default) or "exact"
   top_n             the model scores at least this many documents whenever any model work fits (default 1)
   deadline_unix_ms  when the answer is due, as Unix time in milliseconds; the request's ``timeout`` counts too
+  max_tokens_per_doc  each document is truncated to this many tokens (default and upper bound: the engine's
+                    max_doc_tokens); the Cohere dialect's ``max_tokens_per_doc``
 
 Deadlines: a budgeted request that cannot be scored whole before its deadline (the earlier of
 ``deadline_unix_ms`` and the request's timeout, counted from when the model receives it) is answered
@@ -81,10 +83,12 @@ def decode_texts(array: np.ndarray, name: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """When a request's answer is due (time.monotonic(); None: score it whole) and its minimum model work."""
+    """When a request's answer is due (time.monotonic(); None: score it whole), its minimum model work, and its
+    cap on each document's tokens (None: the engine's)."""
 
     deadline: float | None = None
     min_scored: int = 1
+    max_doc_tokens: int | None = None
 
 
 def budget(parameters_json: str, timeout_us: int, now: float, now_unix: float) -> Budget:
@@ -99,15 +103,19 @@ def budget(parameters_json: str, timeout_us: int, now: float, now_unix: float) -
     top_n = parameters.get("top_n", 1)
     if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
         raise InvalidInputError(f"parameter top_n must be a positive integer, not {top_n!r}")
+    max_doc_tokens = parameters.get("max_tokens_per_doc")
+    if max_doc_tokens is not None and (isinstance(max_doc_tokens, bool) or not isinstance(max_doc_tokens, int)
+                                       or max_doc_tokens < 1):
+        raise InvalidInputError(f"parameter max_tokens_per_doc must be a positive integer, not {max_doc_tokens!r}")
     due = parameters.get("deadline_unix_ms")
     if due is not None and (isinstance(due, bool) or not isinstance(due, int | float)):
         raise InvalidInputError(f"parameter deadline_unix_ms must be a number, not {due!r}")
     if mode == "exact":
-        return Budget(None, top_n)
+        return Budget(None, top_n, max_doc_tokens)
     deadlines = [now + timeout_us / 1e6] if timeout_us > 0 else []
     if due is not None:
         deadlines.append(now + due / 1000 - now_unix)
-    return Budget(min(deadlines) if deadlines else None, top_n)
+    return Budget(min(deadlines) if deadlines else None, top_n, max_doc_tokens)
 
 
 def rows(query: np.ndarray, documents: np.ndarray, instruction: np.ndarray | None,
@@ -128,8 +136,8 @@ def rows(query: np.ndarray, documents: np.ndarray, instruction: np.ndarray | Non
         if instruction.shape != (batch, 1):
             raise InvalidInputError(f"{INSTRUCTION} must have shape [batch, 1], got {list(instruction.shape)}")
         instructions = [text or None for text in decode_texts(instruction, INSTRUCTION)]
-    return [RerankRequest(q, d, i, return_embeddings, request_budget.deadline, request_budget.min_scored)
-            for q, d, i in zip(queries, docs, instructions, strict=True)]
+    return [RerankRequest(q, d, i, return_embeddings, request_budget.deadline, request_budget.min_scored,
+                          request_budget.max_doc_tokens) for q, d, i in zip(queries, docs, instructions, strict=True)]
 
 
 def outputs(results: Sequence[RerankResult], return_embeddings: bool) -> dict[str, np.ndarray]:

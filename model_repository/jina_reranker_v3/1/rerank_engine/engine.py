@@ -20,7 +20,7 @@ from .errors import InvalidInputError, ModelLoadError, RequestCancelledError
 from .lexical import lexical_order
 from .llama_runner import LlamaRunner
 from .projector import load_projector
-from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks
+from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks, template_tokens
 from .recipes import SLIDING_WINDOW_KEY, Recipe, RecipeError, select
 from .request import RerankRequest, RerankResult
 from .scoring import cosine, merged_query
@@ -148,9 +148,12 @@ class Reranker:
             raise ModelLoadError(f"{self.config.model_path}: {exc}") from None
 
     def _check_context(self) -> None:
+        """Refuse an ``n_ctx`` in which a query and an instruction at their limit leave no room for a document
+        at its limit (``prepare`` keeps ``ESTIMATE_SLACK`` free, and packing needs more than one item left)."""
         c = self.config
-        smallest_block = len(self._build("", [], None).ids) + 3 * c.max_query_tokens + self._max_item_tokens
-        if c.llama.n_ctx < smallest_block + ESTIMATE_SLACK:
+        template = template_tokens(self.tokenize, self.token_ids, self.recipe.opening_query_marker)
+        smallest_block = template + 3 * c.max_query_tokens + ESTIMATE_SLACK + self._max_item_tokens + 1
+        if c.llama.n_ctx < smallest_block:
             raise ModelLoadError(f"n_ctx={c.llama.n_ctx} is too small: a block with a {c.max_query_tokens}-token "
                                  f"query, instruction and one {c.max_doc_tokens}-token document needs {smallest_block} "
                                  "tokens; raise n_ctx or lower the truncation limits")
@@ -186,18 +189,21 @@ class Reranker:
             raise result
         return result
 
-    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[RerankResult | InvalidInputError]:
-        """Score several requests; a bad request yields its InvalidInputError without failing the others."""
-        results: list[RerankResult | InvalidInputError] = [InvalidInputError("not scored")] * len(requests)
+    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[RerankResult | Exception]:
+        """Score several requests; a request that fails (InvalidInputError for a bad one) yields its exception
+        without failing the others."""
+        results: list[RerankResult | Exception] = [InvalidInputError("not scored")] * len(requests)
         for index, result in self.rerank_stream(requests):
             assert not isinstance(result, RequestCancelledError)
             results[index] = result
         return results
 
     def rerank_stream(self, requests: Sequence[RerankRequest], cancelled: Callable[[int], bool] | None = None
-                      ) -> Iterator[tuple[int, RerankResult | InvalidInputError | RequestCancelledError]]:
-        """Yield ``(index, result)`` for each request as soon as it is scored.
+                      ) -> Iterator[tuple[int, RerankResult | Exception]]:
+        """Yield ``(index, result)`` for each request as soon as it is scored, or the exception it failed with.
 
+        A request's failure is its own: InvalidInputError for a bad request, any other exception (logged) for
+        a fault met while scoring it; the other requests of the batch are scored all the same.
         Invalid requests come first, then the rest smallest first, so a large request
         delays small ones of the same batch as little as possible. ``cancelled(index)``
         is polled while decoding: a request nobody waits for any more stops early and
@@ -215,10 +221,15 @@ class Reranker:
                     continue
                 try:
                     prepared[index] = self._checked(self.prepare(request))
-                except InvalidInputError as exc:
-                    yield index, exc
+                except Exception as exc:
+                    yield index, failure(index, exc)
             if self._fits_whole(requests, prepared):
-                plans = {i: self._pack(p, range(len(p.docs))) for i, p in prepared.items()}
+                plans: dict[int, Plan] = {}
+                for index, request_prepared in prepared.items():
+                    try:
+                        plans[index] = self._pack(request_prepared, range(len(request_prepared.docs)))
+                    except Exception as exc:
+                        yield index, failure(index, exc)
                 yield from self._stream_exact(requests, plans, cancelled)
             else:
                 yield from self._stream_budgeted(requests, prepared, cancelled)
@@ -228,40 +239,106 @@ class Reranker:
 
     def _fits_whole(self, requests: Sequence[RerankRequest], prepared: dict[int, Prepared]) -> bool:
         """Whether every request, scored whole smallest first, is predicted to finish before its deadline."""
+        order = sorted(prepared, key=lambda i: sum(prepared[i].lengths))
+        return self._in_time(requests, [(i, self._whole_seconds(prepared[i])) for i in order])
+
+    def _in_time(self, requests: Sequence[RerankRequest], work: Iterable[tuple[int | None, float]]) -> bool:
+        """Whether ``work``, ``(request index, predicted seconds)`` done in this order from now, is predicted to
+        leave each request done within the part of its time to its deadline that plans may use. Work of index
+        None takes time but is not judged."""
         finish = now = time.monotonic()
-        for index in sorted(prepared, key=lambda i: sum(prepared[i].lengths)):
-            finish += self._whole_seconds(prepared[index])
-            deadline = requests[index].deadline
+        for index, seconds in work:
+            finish += seconds
+            deadline = None if index is None else requests[index].deadline
             if deadline is not None and finish - now > (deadline - ANSWER_RESERVE_S - now) * PLAN_FRACTION:
                 return False
         return True
 
     def _stream_exact(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
                       cancelled: Callable[[int], bool] | None
-                      ) -> Iterator[tuple[int, RerankResult | RequestCancelledError]]:
-        """Every request scored whole, smallest first; a pass that would end past a deadline is stopped."""
+                      ) -> Iterator[tuple[int, RerankResult | Exception]]:
+        """Every request scored whole, smallest first; a pass that would end past a deadline is stopped.
+
+        The batch was predicted to fit; with deadlines that prediction is made again after each pass, from
+        the time left and what the instance has learnt since. When a request not started yet would no longer
+        be done in time (passes ran slower than predicted: a busy machine, another instance on the same
+        cores), the requests not started are budgeted (``_stream_budgeted``) and one part-way through is
+        answered with the passes it has, instead of decoding on smallest first until the last requests'
+        deadlines pass unscored. A request part-way through with none after it runs on to its hard stop.
+        """
         order = sorted(plans, key=lambda i: plans[i].tokens)
         owners = [i for i in order for _ in plans[i].prompts]
         blocks = [b for i in order for b in plans[i].blocks]
         prompts = [p for i in order for p in plans[i].prompts]
         stops = {i: self._stop_check(requests[i], None if cancelled is None else functools.partial(cancelled, i))
                  for i in order}
-        states = self._runner.iter_hidden_states([p.ids for p in prompts], [p.output_positions for p in prompts],
-                                                 lambda seq: stops[owners[seq]](), self._timer.observe)
         passes: dict[int, list[tuple[list[int], Block, np.ndarray | None]]] = {}
         dropped: set[int] = set()
-        for owner, block, prompt, hidden in zip(owners, blocks, prompts, states, strict=True):
+        states = self._isolated_states(prompts, lambda seq: owners[seq] in dropped or stops[owners[seq]]())
+        replan = any(requests[i].deadline is not None for i in order)
+        for position, hidden in enumerate(states):
+            owner = owners[position]
             if owner in dropped:
-                continue
-            if hidden is None and cancelled is not None and cancelled(owner):
+                pass
+            elif isinstance(hidden, Exception) or (hidden is None and cancelled is not None and cancelled(owner)):
                 dropped.add(owner)
                 passes.pop(owner, None)
-                yield owner, RequestCancelledError("cancelled while it was being scored")
-                continue
-            done = passes.setdefault(owner, [])
-            done.append((block, prompt, hidden))
-            if len(done) == len(plans[owner].prompts):
-                yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
+                yield owner, (failure(owner, hidden) if isinstance(hidden, Exception)
+                              else RequestCancelledError("cancelled while it was being scored"))
+            else:
+                done = passes.setdefault(owner, [])
+                done.append((blocks[position], prompts[position], hidden))
+                if len(done) == len(plans[owner].prompts):
+                    try:
+                        yield owner, self._finish(requests[owner], plans[owner], passes.pop(owner), None)
+                    except Exception as exc:
+                        yield owner, failure(owner, exc)
+            later = [p for p in range(position + 1, len(prompts)) if replan and owners[p] not in dropped]
+            if any(owners[p] not in passes for p in later) and not self._in_time(requests, [
+                    (None if owners[p] in passes else owners[p], self._timer.seconds([len(prompts[p].ids)]))
+                    for p in later]):
+                states.close()
+                yield from self._replanned(requests, plans, passes, [owners[p] for p in later], cancelled)
+                return
+
+    def _replanned(self, requests: Sequence[RerankRequest], plans: dict[int, Plan],
+                   passes: dict[int, list[tuple[list[int], Block, np.ndarray | None]]], unfinished: Sequence[int],
+                   cancelled: Callable[[int], bool] | None) -> Iterator[tuple[int, RerankResult | Exception]]:
+        """The rest of an exact stream that fell behind: requests part-way through answered with the passes they
+        have (the rest of their documents ranked lexically), the others budgeted in the time left."""
+        for index in passes:
+            try:
+                yield index, self._finish(requests[index], plans[index], passes[index], None)
+            except Exception as exc:
+                yield index, failure(index, exc)
+        rest = {i: plans[i].prepared for i in dict.fromkeys(unfinished) if i not in passes}
+        yield from self._stream_budgeted(requests, rest, cancelled)
+
+    def _isolated_states(self, prompts: Sequence[Block], stop: Callable[[int], bool]
+                         ) -> Iterator[np.ndarray | Exception | None]:
+        """Hidden states of each prompt in order (None: stopped by ``stop(index)``), or the exception its decode
+        raised, so that a decode failure stays with the request whose pass it was.
+
+        A decode that raises ends llama.cpp's stream; the prompts not yet yielded are decoded again in a new
+        one. With ``share_decodes`` a decode holds the passes of several requests: the first pass not yet
+        yielded is then tried alone first, and the error is charged to it only when it fails alone.
+        """
+        start, alone = 0, False
+        while start < len(prompts):
+            chunk = prompts[start:start + 1] if alone else prompts[start:]
+            first, alone_before, alone = start, alone, False
+            try:
+                for hidden in self._runner.iter_hidden_states(
+                        [p.ids for p in chunk], [p.output_positions for p in chunk],
+                        lambda seq, first=first: stop(first + seq), self._timer.observe):
+                    start += 1
+                    yield hidden
+            except Exception as exc:
+                if self.config.llama.share_decodes and not alone_before and len(prompts) - start > 1:
+                    alone = True
+                    continue
+                start += 1
+                yield exc
 
     def _stop_check(self, request: RerankRequest, cancelled: Callable[[], bool] | None) -> Callable[[], bool]:
         """Whether to stop decoding ``request``: its client left, or its deadline is about to pass."""
@@ -311,7 +388,11 @@ class Reranker:
             log.debug("request %d: share %.2f s of %.2f s left, needs %.2f s (top_n %.2f s)", index, share,
                       deadline - now, demands[pick], floors[pick])
             stop = None if cancelled is None else functools.partial(cancelled, index)
-            yield index, self._score_within(requests[index], prepared[index], orders[index], share, need[index], stop)
+            try:
+                yield index, self._score_within(requests[index], prepared[index], orders[index], share, need[index],
+                                                stop)
+            except Exception as exc:
+                yield index, failure(index, exc)
 
     def _score_within(self, request: RerankRequest, prepared: Prepared, order: list[int], share: float,
                       whole_seconds: float, cancelled: Callable[[], bool] | None
@@ -367,8 +448,9 @@ class Reranker:
     def _subset_seconds(self, prepared: Prepared, reuse_prefix: bool = True) -> Callable[[Iterable[int]], float]:
         """Predicted seconds to score a subset of the documents (indices in any order).
 
-        Counts tokens as decoded: without the kept prefix when ``reuse_prefix``, and without the
-        slack that packing keeps free in each block.
+        Counts tokens as decoded, without the slack that packing keeps free in each block. With
+        ``reuse_prefix`` the passes skip the kept prefix, which costs a decode of its own when the cache does
+        not hold it when the prediction is made (a whole decode clears it).
         """
         base = self._base_tokens(prepared) - (len(self._prefix) if reuse_prefix else 0)
         slack = ESTIMATE_SLACK
@@ -376,7 +458,9 @@ class Reranker:
         def seconds(indices: Iterable[int]) -> float:
             lengths = [prepared.lengths[i] for i in sorted(indices)]
             blocks = plan_blocks(lengths, prepared.capacity, self._max_item_tokens, self.config.max_docs_per_block)
-            return sum(self._timer.seconds([base + sum(lengths[j] - slack for j in block)]) for block in blocks)
+            passes = sum(self._timer.seconds([base + sum(lengths[j] - slack for j in block)]) for block in blocks)
+            cold = reuse_prefix and self._prefix and not self._runner.holds_prefix(self._prefix)
+            return passes + (self._timer.seconds([len(self._prefix)]) if cold else 0.0)
 
         return seconds
 
@@ -411,9 +495,10 @@ class Reranker:
             raise InvalidInputError("documents must be a list of strings")
         if not request.documents:
             raise InvalidInputError("documents is empty: give at least one")
+        doc_limit = min(c.max_doc_tokens, request.max_doc_tokens or c.max_doc_tokens)
         docs, lengths = [], []
         for i, doc in enumerate(request.documents):
-            text, n_tokens = self._prepare(doc, f"document {i}", c.max_doc_tokens)
+            text, n_tokens = self._prepare(doc, f"document {i}", doc_limit)
             docs.append(text)
             lengths.append(n_tokens + self._wrapper_tokens)
         capacity = c.llama.n_ctx - len(self._build(query, [], instruction).ids) - ESTIMATE_SLACK
@@ -486,3 +571,10 @@ class Reranker:
         return RerankResult(scores=budgeted_scores(n_docs, scored, model_scores, lexical),
                             tokens=sum(len(prompt.ids) for _, prompt, _ in finished),
                             doc_embeddings=doc_embeddings if request.return_embeddings else None, scored=mask)
+
+
+def failure(index: int, error: Exception) -> Exception:
+    """``error`` as request ``index``'s result; logged with its traceback unless it is the caller's mistake."""
+    if not isinstance(error, InvalidInputError | RequestCancelledError):
+        log.error("request %d of the batch failed", index, exc_info=error)
+    return error

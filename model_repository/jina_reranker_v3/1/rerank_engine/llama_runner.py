@@ -334,9 +334,14 @@ class LlamaRunner:
             used += length
         return groups
 
+    def holds_prefix(self, prefix: Sequence[int]) -> bool:
+        """Whether the cache holds ``prefix`` now, so that a decode starting with it skips it. A decode without a
+        prefix clears the cache: the next one with a prefix pays for it again."""
+        return bool(prefix) and self._kept_prefix == tuple(prefix)
+
     def _keep_prefix(self, prefix: Sequence[int]) -> None:
         """Make the cache hold ``prefix`` (sequence 0, positions from 0), decoding it if it does not already."""
-        if self._kept_prefix == tuple(prefix):
+        if self.holds_prefix(prefix):
             return
         self._decode_group([prefix], [[]], None, 0)
         self._kept_prefix = tuple(prefix)

@@ -77,6 +77,18 @@ def build_block(query: str, docs: Sequence[str], instruction: str | None, tokeni
     return Block(ids, doc_positions, len(ids) - 1)
 
 
+def template_tokens(tokenize: Tokenize, token_ids: dict[str, int], opening_query_marker: bool = False) -> int:
+    """Tokens a block without documents adds to its query (there twice) and instruction: the system turn,
+    the header, the instruction's wrapper, the query's wrapper and marker(s) (``build_block``'s recipe flag).
+
+    Counted on a block built with one-token placeholders, so that every wrapper the template adds is in it;
+    how the texts merge at their edges is left to the caller's slack.
+    """
+    placeholder = "x"
+    block = build_block(placeholder, [], placeholder, tokenize, token_ids, opening_query_marker)
+    return len(block.ids) - 3 * len(tokenize(placeholder))
+
+
 def plan_blocks(doc_lengths: Sequence[int], capacity: int, max_item_tokens: int,
                 max_docs: int) -> list[list[int]]:
     """Split documents (by index, order kept) into passes, as the model's reference does.

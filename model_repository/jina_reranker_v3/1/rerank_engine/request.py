@@ -18,6 +18,9 @@ class RerankRequest:
     # Otherwise, when not every document can be scored in time, the best lexical candidates are.
     deadline: float | None = None
     min_scored: int = 1  # the model scores at least this many documents whenever any model work fits (top_n)
+    # The caller's own cap on each document's tokens (Cohere's max_tokens_per_doc), below the engine's
+    # max_doc_tokens; None: the engine's. Only the engine tokenises, so the cap is applied here.
+    max_doc_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
