@@ -25,14 +25,16 @@ PROJECTOR_FILE = "projector.safetensors"
 class Release:
     """Where one release's files come from and where `make serve` keeps them."""
 
+    name: str  # what the adapter reports as the model under `make serve`
     repo_id: str
     model_file: str
     directory: Path
 
 
 RELEASES = {
-    "v3": Release(REPO_ID, MODEL_FILE, MODELS_DIR),
-    "v3.5": Release("jinaai/jina-reranker-v3.5-GGUF", "jina-reranker-v3.5-Q8_0.gguf", MODELS_DIR / "v3.5"),
+    "v3": Release("jina-reranker-v3", REPO_ID, MODEL_FILE, MODELS_DIR),
+    "v3.5": Release("jina-reranker-v3.5", "jinaai/jina-reranker-v3.5-GGUF", "jina-reranker-v3.5-Q8_0.gguf",
+                    MODELS_DIR / "v3.5"),
 }
 
 

@@ -71,6 +71,17 @@ def test_the_release_picks_the_default_model_files():
         Settings.from_environment({"RERANKER_RELEASE": "v4"})
 
 
+def test_serve_has_the_adapter_report_the_release_unless_model_name_is_set():
+    from stack.serve import adapter_environment
+
+    v35 = Settings.from_environment({"RERANKER_RELEASE": "v3.5"})
+    assert adapter_environment(v35, {}) == {"MODEL_NAME": "jina-reranker-v3.5"}
+    assert adapter_environment(Settings(), {}) == {"MODEL_NAME": "jina-reranker-v3"}
+    assert adapter_environment(v35, {"MODEL_NAME": "mine"}) == {}
+    reported = AdapterSettings.from_environment(adapter_environment(v35, {}))
+    assert reported.model_name == "jina-reranker-v3.5"
+
+
 def test_an_empty_variable_counts_as_unset():
     assert AdapterSettings.from_environment({"MAX_DOCUMENTS": "", "API_KEY": ""}) == AdapterSettings()
 
