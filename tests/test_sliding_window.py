@@ -175,7 +175,7 @@ def served_v35(request, make_model, tmp_path_factory):
     try:
         adapter = start_adapter(triton.grpc_url, logs / "adapter.log")
         try:
-            yield request.param, paths, adapter
+            yield request.param, paths, adapter, logs / "triton.log"
         finally:
             adapter.stop()
     finally:
@@ -185,7 +185,8 @@ def served_v35(request, make_model, tmp_path_factory):
 def test_v35_through_triton_and_the_adapter_matches_reference(served_v35):
     import httpx
 
-    dtype, paths, adapter = served_v35
+    dtype, paths, adapter, triton_log = served_v35
+    assert "as jina-reranker-v3.5 (sliding window: 12, query/document limits 512/2048)" in triton_log.read_text()
     response = httpx.post(f"{adapter.url}/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": len(DOCS)},
                           headers={"Authorization": "Bearer k"}, timeout=30)
     assert response.status_code == 200, response.text
