@@ -1,10 +1,11 @@
-"""Write jina-reranker-v3-shaped test models: a random-weight ``qwen3`` GGUF and its projector.
+"""Write jina-reranker-v3/v3.5-shaped test models: a random-weight ``qwen3`` GGUF and its projector.
 
 The real weights cannot be downloaded on build machines, yet the engine must be
 checked against llama.cpp for real. These models have the real architecture,
 tokenizer kind and marker tokens, so everything but the weights' values is
 exercised; compute cost depends only on the shapes, so the ``qwen3-0.6b`` preset
-is an honest timing stand-in.
+is an honest timing stand-in. The ``-v35`` presets add v3.5's sliding-window keys (a window and one bool per
+layer, true = sliding) and its name; the tiny one has a window of 12 tokens so that short prompts cross it.
 
     python models/generate_test_model.py --preset tiny --dtype q8_0 --out .cache/models/tiny-q8
 """
@@ -80,6 +81,14 @@ class ModelSpec:
     architecture: str = "qwen3"  # "qwen2" (no QK-norm) gives a loadable model of the wrong architecture
     include_markers: tuple[str, ...] = (EMBED_TOKEN, RERANK_TOKEN)
     seed: int = 0
+    release: str = "jina-reranker-v3"  # written into general.name
+    sliding_window: int = 0  # 0: no sliding-window keys (v3)
+    sliding_pattern: tuple[bool, ...] = ()  # one per layer, true = sliding; written with a window only
+
+
+def v35_pattern(n_layer: int) -> tuple[bool, ...]:
+    """A stand-in for v3.5's "3L2G" layout: three sliding layers, then two global ones, the last layer global."""
+    return tuple(i % 5 < 3 and i != n_layer - 1 for i in range(n_layer))
 
 
 PRESETS: dict[str, ModelSpec] = {
@@ -87,6 +96,10 @@ PRESETS: dict[str, ModelSpec] = {
     "qwen3-0.6b": ModelSpec(n_layer=28, n_embd=1024, n_head=16, n_head_kv=8, head_dim=128, n_ff=3072,
                             context_length=131072, vocab="qwen2", projector_hidden=512, projector_out=512),
 }
+PRESETS["tiny-v35"] = dataclasses.replace(PRESETS["tiny"], n_layer=4, release="jina-reranker-v3.5",
+                                          sliding_window=12, sliding_pattern=(True, False, True, False))
+PRESETS["qwen3-0.6b-v35"] = dataclasses.replace(PRESETS["qwen3-0.6b"], release="jina-reranker-v3.5",
+                                                sliding_window=1024, sliding_pattern=v35_pattern(28))
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -218,7 +231,7 @@ def write_gguf(spec: ModelSpec, dtype: str, path: Path) -> None:
     tokens, types, merges = build_vocab(spec)
     arch = spec.architecture
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(f"jina-reranker-v3 test model ({spec.n_layer}x{spec.n_embd}, {dtype}, random weights)")
+    writer.add_name(f"{spec.release} test model ({spec.n_layer}x{spec.n_embd}, {dtype}, random weights)")
     writer.add_file_type(int(FILE_TYPES[dtype]))
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.n_embd)
@@ -230,6 +243,11 @@ def write_gguf(spec: ModelSpec, dtype: str, path: Path) -> None:
     writer.add_value_length(spec.head_dim)
     writer.add_rope_freq_base(spec.rope_theta)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
+    if spec.sliding_window:
+        if len(spec.sliding_pattern) != spec.n_layer:
+            raise ValueError(f"sliding_pattern has {len(spec.sliding_pattern)} entries for {spec.n_layer} layers")
+        writer.add_sliding_window(spec.sliding_window)
+        writer.add_array(f"{arch}.attention.sliding_window_pattern", [bool(x) for x in spec.sliding_pattern])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)

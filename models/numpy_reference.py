@@ -1,9 +1,12 @@
-"""An independent jina-reranker-v3 reference in plain NumPy, for tests and benchmarks only.
+"""An independent jina-reranker-v3 / v3.5 reference in plain NumPy, for tests and benchmarks only.
 
 It shares nothing with the engine but the tokenizer (passed in as two functions):
 its own GGUF reading and dequantisation, a float64 Qwen3 forward pass, its own
 prompt assembly written straight from the model's description, its own block
 packing and the multi-block merge rule. Slow by design; meant for small models.
+
+v3.5's sliding window: on the layers its pattern marks, a key is masked when query position - key position
+>= window (Hugging Face masks ``kv_idx <= q_idx - window``; llama.cpp's LLAMA_SWA_TYPE_STANDARD is the same).
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ class Special:
 class Qwen3Reference:
     """Float64 Qwen3 forward pass over the GGUF's own (dequantised) tensors."""
 
-    def __init__(self, gguf_path: str) -> None:
+    def __init__(self, gguf_path: str, sliding_window: int | None = None,
+                 sliding_pattern: Sequence[bool] | None = None) -> None:
+        """``sliding_window`` / ``sliding_pattern`` override the file's (tests: what if they were ignored or
+        off by one); 0 / all False is plain causal attention."""
         reader = gguf.GGUFReader(gguf_path)
         arch = _field(reader, "general.architecture")
 
@@ -51,6 +57,12 @@ class Qwen3Reference:
         self.head_dim = int(hp("attention.key_length"))
         self.rope_theta = float(hp("rope.freq_base"))
         self.eps = float(hp("attention.layer_norm_rms_epsilon"))
+        window_key, pattern_key = f"{arch}.attention.sliding_window", f"{arch}.attention.sliding_window_pattern"
+        file_window = int(_field(reader, window_key)) if window_key in reader.fields else 0
+        file_pattern = ([bool(reader.fields[pattern_key].parts[i][0]) for i in reader.fields[pattern_key].data]
+                        if pattern_key in reader.fields else [False] * self.n_layer)
+        self.sliding_window = file_window if sliding_window is None else sliding_window
+        self.sliding_pattern = list(file_pattern if sliding_pattern is None else sliding_pattern)
         self.w: dict[str, np.ndarray] = {}
         for tensor in reader.tensors:
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
@@ -74,6 +86,8 @@ class Qwen3Reference:
         n = len(ids)
         x = self.w["token_embd.weight"][np.asarray(ids)]
         causal = np.triu(np.full((n, n), -np.inf), k=1)
+        distance = np.arange(n)[:, None] - np.arange(n)[None, :]
+        windowed = np.where(distance >= self.sliding_window, -np.inf, causal) if self.sliding_window else causal
         group = self.n_head // self.n_head_kv
         for i in range(self.n_layer):
             w = {k.split(".", 2)[2]: v for k, v in self.w.items() if k.startswith(f"blk.{i}.")}
@@ -84,7 +98,8 @@ class Qwen3Reference:
             q = self._rope(self._rms(q, w["attn_q_norm.weight"]))
             k = self._rope(self._rms(k, w["attn_k_norm.weight"]))
             k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-            att = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(self.head_dim) + causal
+            mask = windowed if self.sliding_pattern[i] else causal
+            att = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(self.head_dim) + mask
             att = np.exp(att - att.max(axis=-1, keepdims=True))
             att /= att.sum(axis=-1, keepdims=True)
             out = np.einsum("hqk,khd->qhd", att, v).reshape(n, self.n_head * self.head_dim)
@@ -119,13 +134,19 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (b @ a) / (np.linalg.norm(b, axis=-1) * np.linalg.norm(a))
 
 
-def prompt_pieces(query: str, docs: Sequence[str], instruction: str | None) -> list[str | Special]:
-    """The prompt as the model's reference builds it, cut off after the query marker."""
+def prompt_pieces(query: str, docs: Sequence[str], instruction: str | None,
+                  opening_query_marker: bool = False) -> list[str | Special]:
+    """The prompt as the model's reference builds it, cut off after the (last) query marker.
+
+    ``opening_query_marker``: v3.5's GGUF recipe, a query marker after the opening line's query as well.
+    """
     pieces: list[str | Special] = [
         Special("<|im_start|>"), "system\n", SYSTEM, Special("<|im_end|>"), "\n", Special("<|im_start|>"),
         "user\n",
         f"I will provide you with {len(docs)} passages, each indicated by a numerical identifier. "
-        f"Rank the passages based on their relevance to query: {query}\n",
+        f"Rank the passages based on their relevance to query: {query}",
+        *([Special("<|rerank_token|>")] if opening_query_marker else []),
+        "\n",
     ]
     if instruction:
         pieces.append(f"<instruct>\n{instruction}\n</instruct>\n")
@@ -191,8 +212,12 @@ def rerank(model: Qwen3Reference, projector: tuple[np.ndarray, np.ndarray], toke
            detokenize: Detokenize, special_ids: dict[str, int], query: str, docs: Sequence[str],
            instruction: str | None = None, blocks: list[list[int]] | None = None,
            max_query_tokens: int = 512, max_doc_tokens: int = 2048,
-           context_limit: int = 131072) -> ReferenceResult:
-    """Scores for ``docs``; ``blocks`` overrides the packing (to mirror an engine's context size)."""
+           context_limit: int = 131072, opening_query_marker: bool = False,
+           scored_marker: int = -1) -> ReferenceResult:
+    """Scores for ``docs``; ``blocks`` overrides the packing (to mirror an engine's context size).
+
+    ``scored_marker``: which query marker's state is scored, counted like a list index (tests: the wrong one).
+    """
     query = truncate(query, max_query_tokens, tokenize, detokenize)
     docs = [truncate(d, max_doc_tokens, tokenize, detokenize) for d in docs]
     if blocks is None:
@@ -201,8 +226,9 @@ def rerank(model: Qwen3Reference, projector: tuple[np.ndarray, np.ndarray], toke
     doc_embeddings = np.zeros((len(docs), projector[1].shape[0]))
     query_embeddings, weights, hidden = [], [], []
     for block in blocks:
-        ids, doc_pos, query_pos = prompt_ids(prompt_pieces(query, [docs[i] for i in block], instruction),
-                                             tokenize, special_ids)
+        ids, doc_pos, _ = prompt_ids(prompt_pieces(query, [docs[i] for i in block], instruction,
+                                                   opening_query_marker), tokenize, special_ids)
+        query_pos = [p for p, token in enumerate(ids) if token == special_ids["<|rerank_token|>"]][scored_marker]
         states = model.hidden_states(ids)[[*doc_pos, query_pos]]
         hidden.append(states)
         projected = project(states, projector)

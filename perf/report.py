@@ -33,6 +33,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-amx": ("cpu-amx.json", lambda results: tables.amx_table(results["amx"])),
     "cpu-bf16-attention": ("cpu-bf16-attention.json",
                            lambda results: tables.bf16_attention_table(results["bf16_attention"])),
+    "cpu-swa": ("cpu-swa.json", lambda results: tables.swa_table(results["swa"])),
     "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
     "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
     "librechat-search-before": ("librechat-search-cpu-before.json", tables.librechat_run),

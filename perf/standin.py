@@ -20,23 +20,24 @@ def standin_paths(directory: Path = STANDIN_DIR) -> tuple[Path, Path]:
     return directory / "model.gguf", directory / "projector.safetensors"
 
 
-def ensure_standin(directory: Path = STANDIN_DIR, dtype: str = DTYPE) -> tuple[Path, Path]:
+def ensure_standin(directory: Path = STANDIN_DIR, dtype: str = DTYPE, preset: str = PRESET) -> tuple[Path, Path]:
     """The stand-in's (model, projector) paths, generating them first when absent (~20 s, ~640 MB).
 
-    Another ``dtype`` (the PyTorch peer's BF16 knob) goes to its own folder beside the Q8_0 one.
+    Another ``dtype`` (the PyTorch peer's BF16 knob) or ``preset`` (``qwen3-0.6b-v35``: v3.5's sliding-window
+    layers) goes to its own folder beside the Q8_0 one.
     """
-    if dtype != DTYPE and directory == STANDIN_DIR:
-        directory = STANDIN_DIR.with_name(f"{PRESET}-{dtype}")
+    if (dtype, preset) != (DTYPE, PRESET) and directory == STANDIN_DIR:
+        directory = STANDIN_DIR.with_name(f"{preset}-{dtype}")
     model, projector = standin_paths(directory)
     if model.is_file() and projector.is_file():
         return model, projector
     from models.generate_test_model import PRESETS, generate
 
-    print(f"generating the {PRESET} {dtype} stand-in model into {directory} (once)", flush=True)
+    print(f"generating the {preset} {dtype} stand-in model into {directory} (once)", flush=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so an interrupted run never leaves a truncated model behind.
     with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-        generate(PRESETS[PRESET], dtype, Path(scratch) / "out")
+        generate(PRESETS[preset], dtype, Path(scratch) / "out")
         if directory.exists():
             shutil.rmtree(directory)
         (Path(scratch) / "out").rename(directory)

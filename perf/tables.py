@@ -163,6 +163,19 @@ def bf16_attention_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
+# -- v3.5's sliding-window layers against v3's global ones (perf/swa_bench.py): cpu-swa.json --------------
+
+
+def swa_table(result: Mapping) -> str:
+    """Seconds per forward pass of the v3 and v3.5 stand-ins per length, and the speed-up."""
+    lines = [f"One forward pass, v3 stand-in (every layer global) vs v3.5 stand-in ({result['sliding_layers']} of "
+             f"{result['layers']} layers in a {result['window']}-token window); median of {result['rounds']}:", "",
+             "| tokens | v3 (s) | v3.5 (s) | v3 / v3.5 |", "|---:|---:|---:|---:|"]
+    for n, row in result["lengths"].items():
+        lines.append(f"| {n} | {row['v3_s']:.2f} | {row['v35_s']:.2f} | {row['speedup']:.2f} |")
+    return "\n".join(lines)
+
+
 # -- AIPerf beside perf/loadgen.py (perf/aiperf_bench.py): aiperf-latest.json ------------------------------
 
 

@@ -3,8 +3,8 @@
 ``-march=native`` is not used: on some virtual machines it compiles ggml's AMX kernels, which then die with
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
 /proc/cpuinfo. Every build gets this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI,
-AVX-VNNI, AVX2), its fix of the tiled flash attention's conversions, and that attention's products on AVX512-BF16
-dot products where the CPU has them (stack/patches/).
+AVX-VNNI, AVX2), its fix of the tiled flash attention's conversions, that attention's products on AVX512-BF16
+dot products where the CPU has them, and qwen3's sliding-window layers (stack/patches/).
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
 ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
@@ -28,6 +28,8 @@ Q8_0_REPACK_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0
 FLASH_ATTN_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-tiled.patch"
 # Q·K^T and P·V of that path on VDPBF16PS where GGML_AVX512_BF16 is on (below); compiles to nothing elsewhere.
 FLASH_ATTN_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-bf16.patch"
+# qwen3 with sliding-window layers (jina-reranker-v3.5): the GGUF's window and per-layer pattern, the iSWA graph.
+QWEN3_SWA_PATCH = Path(__file__).resolve().parent / "patches" / "llama-qwen3-sliding-window.patch"
 # llama-cpp-python's own CMakeLists: llama.cpp's common library only with the mtmd tools (half the build's time).
 PACKAGE_PATCH = Path(__file__).resolve().parent / "patches" / "llama-cpp-python-common-only-for-mtmd.patch"
 # (ggml option, cpuinfo flags that must all be present), in the order the flags are written.
@@ -101,8 +103,9 @@ def ggml_patches(amx: bool) -> list[Path]:
 
 
 def patches(amx: bool) -> list[Path]:
-    """The patches applied to the sdist for a wheel, in order: the package's build, then ggml's."""
-    return [PACKAGE_PATCH, *ggml_patches(amx)]
+    """The patches applied to the sdist for a wheel, in order: the package's build, ggml's, then llama.cpp's
+    model code (not in ggml_patches: libggml-cpu-only builds do not compile it)."""
+    return [PACKAGE_PATCH, *ggml_patches(amx), QWEN3_SWA_PATCH]
 
 
 def main(argv: list[str]) -> int:

@@ -1,11 +1,15 @@
 """Make sure the model files exist: download them from the Hugging Face hub, or say how to place them.
 
-    python -m stack.download [--dir models]
+    python -m stack.download [--release v3|v3.5] [--dir models]
+
+Releases: jina-reranker-v3 (default, in models/) and jina-reranker-v3.5 (in models/v3.5/: its projector has the
+same file name). The engine recognises which one a GGUF is from its own metadata (rerank_engine.recipes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 import sys
 import urllib.parse
@@ -17,13 +21,30 @@ MODEL_FILE = "jina-reranker-v3-Q8_0.gguf"
 PROJECTOR_FILE = "projector.safetensors"
 
 
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """Where one release's files come from and where `make serve` keeps them."""
+
+    name: str  # what the adapter reports as the model under `make serve`
+    repo_id: str
+    model_file: str
+    directory: Path
+
+
+RELEASES = {
+    "v3": Release("jina-reranker-v3", REPO_ID, MODEL_FILE, MODELS_DIR),
+    "v3.5": Release("jina-reranker-v3.5", "jinaai/jina-reranker-v3.5-GGUF", "jina-reranker-v3.5-Q8_0.gguf",
+                    MODELS_DIR / "v3.5"),
+}
+
+
 class DownloadError(RuntimeError):
     pass
 
 
-def manual_instructions(directory: Path) -> str:
-    return (f"place {MODEL_FILE} and {PROJECTOR_FILE} from https://huggingface.co/{REPO_ID} in {directory}/ "
-            "(or set RERANKER_MODEL and RERANKER_PROJECTOR to where they are)")
+def manual_instructions(directory: Path, release: Release) -> str:
+    return (f"place {release.model_file} and {PROJECTOR_FILE} from https://huggingface.co/{release.repo_id} in "
+            f"{directory}/ (or set RERANKER_MODEL and RERANKER_PROJECTOR to where they are)")
 
 
 def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
@@ -36,37 +57,43 @@ def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
     return None
 
 
-def fetch(directory: Path = MODELS_DIR) -> tuple[Path, Path]:
-    """Download what is missing into ``directory`` (resumable); raise DownloadError with one clear message."""
-    targets = [directory / MODEL_FILE, directory / PROJECTOR_FILE]
+def fetch(directory: Path | None = None, release: str = "v3") -> tuple[Path, Path]:
+    """Download what is missing of ``release`` into ``directory`` (default: the release's own folder under
+    models/; resumable); raise DownloadError with one clear message."""
+    chosen = RELEASES[release]
+    directory = chosen.directory if directory is None else directory
+    targets = [directory / chosen.model_file, directory / PROJECTOR_FILE]
     missing = [t for t in targets if not t.is_file()]
     if missing:
         try:
             from huggingface_hub import constants, hf_hub_download
             from huggingface_hub.utils import logging as hub_logging
         except ImportError:
-            raise DownloadError(f"huggingface_hub is not installed; {manual_instructions(directory)}") from None
+            raise DownloadError(f"huggingface_hub is not installed; {manual_instructions(directory, chosen)}"
+                                ) from None
         hub_logging.set_verbosity_error()
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
         if reason:
-            raise DownloadError(f"cannot download the model files ({reason}); {manual_instructions(directory)}")
+            raise DownloadError(f"cannot download the model files ({reason}); "
+                                f"{manual_instructions(directory, chosen)}")
         for target in missing:
-            print(f"downloading {target.name} from {REPO_ID} into {directory}/ ...", flush=True)
+            print(f"downloading {target.name} from {chosen.repo_id} into {directory}/ ...", flush=True)
             try:
-                hf_hub_download(REPO_ID, target.name, local_dir=directory)
+                hf_hub_download(chosen.repo_id, target.name, local_dir=directory)
             except Exception as exc:  # offline, hub down, disk full: all end in the same advice
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DownloadError(f"could not download {target.name} ({type(exc).__name__}: {reason}); "
-                                    f"{manual_instructions(directory)}") from None
+                                    f"{manual_instructions(directory, chosen)}") from None
     return targets[0], targets[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, default=MODELS_DIR, help="where the model files go")
+    parser.add_argument("--release", choices=sorted(RELEASES), default="v3", help="which jina-reranker release")
+    parser.add_argument("--dir", type=Path, help="where the model files go (default: the release's folder)")
     args = parser.parse_args()
     try:
-        model, projector = fetch(args.dir)
+        model, projector = fetch(args.dir, args.release)
     except DownloadError as exc:
         print(exc, file=sys.stderr)
         return 2

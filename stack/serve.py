@@ -1,6 +1,7 @@
 """`make serve`: model files, Triton and the adapter, in one command; Ctrl-C stops both.
 
-Settings: stack.settings.Settings (RERANKER_MODEL, RERANKER_PROJECTOR: default models/, downloaded when absent;
+Settings: stack.settings.Settings (RERANKER_RELEASE: v3 or v3.5; RERANKER_MODEL, RERANKER_PROJECTOR: default the
+release's files under models/, downloaded when absent;
 Triton's ports) and adapter.settings.AdapterSettings (ADAPTER_PORT, ADAPTER_HOST: 0.0.0.0 to accept other
 hosts, e.g. LibreChat in Docker; API_KEY; the adapter's limits), both checked before anything starts.
 """
@@ -9,16 +10,18 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from adapter.settings import AdapterSettings
 from stack.adapter_server import AdapterServer
-from stack.download import MODELS_DIR, DownloadError, fetch
+from stack.download import RELEASES, DownloadError, fetch
 from stack.processes import interrupt_on_stop_signals
 from stack.settings import Settings, missing_model_files
 from stack.triton_server import TritonServer
@@ -34,12 +37,19 @@ def gpu_config_usable() -> bool:
 
 
 def ensure_model_files(settings: Settings) -> None:
-    defaults = Settings()
-    if (settings.model, settings.projector) == (defaults.model, defaults.projector):
-        fetch(MODELS_DIR)
+    if settings.model is None and settings.projector is None:
+        fetch(release=settings.release)
     problem = missing_model_files(settings)
     if problem:
         raise DownloadError(problem)
+
+
+def adapter_environment(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The adapter reports the release served (its MODEL_NAME, in /info and every response), unless MODEL_NAME
+    is set."""
+    if environ.get("MODEL_NAME"):
+        return {}
+    return AdapterSettings.environment(model_name=RELEASES[settings.release].name)
 
 
 def usage_banner(settings: Settings, adapter: AdapterServer, api_key: str) -> str:
@@ -75,7 +85,7 @@ def main() -> int:
     print(f"starting Triton ({'GPU' if config is None else 'CPU'} config) and the adapter ...", flush=True)
     triton = TritonServer(settings, config_name=config)
     adapter = AdapterServer(adapter_settings.adapter_port, triton.grpc_url, Path(".cache/adapter.log"),
-                            host=adapter_settings.adapter_host)
+                            extra_env=adapter_environment(settings), host=adapter_settings.adapter_host)
     interrupt_on_stop_signals()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where every thread is
     try:

@@ -67,8 +67,8 @@ class TritonServer(ManagedProcess):
         self.config_name = config_name
         self.extra_args = extra_args
         self.watchdog: StubWatchdog | None = None
-        env = {**server_environment(), **Settings.environment(model=Path(settings.model).resolve(),
-                                                              projector=Path(settings.projector).resolve())}
+        env = {**server_environment(), **Settings.environment(model=Path(settings.model_path).resolve(),
+                                                              projector=Path(settings.projector_path).resolve())}
         super().__init__("tritonserver", self.command(), env, log_path or Path(".cache/triton/server.log"))
 
     @property

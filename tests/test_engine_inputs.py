@@ -194,11 +194,14 @@ def test_bf16_and_f16_projectors(make_model, tmp_path):
                                open_engine(f32).rerank(QUERY, docs).scores, atol=2e-3)
 
 
-def test_the_longest_texts_fit_the_smallest_accepted_context(tiny_q8):
-    """The context check counts every wrapper of the template (the instruction's too): at the smallest n_ctx
-    it accepts, a query and an instruction at their limit and a document at its limit are scored."""
+@pytest.mark.parametrize("preset", ["tiny", "tiny-v35"])
+def test_the_longest_texts_fit_the_smallest_accepted_context(make_model, preset):
+    """The context check counts every wrapper of the template (the instruction's too, v3.5's second query
+    marker too): at the smallest n_ctx it accepts, a query and an instruction at their limit and a document at
+    its limit are scored."""
+    paths = make_model("q8_0", preset)
     limits = {"max_query_tokens": 48, "max_doc_tokens": 64}
-    engine = open_engine(tiny_q8, n_ctx=smallest_context(tiny_q8, **limits), **limits)
+    engine = open_engine(paths, n_ctx=smallest_context(paths, **limits), **limits)
     try:
         long_text = " ".join(["rivers and seas"] * 60)
         result = engine.rerank(long_text, [long_text, "bread"], instruction=long_text)

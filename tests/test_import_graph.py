@@ -26,7 +26,7 @@ SOURCES = {ROOT: ("adapter", "stack", "perf", "models", "tests"),
 # leaves of the graph: the comparisons they run (perf/*_comparison.py) and the tables they print
 # (perf/tables.py) are library modules, which make bench (perf.bench) and perf.report import instead.
 BENCHES = {"perf.bench", "perf.torch_peer", "perf.amx_bench", "perf.q8_repack_bench", "perf.bf16_attention_bench",
-           "perf.gpu_check", "perf.librechat_bench", "perf.aiperf_bench"}
+           "perf.swa_bench", "perf.gpu_check", "perf.librechat_bench", "perf.aiperf_bench"}
 SYS_PATH_ALLOWED = {ROOT / "tests" / "conftest.py"}
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import numpy_reference as ref
-from rerank_engine.prompt import EMBED_TOKEN, IM_END, IM_START, RERANK_TOKEN, build_block, plan_blocks
+from rerank_engine.prompt import EMBED_TOKEN, IM_END, IM_START, RERANK_TOKEN, build_block, plan_blocks, template_tokens
 from rerank_engine.scoring import cosine, merged_query
 
 pytestmark = pytest.mark.unit
@@ -96,3 +96,20 @@ def test_merged_query_is_the_weighted_mean():
 def test_cosine_handles_zero_vectors():
     scores = cosine(np.array([1.0, 0.0]), np.array([[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]]))
     np.testing.assert_allclose(scores, [1.0, 0.0, -1.0])
+
+
+def test_opening_query_marker_follows_the_opening_lines_query():
+    """v3.5's recipe: a query marker right after the opening line's query too; the last one is read."""
+    block = build_block("q?", ["doc A"], "be strict", char_tokenize, IDS, opening_query_marker=True)
+    text = detokenize(block.ids)
+    expected = "".join(p if isinstance(p, str) else p.name
+                       for p in ref.prompt_pieces("q?", ["doc A"], "be strict", opening_query_marker=True))
+    assert text == expected
+    assert "relevance to query: q?<|rerank_token|>\n<instruct>\nbe strict\n</instruct>\n<passage" in text
+    assert text.count(RERANK_TOKEN) == 2
+    assert block.query_position == len(block.ids) - 1
+    assert detokenize(build_block("q?", ["doc A"], None, char_tokenize, IDS).ids).count(RERANK_TOKEN) == 1
+
+
+def test_template_tokens_count_the_opening_query_marker():
+    assert template_tokens(char_tokenize, IDS, opening_query_marker=True) == template_tokens(char_tokenize, IDS) + 1

@@ -159,7 +159,8 @@ def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
     always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.FLASH_ATTN_PATCH, cpu_features.FLASH_ATTN_BF16_PATCH]
     assert cpu_features.ggml_patches(amx=False) == always
     assert cpu_features.ggml_patches(amx=True) == [*always, cpu_features.AMX_PATCH]
-    assert cpu_features.patches(amx=True) == [cpu_features.PACKAGE_PATCH, *always, cpu_features.AMX_PATCH]
+    assert cpu_features.patches(amx=True) == [cpu_features.PACKAGE_PATCH, *always, cpu_features.AMX_PATCH,
+                                              cpu_features.QWEN3_SWA_PATCH]
 
 
 def test_the_patches_apply_exactly_in_order(tmp_path):

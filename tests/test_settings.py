@@ -32,8 +32,9 @@ def test_defaults():
     assert settings.public_limits()["rerank_mode"] == "budgeted"
     stack = Settings()
     assert (stack.triton_http_port, stack.triton_grpc_port, stack.triton_metrics_port) == (8000, 8001, 8002)
-    assert Path(stack.model).name == "jina-reranker-v3-Q8_0.gguf"
-    assert Path(stack.projector).name == "projector.safetensors"
+    assert stack.release == "v3"
+    assert Path(stack.model_path).name == "jina-reranker-v3-Q8_0.gguf"
+    assert Path(stack.projector_path).name == "projector.safetensors"
     assert AdapterSettings.from_environment({}) == settings
     assert Settings.from_environment({}) == stack
 
@@ -57,6 +58,28 @@ def test_each_variable_is_its_field_name_in_upper_case():
                                        "TRITON_HTTP_PORT": "1", "TRITON_GRPC_PORT": "2", "TRITON_METRICS_PORT": "3"})
     assert stack == Settings(model="m.gguf", projector="p.safetensors", triton_http_port=1, triton_grpc_port=2,
                              triton_metrics_port=3)
+
+
+def test_the_release_picks_the_default_model_files():
+    v35 = Settings.from_environment({"RERANKER_RELEASE": "v3.5"})
+    assert Path(v35.model_path).name == "jina-reranker-v3.5-Q8_0.gguf"
+    assert Path(v35.projector_path).parent.name == "v3.5"
+    assert Path(v35.projector_path).parent != Path(Settings().projector_path).parent
+    chosen = Settings.from_environment({"RERANKER_RELEASE": "v3.5", "RERANKER_MODEL": "m.gguf"})
+    assert chosen.model_path == "m.gguf"
+    with pytest.raises(SystemExit, match="RERANKER_RELEASE='v4'"):
+        Settings.from_environment({"RERANKER_RELEASE": "v4"})
+
+
+def test_serve_has_the_adapter_report_the_release_unless_model_name_is_set():
+    from stack.serve import adapter_environment
+
+    v35 = Settings.from_environment({"RERANKER_RELEASE": "v3.5"})
+    assert adapter_environment(v35, {}) == {"MODEL_NAME": "jina-reranker-v3.5"}
+    assert adapter_environment(Settings(), {}) == {"MODEL_NAME": "jina-reranker-v3"}
+    assert adapter_environment(v35, {"MODEL_NAME": "mine"}) == {}
+    reported = AdapterSettings.from_environment(adapter_environment(v35, {}))
+    assert reported.model_name == "jina-reranker-v3.5"
 
 
 def test_an_empty_variable_counts_as_unset():

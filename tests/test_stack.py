@@ -37,6 +37,24 @@ def test_download_offline_says_how_to_place_the_files(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_download_of_v35_offline_names_its_own_files(tmp_path):
+    result = run_module("stack.download", {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}, "--release", "v3.5",
+                        "--dir", str(tmp_path))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "jina-reranker-v3.5-Q8_0.gguf and projector.safetensors" in line
+    assert "https://huggingface.co/jinaai/jina-reranker-v3.5-GGUF" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_of_v35_offline_says_where_its_files_go():
+    result = run_module("stack.serve", {"RERANKER_RELEASE": "v3.5", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "jina-reranker-v3.5-Q8_0.gguf and projector.safetensors" in line
+    assert "models/v3.5/" in line
+
+
 def test_serve_names_a_missing_model_file(tmp_path):
     missing = tmp_path / "model.gguf"
     result = run_module("stack.serve", {"RERANKER_MODEL": str(missing), "RERANKER_PROJECTOR": str(missing)})

@@ -50,8 +50,11 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = contract.engine_config(json.loads(args["model_config"]).get("parameters", {}),
                                         args["model_instance_kind"], int(args["model_instance_device_id"]))
-        self.engine = Reranker(config)
-        pb_utils.Logger.log_info(f"{args['model_instance_name']}: serving {config.model_path} with {config.llama}")
+        self.engine = engine = Reranker(config)
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: serving {config.model_path} as {engine.recipe.name} "
+                                 f"(sliding window: {engine.runner.sliding_window or 'none'}, query/document limits "
+                                 f"{engine.config.max_query_tokens}/{engine.config.max_doc_tokens}) "
+                                 f"with {config.llama}")
 
     def execute(self, requests: list) -> None:
         senders = [request.get_response_sender() for request in requests]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .recipes import Recipe
+
 
 @dataclasses.dataclass(frozen=True)
 class RunnerOptions:
@@ -33,13 +35,20 @@ class EngineConfig:
     model_path: str
     projector_path: str
     llama: RunnerOptions = dataclasses.field(default_factory=RunnerOptions)
-    max_query_tokens: int = 512  # also the limit for an instruction
-    max_doc_tokens: int = 2048
-    max_docs_per_block: int = 125
+    # None: the model's recipe decides (rerank_engine.recipes: v3 512 / 2048 / 125, v3.5 2048 / 8192 / 125).
+    max_query_tokens: int | None = None  # also the limit for an instruction
+    max_doc_tokens: int | None = None
+    max_docs_per_block: int | None = None
     # Tokens one request may decode, all passes together; bounds how long one request can hold an instance.
     max_request_tokens: int = 262_144
     # Tokens of one timed pass at start, so deadline budgets use this machine's speed from the first request.
     calibration_tokens: int = 256
+
+    def with_recipe(self, recipe: Recipe) -> EngineConfig:
+        """This configuration with the limits it leaves open (None) taken from ``recipe``."""
+        limits = ("max_query_tokens", "max_doc_tokens", "max_docs_per_block")
+        return dataclasses.replace(self, **{name: getattr(recipe, name) for name in limits
+                                            if getattr(self, name) is None})
 
     @classmethod
     def from_options(cls, model_path: str, projector_path: str, **options: object) -> EngineConfig:

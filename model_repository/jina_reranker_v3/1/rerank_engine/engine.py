@@ -1,4 +1,4 @@
-"""The reranking engine: query + documents in, jina-reranker-v3 relevance scores out."""
+"""The reranking engine: query + documents in, jina-reranker-v3 / v3.5 relevance scores out."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .lexical import lexical_order
 from .llama_runner import LlamaRunner
 from .projector import load_projector
 from .prompt import IM_START, SYSTEM_PROMPT, TEMPLATE_TOKENS, Block, build_block, plan_blocks, template_tokens
+from .recipes import SLIDING_WINDOW_KEY, Recipe, RecipeError, select
 from .request import RerankRequest, RerankResult
 from .scoring import cosine, merged_query
 
@@ -85,6 +86,11 @@ class Reranker:
         self._runner = LlamaRunner(config.model_path, amx_check.checked_options(config.llama, config.model_path))
         try:
             self._check_model()
+            self.recipe = self._recipe()
+            self.config = config = config.with_recipe(self.recipe)
+            log.info("%s: %s recipe, sliding window %s, query/document limits %d/%d tokens", config.model_path,
+                     self.recipe.name, self._runner.sliding_window or "none", config.max_query_tokens,
+                     config.max_doc_tokens)
             self.projector = load_projector(config.projector_path, self._runner.n_embd)
             self._runner.reserve(self.token_ids)
             self._wrapper_tokens = len(self.tokenize('\n</passage>\n<passage id="999">\n')) + 1 + ESTIMATE_SLACK
@@ -133,12 +139,20 @@ class Reranker:
                                  "model?")
         self.token_ids: dict[str, int] = ids  # type: ignore[assignment]
 
+    def _recipe(self) -> Recipe:
+        """The release's recipe, from the GGUF's metadata (``recipes.select``)."""
+        declared = self._runner.metadata(f"{self._runner.architecture()}.{SLIDING_WINDOW_KEY}")
+        try:
+            return select(self._runner.metadata("general.name"), int(declared or 0), self._runner.sliding_window)
+        except RecipeError as exc:
+            raise ModelLoadError(f"{self.config.model_path}: {exc}") from None
+
     def _check_context(self) -> None:
         """Refuse an ``n_ctx`` in which a query and an instruction at their limit leave no room for a document
         at its limit (``prepare`` keeps ``ESTIMATE_SLACK`` free, and packing needs more than one item left)."""
         c = self.config
-        smallest_block = (template_tokens(self.tokenize, self.token_ids) + 3 * c.max_query_tokens + ESTIMATE_SLACK
-                          + self._max_item_tokens + 1)
+        template = template_tokens(self.tokenize, self.token_ids, self.recipe.opening_query_marker)
+        smallest_block = template + 3 * c.max_query_tokens + ESTIMATE_SLACK + self._max_item_tokens + 1
         if c.llama.n_ctx < smallest_block:
             raise ModelLoadError(f"n_ctx={c.llama.n_ctx} is too small: a block with a {c.max_query_tokens}-token "
                                  f"query, instruction and one {c.max_doc_tokens}-token document needs {smallest_block} "
@@ -520,7 +534,7 @@ class Reranker:
         return self.detokenize(ids[:limit]), limit
 
     def _build(self, query: str, docs: Sequence[str], instruction: str | None) -> Block:
-        return build_block(query, docs, instruction, self.tokenize, self.token_ids)
+        return build_block(query, docs, instruction, self.tokenize, self.token_ids, self.recipe.opening_query_marker)
 
     def _project(self, blocks: Sequence[Sequence[int]], states: Sequence[np.ndarray], n_docs: int
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -116,9 +116,18 @@ class LlamaRunner:
         return self._model
 
     def architecture(self) -> str:
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_model_meta_val_str(self._model, b"general.architecture", buf, len(buf))
-        return buf.value.decode() if n >= 0 else ""
+        return self.metadata("general.architecture") or ""
+
+    @property
+    def sliding_window(self) -> int:
+        """The window llama.cpp runs on the model's sliding layers; 0 when every layer attends globally."""
+        return max(0, llama_cpp.llama_model_n_swa(self._model))
+
+    def metadata(self, key: str) -> str | None:
+        """A scalar GGUF metadata value as text, or None when the file lacks the key (llama.cpp keeps no arrays)."""
+        buf = ctypes.create_string_buffer(1024)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def start(self) -> None:
         """Create the context; separate from loading so that model checks fail before allocating it."""

@@ -44,23 +44,29 @@ class Block:
         return [*self.doc_positions, self.query_position]
 
 
-def header_text(n_docs: int, query: str, instruction: str | None) -> str:
-    """The user-turn text before the first passage."""
-    text = (f"user\nI will provide you with {n_docs} passages, each indicated by a numerical identifier. "
-            f"Rank the passages based on their relevance to query: {query}\n")
-    if instruction:
-        text += f"<instruct>\n{instruction}\n</instruct>\n"
-    return text
+def opening_text(n_docs: int, query: str) -> str:
+    """The user turn's opening line, up to and including the query (without its line break)."""
+    return (f"user\nI will provide you with {n_docs} passages, each indicated by a numerical identifier. "
+            f"Rank the passages based on their relevance to query: {query}")
 
 
 def build_block(query: str, docs: Sequence[str], instruction: str | None, tokenize: Tokenize,
-                token_ids: dict[str, int]) -> Block:
-    """Token ids of one pass over ``docs``; ``tokenize`` must not parse special tokens."""
+                token_ids: dict[str, int], opening_query_marker: bool = False) -> Block:
+    """Token ids of one pass over ``docs``; ``tokenize`` must not parse special tokens.
+
+    ``opening_query_marker`` (jina-reranker-v3.5, ``recipes``): a query marker right after the query of the
+    opening line too; only the last marker's state is read.
+    """
     im_start, im_end = token_ids[IM_START], token_ids[IM_END]
     embed, rerank = token_ids[EMBED_TOKEN], token_ids[RERANK_TOKEN]
     ids = [im_start, *tokenize("system\n" + SYSTEM_PROMPT), im_end, *tokenize("\n"), im_start]
     doc_positions = []
-    lead = header_text(len(docs), query, instruction)
+    lead = opening_text(len(docs), query)
+    if opening_query_marker:
+        ids += tokenize(lead)
+        ids.append(rerank)
+        lead = ""
+    lead += "\n" + (f"<instruct>\n{instruction}\n</instruct>\n" if instruction else "")
     for i, doc in enumerate(docs):
         ids += tokenize(f'{lead}<passage id="{i}">\n{doc}')
         doc_positions.append(len(ids))
@@ -71,15 +77,15 @@ def build_block(query: str, docs: Sequence[str], instruction: str | None, tokeni
     return Block(ids, doc_positions, len(ids) - 1)
 
 
-def template_tokens(tokenize: Tokenize, token_ids: dict[str, int]) -> int:
+def template_tokens(tokenize: Tokenize, token_ids: dict[str, int], opening_query_marker: bool = False) -> int:
     """Tokens a block without documents adds to its query (there twice) and instruction: the system turn,
-    the header, the instruction's wrapper, the query's wrapper and marker.
+    the header, the instruction's wrapper, the query's wrapper and marker(s) (``build_block``'s recipe flag).
 
     Counted on a block built with one-token placeholders, so that every wrapper the template adds is in it;
     how the texts merge at their edges is left to the caller's slack.
     """
     placeholder = "x"
-    block = build_block(placeholder, [], placeholder, tokenize, token_ids)
+    block = build_block(placeholder, [], placeholder, tokenize, token_ids, opening_query_marker)
     return len(block.ids) - 3 * len(tokenize(placeholder))
 
 
