@@ -8,15 +8,13 @@ perf/bf16_attention_comparison.py's comparison, its results and table (perf/tabl
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from perf import ROOT, bf16_attention_comparison
-from perf.common import LENGTHS, engine_config, write_results
+from perf.common import LENGTHS, comparison_arguments, engine_config, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import bf16_attention_table
 from stack import cpu_features
@@ -26,14 +24,7 @@ ROUNDS = 2  # taking turns; few, because an 8k pass takes tens of seconds on 2 c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"{__doc__}\n{bf16_attention_comparison.__doc__}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS.relative_to(ROOT)} in full mode, "
-                                                 "none in quick mode)")
-    args = parser.parse_args(argv)
-    out = args.out or (RESULTS if args.mode == "full" else None)
+    args, out = comparison_arguments(f"{__doc__}\n{bf16_attention_comparison.__doc__}", RESULTS, argv, ROUNDS)
     model, projector = ensure_standin()
     started, load_before = time.time(), os.getloadavg()
     reason = bf16_attention_comparison.why_not_here(cpu_features.cpu_flags(), cpu_features.cpu_model())

@@ -8,6 +8,7 @@ that need it, once a bench has begun.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -107,6 +108,20 @@ def write_results(out: Path, command: str, started: float, load_before: Sequence
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
+
+
+def comparison_arguments(description: str, results: Path, argv: Sequence[str] | None,
+                         rounds: int | None = None) -> tuple[argparse.Namespace, Path | None]:
+    """The comparison benches' command line: ``--mode`` (quick or full), ``--out`` (default: ``results`` in full mode,
+    none in quick mode) and, given a default, ``--rounds``; returns the arguments and the results file, if any."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--out", type=Path, help=f"results JSON (default: {shown_path(results)} in full mode, "
+                                                 "none in quick mode)")
+    args = parser.parse_args(argv)
+    return args, args.out or (results if args.mode == "full" else None)
 
 
 def shown_path(path: Path) -> str:

@@ -7,15 +7,13 @@ perf/q8_repack_comparison.py's comparison, its results and table (perf/tables.py
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from perf import ROOT, q8_repack_comparison
-from perf.common import LENGTHS, ROUNDS, engine_config, write_results
+from perf.common import LENGTHS, ROUNDS, comparison_arguments, engine_config, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import q8_repack_table
 
@@ -23,13 +21,7 @@ RESULTS = ROOT / "perf" / "results" / "cpu-q8-repack.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"{__doc__}\n{q8_repack_comparison.__doc__}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
-    parser.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS.relative_to(ROOT)} in full mode, "
-                                                 "none in quick mode)")
-    args = parser.parse_args(argv)
-    out = args.out or (RESULTS if args.mode == "full" else None)
+    args, out = comparison_arguments(f"{__doc__}\n{q8_repack_comparison.__doc__}", RESULTS, argv)
     model, projector = ensure_standin()
     started, load_before = time.time(), os.getloadavg()
     result = q8_repack_comparison.compare(model, engine_config(model, projector).llama, LENGTHS[args.mode],

@@ -10,17 +10,15 @@ process, passes alternating between them so that both see the same load; the med
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from models.generate_test_model import PRESETS
 from perf import ROOT
-from perf.common import LENGTHS, engine_config, probe, timed_engine_pass, write_results
+from perf.common import LENGTHS, comparison_arguments, engine_config, probe, timed_engine_pass, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import swa_table
 from rerank_engine.llama_runner import LlamaRunner
@@ -64,12 +62,7 @@ def compare(lengths: Sequence[int], rounds: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
-    parser.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS.relative_to(ROOT)} in full mode, "
-                                                 "none in quick mode)")
-    args = parser.parse_args(argv)
-    out = args.out or (RESULTS if args.mode == "full" else None)
+    args, out = comparison_arguments(__doc__, RESULTS, argv)
     started, load_before = time.time(), os.getloadavg()
     result = compare(LENGTHS[args.mode], ROUNDS[args.mode])
     print(swa_table(result))
