@@ -31,7 +31,7 @@ def test_request_texts_are_not_logged(live_stack):
         assert client.post("/v1/rerank", content=lone_surrogate,
                            headers={"Content-Type": "application/json"}).status_code == 422
     adapter_log = adapter.log_path.read_text()
-    assert "rerank documents=2" in adapter_log, "the adapter does log each request, without its texts"
+    assert "rerank dialect=jina documents=2" in adapter_log, "the adapter does log each request, without its texts"
     assert SECRET not in adapter_log
     assert SECRET not in triton.log_path.read_text()  # even at --log-verbose=1, as the tests run it
 
