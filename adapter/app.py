@@ -95,6 +95,11 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def path_dialect(path: str) -> Dialect[Any]:
+    """The dialect of a path before its body is read: its route's, the adapter's own shape (Jina's) elsewhere."""
+    return PATH_DIALECTS.get(path, jina.DIALECT)
+
+
 def dialect_of(request: Request, body: object = None) -> Dialect[Any]:
     """The dialect to answer ``request`` in: the one its route chose from its body, else its path's (TEI's for a
     TEI-shaped ``body`` on /rerank); the adapter's own shape (Jina's) elsewhere."""
@@ -103,7 +108,7 @@ def dialect_of(request: Request, body: object = None) -> Dialect[Any]:
         return chosen
     if request.url.path == "/rerank" and tei.is_tei(body):
         return tei.DIALECT
-    return PATH_DIALECTS.get(request.url.path, jina.DIALECT)
+    return path_dialect(request.url.path)
 
 
 def error_responses(error_body: Any, statuses: tuple[int, ...] = ERROR_STATUSES) -> dict[int | str, dict[str, Any]]:
@@ -172,7 +177,7 @@ def create_app(settings: AdapterSettings, backend_factory: BackendFactory = Trit
     def reject(scope: Scope, error: ApiError) -> JSONResponse:
         """A middleware's refusal, before the body is read: counted, in the dialect of the request's path."""
         count(error)
-        return error_response(error, PATH_DIALECTS.get(scope["path"], jina.DIALECT).error)
+        return error_response(error, path_dialect(scope["path"]).error)
 
     # Outermost last: CORS, metrics, then the key, the body's size and the capacity, all before the body is read.
     app.add_middleware(CapacityMiddleware, paths=RERANK_PATHS, max_requests=settings.max_concurrent_requests,
