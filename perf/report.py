@@ -33,6 +33,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-amx": ("cpu-amx.json", lambda results: tables.amx_table(results["amx"])),
     "cpu-bf16-attention": ("cpu-bf16-attention.json",
                            lambda results: tables.bf16_attention_table(results["bf16_attention"])),
+    "cpu-amx-attention": ("cpu-amx-attention.json",
+                          lambda results: tables.bf16_attention_table(results["bf16_attention"])),
     "cpu-swa": ("cpu-swa.json", lambda results: tables.swa_table(results["swa"])),
     "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
     "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
