@@ -63,8 +63,8 @@ def builds(products: str = "bf16", say: Callable[[str], None] = print) -> dict[s
     if products == "amx":
         wheels = {"amx": (cpu_features.cmake_args(flags, amx=False), patches), "bf16": (no_tiles, patches)}
     else:
-        products_patches = {cpu_features.FLASH_ATTN_BF16_PATCH, cpu_features.FLASH_ATTN_AMX_PATCH}
-        wheels = {"bf16": (no_tiles, patches), "f32": (no_tiles, [p for p in patches if p not in products_patches])}
+        wheels = {"bf16": (no_tiles, patches),
+                  "f32": (no_tiles, [p for p in patches if p not in cpu_features.FLASH_ATTN_BF16_AND_LATER])}
     return {build: amx_comparison.unpack(amx_comparison.build_wheel(args, build_patches, say=say))
             for build, (args, build_patches) in wheels.items()}
 

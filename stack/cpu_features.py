@@ -32,6 +32,10 @@ FLASH_ATTN_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash
 FLASH_ATTN_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-bf16.patch"
 # The same products on AMX-BF16 tiles where GGML_AMX_BF16 is on (AMX_BF16, below) and the kernel grants the tiles.
 FLASH_ATTN_AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-amx.patch"
+# That path's fully masked KV tiles skipped before their mask is converted or their K and V packed (bit-identical).
+FLASH_ATTN_SKIP_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-skip-masked.patch"
+# The BF16 patch and those that apply only on top of it: what a build "without the BF16 products" leaves out.
+FLASH_ATTN_BF16_AND_LATER = (FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH, FLASH_ATTN_SKIP_PATCH)
 # qwen3 with sliding-window layers (jina-reranker-v3.5): the GGUF's window and per-layer pattern, the iSWA graph.
 QWEN3_SWA_PATCH = Path(__file__).resolve().parent / "patches" / "llama-qwen3-sliding-window.patch"
 # llama-cpp-python's own CMakeLists: llama.cpp's common library only with the mtmd tools (half the build's time).
@@ -106,10 +110,10 @@ def cmake_args(flags: set[str], amx: bool, tiles_permitted: bool | None = None) 
 
 def ggml_patches(amx: bool) -> list[Path]:
     """The patches to ggml, in order: the Q8_0 repack kernels, the flash-attention fix and its BF16 and AMX-BF16
-    products always (compiled only with GGML_AVX512_BF16, and GGML_AMX_BF16), the AMX fix with AMX (what a build
-    of libggml-cpu alone applies)."""
-    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH] + (
-        [AMX_PATCH] if amx else [])
+    products always (compiled only with GGML_AVX512_BF16, and GGML_AMX_BF16) and its skipping of masked tiles,
+    the AMX fix with AMX (what a build of libggml-cpu alone applies)."""
+    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH,
+            FLASH_ATTN_SKIP_PATCH] + ([AMX_PATCH] if amx else [])
 
 
 def patches(amx: bool) -> list[Path]:

@@ -112,7 +112,8 @@ OUT_OF_ORDER = {"bf16-attention-out-of-order": (cpu_features.FLASH_ATTN_BF16_PAT
 @pytest.mark.parametrize("case", ["bogus", *OUT_OF_ORDER])
 def test_the_build_stops_when_the_patch_does_not_apply(tmp_path, case):
     """A patch that matches nothing, and each attention patch without the one it builds on (the agreed order is
-    package, Q8_0 repack, flash attention tiled, BF16, then AMX): each stops the build, naming the patch."""
+    package, Q8_0 repack, flash attention tiled, BF16, AMX, then the masked tiles' skipping): each stops the
+    build, naming the patch."""
     if case == "bogus":
         bogus = tmp_path / "bogus.patch"
         bogus.write_text("--- a/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"

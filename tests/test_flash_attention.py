@@ -153,7 +153,7 @@ def test_builds_without_avx512_bf16_keep_the_f32_path_bit_for_bit():
     if reason:
         pytest.skip(f"avx2 build: {reason}")
     patched = kernel_results(q8_repack_builds.build("avx2"))
-    unpatched = kernel_results(q8_repack_builds.build("avx2", without=[cpu_features.FLASH_ATTN_BF16_PATCH]))
+    unpatched = kernel_results(q8_repack_builds.build("avx2", without=cpu_features.FLASH_ATTN_BF16_AND_LATER))
     assert not bf16_products(patched["system_info"])
     for spec in KERNEL_CASES:
         assert patched["cases"][spec]["digest"] == unpatched["cases"][spec]["digest"], spec
@@ -253,7 +253,7 @@ def f32_path_build() -> Path:
 
     if not bf16_products(llama_cpp.llama_print_system_info().decode()):
         pytest.skip("the installed build has no AVX512-BF16: it takes the F32 path, tested above")
-    return amx_emulation.variant(amx=False, without=[cpu_features.FLASH_ATTN_BF16_PATCH])
+    return amx_emulation.variant(amx=False, without=cpu_features.FLASH_ATTN_BF16_AND_LATER)
 
 
 @pytest.mark.build
@@ -268,6 +268,27 @@ def test_bf16_products_keep_the_hidden_states_of_the_f32_path(f32_path_build, ma
     assert all(Path(lib).is_relative_to(f32_path_build.resolve()) for lib in f32["libraries"])
     cos = cosine_rows(np.array(served["hidden"]), np.array(f32["hidden"]))
     assert MIN_COSINE_BF16[model] <= cos.min() < 1.0, cos  # < 1: the two builds do compute differently
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("preset", ["tiny", "tiny-v35"])
+def test_skipping_masked_tiles_early_keeps_every_bit(make_model, preset):
+    """stack/patches/ggml-cpu-flash-attn-skip-masked.patch decides on the F16 mask, before converting anything,
+    which KV tiles are fully masked, and packs K and V only for the tiles in play: the installed build against
+    the same sources and flags without that patch gives the same bits, on the kernel cases (causal masks) and on
+    the hidden states of a causal model and of a v3.5-shaped one, whose sliding window masks whole tiles."""
+    import llama_cpp
+
+    installed = Path(llama_cpp.__file__).parent.parent
+    before = amx_emulation.variant(amx=False, without=[cpu_features.FLASH_ATTN_SKIP_PATCH])
+    paths = make_model("f32", preset)
+    hidden = [run_child(HIDDEN, build, *map(str, paths), "700") for build in (installed, before)]
+    assert np.array_equal(np.array(hidden[0]["hidden"]), np.array(hidden[1]["hidden"]))
+    assert all(Path(lib).is_relative_to(before.resolve()) for lib in hidden[1]["libraries"])
+    if preset == "tiny":
+        skipped, kept = kernel_results(installed), kernel_results(before)
+        for spec in KERNEL_CASES:
+            assert skipped["cases"][spec]["digest"] == kept["cases"][spec]["digest"], spec
 
 
 def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
