@@ -1,9 +1,11 @@
-"""ggml's tiled flash attention on AVX512-BF16 dot products against its F32 products (``bf16_attention_vs_f32``):
+"""ggml's tiled flash attention on AVX512-BF16 dot products against its F32 products (``bf16_attention_vs_f32``),
+or, where the build gets AMX-BF16 tiles, on those tiles against the dot products (``amx_attention_vs_bf16``):
 perf/bf16_attention_comparison.py's comparison, its results and table (perf/tables.py) printed.
 
     python -m perf.bf16_attention_bench                # quick: 1,024 tokens
     python -m perf.bf16_attention_bench --mode full    # 1,024, 3,072 and 8,192 tokens:
-                                                       # perf/results/cpu-bf16-attention.json
+                                                       # perf/results/cpu-bf16-attention.json, or on an AMX host
+                                                       # perf/results/cpu-amx-attention.json
 """
 
 from __future__ import annotations
@@ -19,20 +21,25 @@ from perf.standin import PRESET, ensure_standin
 from perf.tables import bf16_attention_table
 from stack import cpu_features
 
-RESULTS = ROOT / "perf" / "results" / "cpu-bf16-attention.json"
+RESULTS = {"bf16": ROOT / "perf" / "results" / "cpu-bf16-attention.json",
+           "amx": ROOT / "perf" / "results" / "cpu-amx-attention.json"}
 ROUNDS = 2  # taking turns; few, because an 8k pass takes tens of seconds on 2 cores
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, out = comparison_arguments(f"{__doc__}\n{bf16_attention_comparison.__doc__}", RESULTS, argv, ROUNDS)
+    flags = cpu_features.cpu_flags()
+    products = bf16_attention_comparison.products_here(flags, cpu_features.amx_permitted())
+    args, out = comparison_arguments(f"{__doc__}\n{bf16_attention_comparison.__doc__}", RESULTS[products], argv,
+                                     ROUNDS)
     model, projector = ensure_standin()
     started, load_before = time.time(), os.getloadavg()
-    reason = bf16_attention_comparison.why_not_here(cpu_features.cpu_flags(), cpu_features.cpu_model())
+    reason = bf16_attention_comparison.why_not_here(flags, cpu_features.cpu_model())
     if reason:
-        result: dict = {"skipped": reason}
+        result: dict = {"skipped": reason, "products": products}
     else:
         result = bf16_attention_comparison.compare(model, engine_config(model, projector).llama, LENGTHS[args.mode],
-                                                   args.rounds, bf16_attention_comparison.builds())
+                                                   args.rounds, bf16_attention_comparison.builds(products),
+                                                   products=products)
     print(bf16_attention_table(result))
     if out:
         command = "python -m perf.bf16_attention_bench " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -146,21 +146,33 @@ def q8_repack_table(result: Mapping) -> str:
 
 def bf16_attention_table(result: Mapping) -> str:
     """Whole-pass tokens/s and the attention's seconds of both builds per length, their ratios and cosine; or why
-    the comparison was not made here."""
+    the comparison was not made here. Either comparison: BF16 dot products vs F32, or AMX tiles vs BF16 dot
+    products (results without ``products`` are the first)."""
+    products = result.get("products", "bf16")
     if "skipped" in result:
-        return f"BF16 vs F32 attention products: {result['skipped']}"
+        return f"{PRODUCTS_TITLE[products]}: {result['skipped']}"
+    new, old = ("amx", "bf16") if products == "amx" else ("bf16", "f32")
+    label = {"amx": "AMX", "bf16": "BF16", "f32": "F32"}
     builds = result["builds"]
-    lines = [f"Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch "
-             f"({result['kv_cache_type'].upper()} cache; tokens/s over {result['rounds']} rounds, attention from one "
-             "profiled pass):", "",
-             "| tokens | F32 products (tokens/s) | BF16 products (tokens/s) | BF16 / F32 | attention F32 (s) "
-             "| attention BF16 (s) | attention speed-up | cosine (min) |",
+    lines = [f"{PRODUCTS_BUILDS[products]} ({result['kv_cache_type'].upper()} cache; tokens/s over "
+             f"{result['rounds']} rounds, attention from one profiled pass):", "",
+             f"| tokens | {label[old]} products (tokens/s) | {label[new]} products (tokens/s) | "
+             f"{label[new]} / {label[old]} | attention {label[old]} (s) | attention {label[new]} (s) "
+             "| attention speed-up | cosine (min) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for n, ratio in result["bf16_attention_vs_f32"].items():
-        lines.append(f"| {n} | {builds['f32']['tokens_per_s'][n]:.1f} | {builds['bf16']['tokens_per_s'][n]:.1f} | "
-                     f"{ratio:.2f} | {builds['f32']['attention_s'][n]:.2f} | {builds['bf16']['attention_s'][n]:.2f} | "
+    for n, ratio in result[f"{new}_attention_vs_{old}"].items():
+        lines.append(f"| {n} | {builds[old]['tokens_per_s'][n]:.1f} | {builds[new]['tokens_per_s'][n]:.1f} | "
+                     f"{ratio:.2f} | {builds[old]['attention_s'][n]:.2f} | {builds[new]['attention_s'][n]:.2f} | "
                      f"{result['attention_speedup'][n]:.2f} | {result['cosine_min'][n]:.5f} |")
     return "\n".join(lines)
+
+
+PRODUCTS_TITLE = {"bf16": "BF16 vs F32 attention products", "amx": "AMX vs BF16 attention products"}
+PRODUCTS_BUILDS = {
+    "bf16": "Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch",
+    "amx": "Same sources and patches, flags with and without GGML_AMX_TILE/GGML_AMX_BF16 "
+           "(stack/patches/ggml-cpu-flash-attn-amx.patch's tiles, or VDPBF16PS)",
+}
 
 
 # -- v3.5's sliding-window layers against v3's global ones (perf/swa_bench.py): cpu-swa.json --------------

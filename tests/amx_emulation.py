@@ -115,9 +115,11 @@ def apply_patch(source: Path, reverse: bool = False, patch: Path = cpu_features.
                    input=patch.read_bytes(), check=True, capture_output=True)
 
 
-def variant(amx: bool, without: Sequence[Path] = ()) -> Path:
+def variant(amx: bool, without: Sequence[Path] = (), tiles: bool | None = None) -> Path:
     """A folder holding a copy of the installed llama_cpp package whose CPU backend is built from this CPU's flags
-    and this project's ggml patches (except those ``without``), with AMX (and its patch) or without.
+    and this project's ggml patches (except those ``without``), with AMX (and its patch) or without. ``tiles``:
+    the AMX-BF16 flags of the flash attention's tiles as this host's build has them (None), left out (False), or
+    added whatever the CPU (True: for the emulator).
 
     On an AMX machine these are the two builds to compare, whichever of them is installed, for the price of
     libggml-cpu alone (a minute or two) instead of a second wheel; without a patch, the build as it was before
@@ -127,9 +129,12 @@ def variant(amx: bool, without: Sequence[Path] = ()) -> Path:
 
     installed_package = Path(llama_cpp.__file__).parent
     sdist = installed_sdist()
-    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=amx)
+    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx, None if tiles is None else False)
+    if tiles:
+        cmake_args += [f"-D{name}=ON" for name, _ in cpu_features.AMX_BF16]
     patches = [patch for patch in cpu_features.ggml_patches(amx=amx) if patch not in without]
-    name = ("amx" if amx else "avx512") + "".join(f"-without-{patch.stem}" for patch in without)
+    name = ("amx" if amx else "avx512") + {None: "", False: "-no-tiles", True: "-tiles"}[tiles] + "".join(
+        f"-without-{patch.stem}" for patch in without)
     digest = hashlib.sha256("\n".join([name, sdist.name, " ".join(cmake_args)]).encode())
     for path in [*patches, *sorted((installed_package / "lib").iterdir())]:
         digest.update(path.read_bytes())
