@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 from perf import ROOT, aiperf_dataset
 from perf.aiperf_tokenizer import ensure_tokenizer
-from perf.common import utc_iso
+from perf.common import command_line, envelope, write_results
 from perf.loadgen import (
     LIBRECHAT_MODEL,
     MODEL,
@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stale:
         parser.error(f"AIPerf datasets differ from perf/workloads/: {', '.join(stale)}; "
                      "run python -m perf.aiperf_dataset")
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
 
     def say(message: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
@@ -403,23 +403,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls = {"adapter": adapter_url, "triton": triton_url}
         urls = {key: urls[key] for key in TARGETS if key in targets}
         levels, spin = asyncio.run(measure(urls, names, concurrencies, tokenizer, args.api_key, say, check))
+    head = envelope(command_line(__spec__.name, argv), started, load_before)
     results = {
-        "command": "python -m perf.aiperf_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "started": utc_iso(started),
-        "duration_s": round(time.time() - started, 1),
         "servers": "started here: Triton CPU config + adapter, qwen3-0.6b Q8_0 stand-in" if not args.adapter_url
         else {"adapter": args.adapter_url, "triton": args.triton_url},
-        "machine": {"logical_cpus": os.cpu_count(), "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "aiperf_version": aiperf_version(),
         "tokenizer_vs_engine": checks, "agreement_bar": AGREEMENT,
         "all_throughputs_agree": all(v["throughput_agrees"] for v in levels), "busy_wait_check": spin,
         "levels": levels,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, head | results)
     print(f"\n{aiperf_table(levels)}\n\nloadgen beside a busy-waiting process / alone: {spin.get('ratio')} requests/s "
           f"({spin.get('target')}, {spin.get('workload')}, concurrency 1)\n"
-          f"wrote {args.out} in {results['duration_s']:.0f} s")
+          f"measured in {head['duration_s']:.0f} s")
     return 0 if all(v["aiperf"]["errors"] == 0 and v["loadgen"]["errors"] == 0 for v in levels) else 1
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perf import ROOT, amx_comparison
-from perf.common import LENGTHS, engine_config, write_results
+from perf.common import LENGTHS, command_line, engine_config, envelope, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import amx_table
 
@@ -38,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     amx_comparison.ROUNDS[args.mode])
     print(amx_table(result))
     if out:
-        write_results(out, "python -m perf.amx_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                      started, load_before, model=PRESET, amx=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": PRESET, "amx": result})
     return 0
 
 

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import operator
 import os
 import statistics
@@ -56,10 +55,8 @@ from perf.common import (
     ROUNDS,
     SWEPT,
     engine_config,
-    load_averages,
-    machine,
-    revision,
-    utc_iso,
+    envelope,
+    write_results,
 )
 from perf.loadgen import (
     AdapterTarget,
@@ -296,12 +293,11 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
     results["q8_repack"] = q8_repack_comparison.compare(model, options, LENGTHS[mode], ROUNDS[mode], say=q8_say,
                                                         python_path=q8_repack_comparison.repack_build(q8_say))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
+    command = " ".join(["python -m", __spec__.name, "--mode", mode,
+                        *(["--workloads", ",".join(names)] if list(names) != list(MODES[mode]) else [])])
     return {
-        "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
-                                                           if list(names) != list(MODES[mode]) else ""),
+        **envelope(command, started, load_before, more_machine={"other_cpu_share": cpu.other_share()}),
         "mode": mode,
-        "started": utc_iso(started), "duration_s": round(time.time() - started, 1), "revision": revision(),
-        "machine": machine() | load_averages(load_before) | {"other_cpu_share": cpu.other_share()},
         "model": {"preset": PRESET, "path": str(model.relative_to(ROOT)), "bytes": model.stat().st_size,
                   "note": "generated stand-in: real Qwen3-0.6B shapes and vocabulary, random weights"},
         "engine_options": {"source": str(CPU_CONFIG.relative_to(ROOT)), **dataclasses.asdict(options),
@@ -365,12 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workloads: {', '.join(unknown)}")
     results = asyncio.run(run(args.mode, names, args.peer))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     write_csv(results["levels"], args.out.with_suffix(".csv"))
     plot(results["levels"], args.out.with_suffix(".png"),
          f"{results['machine']['cpu_model']}, {results['machine']['usable_cpus']} cores, {PRESET} Q8_0 stand-in")
-    print(f"\n{bench_table(results)}\n\nwrote {args.out} (+ .csv, .png) in {results['duration_s']:.0f} s")
+    print(f"\n{bench_table(results)}\n\nmeasured in {results['duration_s']:.0f} s; beside {args.out}: .csv, .png")
     return 0
 
 

@@ -9,12 +9,11 @@ perf/bf16_attention_comparison.py's comparison, its results and table (perf/tabl
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 
 from perf import ROOT, bf16_attention_comparison
-from perf.common import LENGTHS, comparison_arguments, engine_config, write_results
+from perf.common import LENGTHS, command_line, comparison_arguments, engine_config, envelope, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import bf16_attention_table
 from stack import cpu_features
@@ -35,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    args.rounds, bf16_attention_comparison.builds())
     print(bf16_attention_table(result))
     if out:
-        command = "python -m perf.bf16_attention_bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results(out, command, started, load_before, model=PRESET, bf16_attention=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": PRESET, "bf16_attention": result})
     return 0
 
 

@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -41,7 +40,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perf import ROOT, tables
-from perf.common import GPU_CONFIG, WARMUP_TOKENS, cosine_rows, engine_config, probe, timed_engine_pass, utc_iso
+from perf.common import (
+    GPU_CONFIG,
+    WARMUP_TOKENS,
+    command_line,
+    cosine_rows,
+    engine_config,
+    envelope,
+    probe,
+    timed_engine_pass,
+    write_results,
+)
 from perf.qwen3_torch import TorchQwen3, peer_available
 
 if TYPE_CHECKING:  # the engine loads llama.cpp when imported: only once the run has begun
@@ -81,15 +90,6 @@ def results_path(gpu_name: str, directory: Path = RESULTS_DIR) -> Path:
     return directory / f"gpu-{slug}.json"
 
 
-def write_results(results: Mapping, path: Path) -> Path:
-    """The results as indented JSON, written whole or not at all (a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
-    return path
-
-
 # -- the machine --------------------------------------------------------------------------------------
 
 
@@ -105,14 +105,13 @@ def gpu_facts() -> dict[str, str]:
     return dict(zip(fields, (v.strip() for v in first.split(",")), strict=False))
 
 
-def machine(device: str) -> dict:
+def gpu_machine(device: str) -> dict:
+    """What the GPU check adds to the results envelope's machine (perf.common.machine): the GPU, the device the
+    steps ran on, and the builds of numpy, llama.cpp and PyTorch it measured with."""
     import llama_cpp
 
-    info: dict = {"gpu": gpu_facts(), "device": device, "cpus": os.cpu_count(), "python": platform.python_version(),
-                  "numpy": np.__version__, "llama_cpp_python": llama_cpp.__version__,
-                  "llama_cpp_file": llama_cpp.__file__,
-                  "llama_supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-                  "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
+    info: dict = {"gpu": gpu_facts(), "device": device, "numpy": np.__version__, "llama_cpp_file": llama_cpp.__file__,
+                  "llama_supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
     with contextlib.suppress(ImportError):
         import torch
         import transformers
@@ -359,7 +358,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callab
     from perf.standin import ensure_standin
 
     device = "cpu" if args.smoke else "cuda"
-    results: dict = {"machine": machine(device)}
+    results: dict = {"machine": gpu_machine(device)}
     if not args.smoke and not results["machine"]["llama_supports_gpu_offload"]:
         raise RuntimeError(f"{results['machine']['llama_cpp_file']}: this llama_cpp was built without GPU offload")
     if args.smoke:
@@ -439,22 +438,25 @@ def _read_json(path: Path | None) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
 
     def say(message: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
 
-    command = " ".join(["python -m perf.gpu_check", *(argv if argv is not None else sys.argv[1:])])
-    header = {"command": f"perf/gpu_check.sh run, which ran: {command}" if args.build_info else command,
-              "started": utc_iso(started), "revision": _read_json(args.revision), "build": _read_json(args.build_info)}
+    command = command_line(__spec__.name, argv)
+    command = f"perf/gpu_check.sh run, which ran: {command}" if args.build_info else command
     out = args.out or (RESULTS_DIR / "gpu-smoke.json" if args.smoke else results_path(gpu_facts().get("name", "")))
 
     def finished(results: dict, complete: bool) -> dict:
-        return {**header, "complete": complete, "duration_s": round(time.time() - started, 1), **results,
-                "targets": TARGETS, "meets_targets": verdicts(results)}
+        """The results so far in their envelope (the commit as perf/gpu_check_prepare.py read it, where given)."""
+        measured = {key: value for key, value in results.items() if key != "machine"}
+        return (envelope(command, started, load_before, more_machine=results["machine"],
+                         measured_revision=_read_json(args.revision))
+                | {"build": _read_json(args.build_info), "complete": complete, **measured, "targets": TARGETS,
+                   "meets_targets": verdicts(results)})
 
-    results = finished(run(args, say, lambda partial: write_results(finished(partial, False), out)), True)
-    write_results(results, out)
+    results = finished(run(args, say, lambda partial: write_results(out, finished(partial, False))), True)
+    write_results(out, results)
     failed = [name for name in args.steps if "error" in results[name]]
     fidelity_passed = results.get("fidelity", {}).get("passed")
     build = results["build"] or {}

@@ -36,12 +36,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.common import load_averages, utc_iso
+from perf.common import command_line, envelope, write_results
 from perf.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.standin import PRESET, ensure_standin
 from perf.tables import librechat_summary
 from perf.workloads import Entry, from_input_data, load
-from stack import cpu_features
 from stack.processes import free_port
 
 AGENTS_PACKAGE, AGENTS_VERSION = "@librechat/agents", "3.9.2"
@@ -270,11 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         calls = run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
     summary = summarize(calls)
     results = {
-        "command": " ".join(["python -m perf.librechat_bench", *(sys.argv[1:] if argv is None else argv)]),
         "label": args.label,
-        "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
-        "machine": {"cpu_model": _cpu_model(), "usable_cpus": len(os.sched_getaffinity(0)),
-                    **load_averages(load_before)},
         "client": {"package": AGENTS_PACKAGE, "version": AGENTS_VERSION, "reranker": "jina",
                    "timeout_ms": args.timeout_ms or "client default (10000)"},
         "target": {"url": args.url} if args.url else {"started": "python -m stack.serve (make serve's defaults)",
@@ -283,16 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "searches_in_file": len(available), "pages_per_search": len(searches[0].pages)},
         "summary": summary, "calls": calls,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    print(f"\n{librechat_summary(summary)}\nwrote {args.out}")
+    print(f"\n{librechat_summary(summary)}")
+    write_results(args.out, envelope(command_line(__spec__.name, argv), started, load_before) | results)
     return 0
-
-
-def _cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        return cpu_features.cpu_model()
-    return None
 
 
 if __name__ == "__main__":

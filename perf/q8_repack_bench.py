@@ -8,12 +8,11 @@ perf/q8_repack_comparison.py's comparison, its results and table (perf/tables.py
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 
 from perf import ROOT, q8_repack_comparison
-from perf.common import LENGTHS, ROUNDS, comparison_arguments, engine_config, write_results
+from perf.common import LENGTHS, ROUNDS, command_line, comparison_arguments, engine_config, envelope, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import q8_repack_table
 
@@ -28,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           ROUNDS[args.mode], python_path=q8_repack_comparison.repack_build())
     print(q8_repack_table(result))
     if out:
-        write_results(out, "python -m perf.q8_repack_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                      started, load_before, model=PRESET, q8_repack=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": PRESET, "q8_repack": result})
     return 0
 
 

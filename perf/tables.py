@@ -11,6 +11,26 @@ from collections.abc import Mapping, Sequence
 
 from perf.common import PEER_LENGTH, PROFILE_GROUPS, SWEPT
 
+# -- every results file's envelope (perf.common.envelope) ---------------------------------------------------
+
+
+def envelope_line(results: Mapping) -> str:
+    """Where a block's figures come from, as its results file's envelope says: the command, the date and length
+    of the run, the commit, the machine (CPU model, logical CPUs, GPU) and the 1-minute load average before and
+    after; what a file from before the envelope did not record is said to be so."""
+    m, rev = results["machine"], results["revision"]
+    duration = f", {results['duration_s']:.0f} s" if results.get("duration_s") is not None else ""
+    commit = (f"commit {rev['commit'][:7]}" + (" with uncommitted changes" if rev.get("dirty") else "")
+              if rev.get("commit") else "commit not recorded")
+    cpus = f", {m['logical_cpus']} logical CPUs" if m.get("logical_cpus") else ""
+    gpu = f", GPU {m['gpu']['name']}" if (m.get("gpu") or {}).get("name") else ""
+    before, after = m.get("load_average_before"), m.get("load_average_after")
+    load = ("load average not recorded" if after is None else f"load average (1 min) {after[0]:.2f} at the end"
+            if before is None else f"load average (1 min) {before[0]:.2f} -> {after[0]:.2f}")
+    return (f"Measured by `{results['command']}` on {results['started'][:10]}{duration}, {commit}; "
+            f"{m.get('cpu_model') or 'CPU model not recorded'}{cpus}{gpu}; {load}.")
+
+
 # make bench's paths as its tables name them: the issue's baselines a to d.
 LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)", "engine": "b. engine in-process",
           "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
@@ -216,12 +236,6 @@ def librechat_summary(summary: dict) -> str:
             + (f" ({share:.1%})" if share is not None else "")
             + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
 
-
-def librechat_run(results: dict) -> str:
-    """The summary, then when the run was, how long it took and its label (what was measured)."""
-    label = results.get("label") or "-"
-    return (f"{librechat_summary(results['summary'])}\n\n"
-            f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
 
 
 # -- the GPU check (perf/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------

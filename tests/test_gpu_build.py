@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from perf import gpu_check, gpu_check_prepare, tables
-from perf.common import GPU_CONFIG, config_parameters
+from perf.common import ENVELOPE_KEYS, GPU_CONFIG, config_parameters, write_results
 from stack import cpu_features, gpu_features
 from stack.gpu_features import CudaFacts
 
@@ -236,6 +236,8 @@ def test_smoke_run_writes_the_results(tmp_path):
     assert status == 0
     results = json.loads(out.read_text())
     assert results["complete"] is True
+    assert set(ENVELOPE_KEYS) <= set(results)
+    assert {"gpu", "device", "load_average_after", "cpu_model"} <= set(results["machine"])
     assert "fidelity" not in results
     assert results["forward"]["lengths"]["128"]["engine"]["tokens_per_s"] > 0
     search = results["librechat"]
@@ -258,7 +260,7 @@ def test_a_stopped_run_keeps_the_steps_it_finished(tmp_path):
     seen = []
 
     def checkpoint(partial: dict) -> None:
-        gpu_check.write_results(partial, out)
+        write_results(out, partial)
         seen.append(json.loads(out.read_text()))
 
     args = gpu_check.parse_args(["--smoke", "--steps", "forward", "--lengths", "64", "--rounds", "1"])
