@@ -31,7 +31,7 @@ PEER_REQUIREMENTS := perf/peer-requirements.txt
 IMPORT_PATHS := $(CURDIR)/model_repository/jina_reranker_v3/1 $(CURDIR)
 IMPORT_PATHS_KEY := $(shell printf '%s\n' $(IMPORT_PATHS) | sha256sum | cut -c1-16)
 
-.PHONY: install test lint serve triton bench bench-aiperf clean import-paths
+.PHONY: install test lint serve triton bench bench-aiperf clean clean-cache import-paths
 
 install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY) $(VENV)/.checkov-stamp $(VENV)/.import-paths-$(IMPORT_PATHS_KEY)
 
@@ -137,3 +137,11 @@ bench-librechat: librechat-client
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+
+# The llama.cpp builds under .cache/ whose key no longer matches their own inputs (a patch edited since, another
+# llama-cpp-python version, a virtualenv rebuilt or gone): wheels, their unpacked copies, the AMX-emulation and
+# repacked-Q8_0 test builds, other versions' sdists. Keeps every build whose inputs are unchanged (the comparisons'
+# and another checkout's too, where .cache is shared), builds in progress, models, virtualenvs, clients, logs
+# (stack/build_cache.py). Opt-in, never run by install or test. CLEAN_CACHE_ARGS=--dry-run lists only.
+clean-cache:
+	$(PYTHON) -m stack.build_cache prune --version $(LLAMA_CPP_PYTHON_VERSION) $(CLEAN_CACHE_ARGS)
