@@ -36,7 +36,7 @@ LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)",
           "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
 
 
-# -- make bench (perf/bench.py): perf/results/cpu-latest.json ------------------------------------------
+# -- make bench (perf/load/bench.py): perf/results/cpu-latest.json ------------------------------------------
 
 
 def bench_table(results: dict) -> str:
@@ -83,7 +83,7 @@ def bench_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# -- the PyTorch CPU peer (perf/torch_comparison.py): cpu_peer in both CPU results files ---------------------
+# -- the PyTorch CPU peer (perf/peers/torch_comparison.py): cpu_peer in both CPU results files ---------------------
 
 
 def _k(n: str) -> str:
@@ -128,7 +128,7 @@ def peer_table(peer: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- the AMX build against the AVX-512 build (perf/amx_comparison.py): amx in cpu-latest.json ----------------
+# -- the AMX build against the AVX-512 build (perf/builds/amx_comparison.py): amx in cpu-latest.json ----------------
 
 
 def amx_table(result: Mapping) -> str:
@@ -145,7 +145,7 @@ def amx_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- extra buffer types on vs off (perf/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
+# -- extra buffer types on vs off (perf/builds/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
 
 
 def q8_repack_table(result: Mapping) -> str:
@@ -160,7 +160,7 @@ def q8_repack_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- the tiled flash attention's BF16 products vs its F32 products (perf/bf16_attention_comparison.py):
+# -- the tiled flash attention's BF16 products vs its F32 products (perf/builds/bf16_attention_comparison.py):
 # cpu-bf16-attention.json --------------------------------------------------------------------------------
 
 
@@ -183,7 +183,7 @@ def bf16_attention_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- v3.5's sliding-window layers against v3's global ones (perf/swa_bench.py): cpu-swa.json --------------
+# -- v3.5's sliding-window layers against v3's global ones (perf/builds/swa_bench.py): cpu-swa.json --------------
 
 
 def swa_table(result: Mapping) -> str:
@@ -196,7 +196,7 @@ def swa_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- AIPerf beside perf/loadgen.py (perf/aiperf_bench.py): aiperf-latest.json ------------------------------
+# -- AIPerf beside perf/load/loadgen.py (perf/aiperf/aiperf_bench.py): aiperf-latest.json ------------------------------
 
 
 def aiperf_table(levels: Sequence[dict]) -> str:
@@ -221,7 +221,7 @@ def aiperf_table(levels: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-# -- LibreChat's own client (perf/librechat_bench.py): librechat-search-cpu*.json ---------------------------
+# -- LibreChat's own client (perf/load/librechat_bench.py): librechat-search-cpu*.json ---------------------------
 
 
 def librechat_summary(summary: dict) -> str:
@@ -238,7 +238,7 @@ def librechat_summary(summary: dict) -> str:
 
 
 
-# -- the GPU check (perf/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
+# -- the GPU check (perf/gpu/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
 
 
 def gpu_table(results: Mapping) -> str:

@@ -7,7 +7,7 @@ build ~40 MB). ``prune`` removes a build whose key no longer matches its own inp
 
     wheels/llama-cpp-python-VERSION-KEY    (stack/build_llama_wheel.sh) its BUILD_FLAGS: the CMake arguments and
                                            the patch files; VERSION other than the pinned one is stale too
-    llama-builds/NAME                      (perf/amx_comparison.py) unpacked from wheels/NAME: stale with it
+    llama-builds/NAME                      (perf/builds/amx_comparison.py) unpacked from wheels/NAME: stale with it
     amx-emulation/[NAME-]KEY               (tests/amx_emulation.py) and
     q8-repack-builds/NAME-KEY              (tests/q8_repack_builds.py): their KEY_INPUTS.json (``record_inputs``)
     sdist/llama_cpp_python-VERSION.tar.gz  kept for the pinned version and every kept wheel's

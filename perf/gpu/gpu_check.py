@@ -1,9 +1,9 @@
-"""The GPU check's measurements, in one process, on one GPU (run by perf/gpu_check.sh once it has built
+"""The GPU check's measurements, in one process, on one GPU (run by perf/gpu/gpu_check.sh once it has built
 llama.cpp's CUDA libraries and put a ``llama_cpp`` package holding them first on the path).
 
-    perf/gpu_check.sh run                                     # on the GPU host (builds, then runs this)
-    python -m perf.gpu_check --lengths 1024 --search-rounds 1  # this step alone, with fewer figures
-    python -m perf.gpu_check --smoke                           # no GPU: the script itself, on the CPU
+    perf/gpu/gpu_check.sh run                                     # on the GPU host (builds, then runs this)
+    python -m perf.gpu.gpu_check --lengths 1024 --search-rounds 1  # this step alone, with fewer figures
+    python -m perf.gpu.gpu_check --smoke                           # no GPU: the script itself, on the CPU
 
 In order, each step's figures kept even when a later one fails:
   fidelity    the engine's reference checks on the GPU (tests/test_engine_reference.py's texts): the tiny F32
@@ -12,8 +12,8 @@ In order, each step's figures kept even when a later one fails:
               scores within 0.05 and in the reference's order)
   forward     the ``qwen3-0.6b`` Q8_0 stand-in: the engine's forward pass with the GPU config's options at 1k, 3k
               and 8k tokens against transformers' Qwen3 in bfloat16 (SDPA) on the same GPU, weights and token
-              ids (perf/qwen3_torch.py, perf/common.py's probe), turns alternating, median of the rounds
-  librechat   LibreChat's web search (perf/workloads.py ``librechat-search``: five concurrent requests per
+              ids (perf/peers/qwen3_torch.py, perf/common.py's probe), turns alternating, median of the rounds
+  librechat   LibreChat's web search (perf/load/workloads.py ``librechat-search``: five concurrent requests per
               search), in-process with the GPU config's options, ``share_decodes`` on and off: latency per call
               with the search's requests in one batch (as Triton's dynamic batcher hands them over) and alone
 
@@ -51,7 +51,7 @@ from perf.common import (
     timed_engine_pass,
     write_results,
 )
-from perf.qwen3_torch import TorchQwen3, peer_available
+from perf.peers.qwen3_torch import TorchQwen3, peer_available
 
 if TYPE_CHECKING:  # the engine loads llama.cpp when imported: only once the run has begun
     from rerank_engine import EngineConfig
@@ -176,7 +176,7 @@ def reference_order_kept(scores: np.ndarray, expected: np.ndarray) -> bool:
 
 
 class TorchOnDevice:
-    """perf/qwen3_torch.py's Qwen3 in bfloat16 (SDPA), moved to ``device``, timed to the device's completion."""
+    """perf/peers/qwen3_torch.py's Qwen3 in bfloat16 (SDPA), moved to ``device``, timed to the device's completion."""
 
     def __init__(self, model_path: Path, device: str) -> None:
         import torch
@@ -255,7 +255,7 @@ def forward(model: Path, options: object, lengths: Sequence[int], rounds: int, d
 
 def librechat_workload() -> tuple[str, list]:
     """The first of LIBRECHAT_WORKLOADS this checkout has, and its entries."""
-    from perf.workloads import WORKLOADS, load, path_of
+    from perf.load.workloads import WORKLOADS, load, path_of
 
     for name in LIBRECHAT_WORKLOADS:
         if name in WORKLOADS and path_of(name).is_file():
@@ -289,7 +289,7 @@ def librechat(model: Path, projector: Path, smoke: bool, rounds: int, limit: int
               say: Callable[[str], None]) -> dict:
     """Latency per call, share_decodes on and off: each search's requests batched together, then alone; each
     setting stops after the search that uses up its half of ``budget_s``."""
-    from perf.loadgen import Level, Sample, summarize
+    from perf.load.loadgen import Level, Sample, summarize
     from rerank_engine import Reranker
 
     name, entries = librechat_workload()
@@ -421,8 +421,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=steps, default=STEPS, help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--smoke", action="store_true",
                         help="no GPU needed: every step on the CPU, tiny model (checks the script, not the GPU)")
-    parser.add_argument("--build-info", type=Path, help="build.json from perf/gpu_check.sh (the build's time)")
-    parser.add_argument("--revision", type=Path, help="revision.json from perf/gpu_check_prepare.py")
+    parser.add_argument("--build-info", type=Path, help="build.json from perf/gpu/gpu_check.sh (the build's time)")
+    parser.add_argument("--revision", type=Path, help="revision.json from perf/gpu/gpu_check_prepare.py")
     parser.add_argument("--out", type=Path, help="results JSON (default: perf/results/gpu-<gpu>.json)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.search_rounds < 1 or (args.searches is not None and args.searches < 1):
@@ -444,11 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
 
     command = command_line(__spec__.name, argv)
-    command = f"perf/gpu_check.sh run, which ran: {command}" if args.build_info else command
+    command = f"perf/gpu/gpu_check.sh run, which ran: {command}" if args.build_info else command
     out = args.out or (RESULTS_DIR / "gpu-smoke.json" if args.smoke else results_path(gpu_facts().get("name", "")))
 
     def finished(results: dict, complete: bool) -> dict:
-        """The results so far in their envelope (the commit as perf/gpu_check_prepare.py read it, where given)."""
+        """The results so far in their envelope (the commit as perf/gpu/gpu_check_prepare.py read it, where given)."""
         measured = {key: value for key, value in results.items() if key != "machine"}
         return (envelope(command, started, load_before, more_machine=results["machine"],
                          measured_revision=_read_json(args.revision))

@@ -1,7 +1,7 @@
 """jina-reranker-v3.5's sliding-window layers against v3's global ones, on the qwen3-0.6b stand-in.
 
-    python -m perf.swa_bench                # quick: 1,024 tokens
-    python -m perf.swa_bench --mode full    # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-swa.json
+    python -m perf.builds.swa_bench                # quick: 1,024 tokens
+    python -m perf.builds.swa_bench --mode full    # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-swa.json
 
 The two stand-ins have the same shapes and weights (same seed); the v3.5 one declares a 1,024-token window on
 the layers of generate_test_model.v35_pattern. Both run with the CPU Triton config's engine options, in this

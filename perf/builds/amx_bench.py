@@ -1,8 +1,8 @@
-"""llama.cpp's AMX build against its AVX-512 build on its own (``amx_vs_avx512``): perf/amx_comparison.py's
+"""llama.cpp's AMX build against its AVX-512 build on its own (``amx_vs_avx512``): perf/builds/amx_comparison.py's
 comparison, its table (perf/tables.py) printed.
 
-    python -m perf.amx_bench                 # quick: 1,024 tokens
-    python -m perf.amx_bench --mode full     # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-amx.json
+    python -m perf.builds.amx_bench                 # quick: 1,024 tokens
+    python -m perf.builds.amx_bench --mode full     # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-amx.json
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import ROOT, amx_comparison
+from perf import ROOT
+from perf.builds import amx_comparison
 from perf.common import LENGTHS, command_line, engine_config, envelope, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import amx_table

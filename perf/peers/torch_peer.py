@@ -1,10 +1,10 @@
-"""The PyTorch CPU peer on its own: perf/torch_comparison.py's comparison, results in
+"""The PyTorch CPU peer on its own: perf/peers/torch_comparison.py's comparison, results in
 perf/results/cpu-peer-latest.json (under ``cpu_peer``, as make bench writes it in cpu-latest.json), its tables
 (perf/tables.py) printed.
 
-    python -m perf.torch_peer                      # quick: 1,024 tokens, per-op profiles (about a minute)
-    python -m perf.torch_peer --mode full          # 1,024, 3,072 and 8,192 tokens, profiles and the knobs
-    python -m perf.torch_peer --lengths 3072 --knobs --out /tmp/peer.json
+    python -m perf.peers.torch_peer                      # quick: 1,024 tokens, per-op profiles (about a minute)
+    python -m perf.peers.torch_peer --mode full          # 1,024, 3,072 and 8,192 tokens, profiles and the knobs
+    python -m perf.peers.torch_peer --lengths 3072 --knobs --out /tmp/peer.json
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import ROOT, torch_comparison
+from perf import ROOT
 from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, command_line, engine_config, envelope, shown_path, write_results
-from perf.qwen3_torch import peer_available
+from perf.peers import torch_comparison
+from perf.peers.qwen3_torch import peer_available
 from perf.standin import PRESET, ensure_standin
 from perf.tables import peer_table
 

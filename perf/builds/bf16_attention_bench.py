@@ -1,8 +1,8 @@
 """ggml's tiled flash attention on AVX512-BF16 dot products against its F32 products (``bf16_attention_vs_f32``):
-perf/bf16_attention_comparison.py's comparison, its results and table (perf/tables.py) printed.
+perf/builds/bf16_attention_comparison.py's comparison, its results and table (perf/tables.py) printed.
 
-    python -m perf.bf16_attention_bench                # quick: 1,024 tokens
-    python -m perf.bf16_attention_bench --mode full    # 1,024, 3,072 and 8,192 tokens:
+    python -m perf.builds.bf16_attention_bench                # quick: 1,024 tokens
+    python -m perf.builds.bf16_attention_bench --mode full    # 1,024, 3,072 and 8,192 tokens:
                                                        # perf/results/cpu-bf16-attention.json
 """
 
@@ -12,7 +12,8 @@ import os
 import time
 from collections.abc import Sequence
 
-from perf import ROOT, bf16_attention_comparison
+from perf import ROOT
+from perf.builds import bf16_attention_comparison
 from perf.common import LENGTHS, command_line, comparison_arguments, engine_config, envelope, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import bf16_attention_table

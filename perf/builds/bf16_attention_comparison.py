@@ -1,5 +1,5 @@
 """The tiled flash attention on AVX512-BF16 dot products against its F32 products, side by side
-(``bf16_attention_vs_f32``): the comparison that perf/bf16_attention_bench.py runs; its table is perf/tables.py's
+(``bf16_attention_vs_f32``): the comparison that perf/builds/bf16_attention_bench.py runs; its table is perf/tables.py's
 ``bf16_attention_table``.
 
 stack/patches/ggml-cpu-flash-attn-bf16.patch computes Q·K^T and P·V of ggml's tiled CPU flash attention with
@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import ROOT, amx_comparison
+from perf import ROOT
+from perf.builds import amx_comparison
 from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s
 from stack import cpu_features
 
 BUILDS = ("bf16", "f32")  # with the patch, without it
 # A child's program (python -c), run from the repository root: the unpacked build first on its PYTHONPATH.
-CHILD = "import sys; from perf.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
+CHILD = "import sys; from perf.builds.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
 
 
 def why_not_here(flags: set[str], cpu_model: str | None) -> str | None:
@@ -102,7 +103,7 @@ def child_main(argv: Sequence[str]) -> None:
     (comma-separated), the file to write and ``profile`` or ``time``."""
     import llama_cpp
 
-    from perf.torch_comparison import engine_profile
+    from perf.peers.torch_comparison import engine_profile
     from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
     model, options_json, lengths_text, out, mode = argv
