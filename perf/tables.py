@@ -11,12 +11,32 @@ from collections.abc import Mapping, Sequence
 
 from perf.common import PEER_LENGTH, PROFILE_GROUPS, SWEPT
 
+# -- every results file's envelope (perf.common.envelope) ---------------------------------------------------
+
+
+def envelope_line(results: Mapping) -> str:
+    """Where a block's figures come from, as its results file's envelope says: the command, the date and length
+    of the run, the commit, the machine (CPU model, logical CPUs, GPU) and the 1-minute load average before and
+    after; what a file from before the envelope did not record is said to be so."""
+    m, rev = results["machine"], results["revision"]
+    duration = f", {results['duration_s']:.0f} s" if results.get("duration_s") is not None else ""
+    commit = (f"commit {rev['commit'][:7]}" + (" with uncommitted changes" if rev.get("dirty") else "")
+              if rev.get("commit") else "commit not recorded")
+    cpus = f", {m['logical_cpus']} logical CPUs" if m.get("logical_cpus") else ""
+    gpu = f", GPU {m['gpu']['name']}" if (m.get("gpu") or {}).get("name") else ""
+    before, after = m.get("load_average_before"), m.get("load_average_after")
+    load = ("load average not recorded" if after is None else f"load average (1 min) {after[0]:.2f} at the end"
+            if before is None else f"load average (1 min) {before[0]:.2f} -> {after[0]:.2f}")
+    return (f"Measured by `{results['command']}` on {results['started'][:10]}{duration}, {commit}; "
+            f"{m.get('cpu_model') or 'CPU model not recorded'}{cpus}{gpu}; {load}.")
+
+
 # make bench's paths as its tables name them: the issue's baselines a to d.
 LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)", "engine": "b. engine in-process",
           "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
 
 
-# -- make bench (perf/bench.py): perf/results/cpu-latest.json ------------------------------------------
+# -- make bench (perf/load/bench.py): perf/results/cpu-latest.json ------------------------------------------
 
 
 def bench_table(results: dict) -> str:
@@ -63,7 +83,7 @@ def bench_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# -- the PyTorch CPU peer (perf/torch_comparison.py): cpu_peer in both CPU results files ---------------------
+# -- the PyTorch CPU peer (perf/peers/torch_comparison.py): cpu_peer in both CPU results files ---------------------
 
 
 def _k(n: str) -> str:
@@ -108,7 +128,7 @@ def peer_table(peer: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- the AMX build against the AVX-512 build (perf/amx_comparison.py): amx in cpu-latest.json ----------------
+# -- the AMX build against the AVX-512 build (perf/builds/amx_comparison.py): amx in cpu-latest.json ----------------
 
 
 def amx_table(result: Mapping) -> str:
@@ -125,7 +145,7 @@ def amx_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- extra buffer types on vs off (perf/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
+# -- extra buffer types on vs off (perf/builds/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
 
 
 def q8_repack_table(result: Mapping) -> str:
@@ -140,7 +160,7 @@ def q8_repack_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- the tiled flash attention's BF16 products vs its F32 products (perf/bf16_attention_comparison.py):
+# -- the tiled flash attention's BF16 products vs its F32 products (perf/builds/bf16_attention_comparison.py):
 # cpu-bf16-attention.json --------------------------------------------------------------------------------
 
 
@@ -175,7 +195,7 @@ PRODUCTS_BUILDS = {
 }
 
 
-# -- v3.5's sliding-window layers against v3's global ones (perf/swa_bench.py): cpu-swa.json --------------
+# -- v3.5's sliding-window layers against v3's global ones (perf/builds/swa_bench.py): cpu-swa.json --------------
 
 
 def swa_table(result: Mapping) -> str:
@@ -188,7 +208,7 @@ def swa_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- AIPerf beside perf/loadgen.py (perf/aiperf_bench.py): aiperf-latest.json ------------------------------
+# -- AIPerf beside perf/load/loadgen.py (perf/aiperf/aiperf_bench.py): aiperf-latest.json ------------------------------
 
 
 def aiperf_table(levels: Sequence[dict]) -> str:
@@ -213,7 +233,7 @@ def aiperf_table(levels: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-# -- LibreChat's own client (perf/librechat_bench.py): librechat-search-cpu*.json ---------------------------
+# -- LibreChat's own client (perf/load/librechat_bench.py): librechat-search-cpu*.json ---------------------------
 
 
 def librechat_summary(summary: dict) -> str:
@@ -229,14 +249,8 @@ def librechat_summary(summary: dict) -> str:
             + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
 
 
-def librechat_run(results: dict) -> str:
-    """The summary, then when the run was, how long it took and its label (what was measured)."""
-    label = results.get("label") or "-"
-    return (f"{librechat_summary(results['summary'])}\n\n"
-            f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
 
-
-# -- the GPU check (perf/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
+# -- the GPU check (perf/gpu/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
 
 
 def gpu_table(results: Mapping) -> str:

@@ -10,7 +10,7 @@ dot products where the CPU has them and on AMX-BF16 tiles where the CPU lists th
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
 ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
-Q8_0 path at 1k / 3k / 8k tokens (perf/results/cpu-amx.json, ``python -m perf.amx_bench --mode full``). Even
+Q8_0 path at 1k / 3k / 8k tokens (perf/results/cpu-amx.json, ``python -m perf.builds.amx_bench --mode full``). Even
 asked for, AMX is built only when the CPU lists it AND the kernel grants the XTILEDATA permission, and then only
 together with this project's patch of ggml's AMX code.
 

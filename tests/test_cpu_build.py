@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import amx_comparison, tables
+from perf import tables
+from perf.builds import amx_comparison
 from rerank_engine import EngineConfig, amx_check
 from stack import cpu_features
 from tests import amx_emulation

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 from models import numpy_reference as ref
-from perf import bf16_attention_comparison, tables
+from perf import tables
+from perf.builds import bf16_attention_comparison
 from perf.common import cosine_rows, engine_config
 from perf.standin import ensure_standin
 from rerank_engine import RerankRequest
@@ -225,7 +226,7 @@ def test_amx_tile_products_under_the_emulator(tmp_path, monkeypatch):
 
 HIDDEN = """
 import json, sys
-from perf.amx_comparison import loaded_llama_libraries
+from perf.builds.amx_comparison import loaded_llama_libraries
 from perf.common import engine_config, probe
 from rerank_engine.llama_runner import LlamaRunner
 from pathlib import Path
@@ -304,12 +305,12 @@ def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
     np.testing.assert_allclose(result.scores, expected, atol=0.05)
 
 
-# -- the bench's comparison (perf/bf16_attention_comparison.py) ---------------------------------------------
+# -- the bench's comparison (perf/builds/bf16_attention_comparison.py) ---------------------------------------------
 
 
 @pytest.mark.build
 def test_bench_compares_the_builds_side_by_side(f32_path_build, tiny_q8):
-    """perf/bf16_attention_bench.py's comparison on the tiny model: both builds in children, timed and profiled
+    """perf/builds/bf16_attention_bench.py's comparison on the tiny model: both builds in children, timed and profiled
     (here the tests' libggml-cpu variant stands in for the wheel built without the patch)."""
     import llama_cpp
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import q8_repack_comparison, tables
+from perf import tables
+from perf.builds import q8_repack_comparison
 from perf.standin import ensure_standin
 from rerank_engine import EngineConfig
 from stack import cpu_features
@@ -54,7 +55,7 @@ print(json.dumps([kernel_errors(lib, *map(int, shape.split("x"))) for shape in s
 """
 MODEL = """
 import json, logging, sys
-from perf.amx_comparison import loaded_llama_libraries
+from perf.builds.amx_comparison import loaded_llama_libraries
 from perf.common import cosine_rows, probe
 from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
@@ -215,7 +216,7 @@ def test_repacked_matches_plain_on_the_standin():
 
 
 def test_bench_times_both_paths_on_the_same_build(tiny_q8):
-    """perf/q8_repack_bench.py, as `make bench` runs it (the installed build; AMX's extra buffer types where AMX
+    """perf/builds/q8_repack_bench.py, as `make bench` runs it (the installed build; AMX's extra buffer types where AMX
     is in play), on the tiny model."""
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
     result = q8_repack_comparison.compare(tiny_q8[0], options, [N_TOKENS], 2, say=lambda _: None)
@@ -226,7 +227,7 @@ def test_bench_times_both_paths_on_the_same_build(tiny_q8):
 
 
 def test_on_an_amx_build_the_repacking_is_measured_on_a_build_without_amx(tiny_q8, monkeypatch):
-    """Where the installed build's extra buffer types are AMX's, make bench and perf/q8_repack_bench.py time the
+    """Where the installed build's extra buffer types are AMX's, make bench and perf/builds/q8_repack_bench.py time the
     repacking in child processes on the AVX-512 build (a wheel; here the tests' cheaper AVX-512 variant)."""
     from rerank_engine import amx_check
 

@@ -1,6 +1,6 @@
 """The tiled flash attention on AVX512-BF16 dot products against its F32 products, side by side
 (``bf16_attention_vs_f32``), or on AMX-BF16 tiles against those dot products (``amx_attention_vs_bf16``): the
-comparison that perf/bf16_attention_bench.py runs; its table is perf/tables.py's ``bf16_attention_table``.
+comparison that perf/builds/bf16_attention_bench.py runs; its table is perf/tables.py's ``bf16_attention_table``.
 
 stack/patches/ggml-cpu-flash-attn-bf16.patch computes Q·K^T and P·V of ggml's tiled CPU flash attention with
 VDPBF16PS where the build targets AVX512-BF16. The two builds compared are the same version, CMake flags (this
@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import ROOT, amx_comparison
+from perf import ROOT
+from perf.builds import amx_comparison
 from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s
 from stack import cpu_features
 
 # the comparisons: (the build with the products compared, the build without them)
 PAIRS = {"bf16": ("bf16", "f32"), "amx": ("amx", "bf16")}
 # A child's program (python -c), run from the repository root: the unpacked build first on its PYTHONPATH.
-CHILD = "import sys; from perf.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
+CHILD = "import sys; from perf.builds.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
 
 
 def products_here(flags: set[str], tiles_permitted: bool) -> str:
@@ -122,7 +123,7 @@ def child_main(argv: Sequence[str]) -> None:
     (comma-separated), the file to write and ``profile`` or ``time``."""
     import llama_cpp
 
-    from perf.torch_comparison import engine_profile
+    from perf.peers.torch_comparison import engine_profile
     from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
     model, options_json, lengths_text, out, mode = argv

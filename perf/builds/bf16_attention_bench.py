@@ -1,9 +1,9 @@
 """ggml's tiled flash attention on AVX512-BF16 dot products against its F32 products (``bf16_attention_vs_f32``),
 or, where the build gets AMX-BF16 tiles, on those tiles against the dot products (``amx_attention_vs_bf16``):
-perf/bf16_attention_comparison.py's comparison, its results and table (perf/tables.py) printed.
+perf/builds/bf16_attention_comparison.py's comparison, its results and table (perf/tables.py) printed.
 
-    python -m perf.bf16_attention_bench                # quick: 1,024 tokens
-    python -m perf.bf16_attention_bench --mode full    # 1,024, 3,072 and 8,192 tokens:
+    python -m perf.builds.bf16_attention_bench                # quick: 1,024 tokens
+    python -m perf.builds.bf16_attention_bench --mode full    # 1,024, 3,072 and 8,192 tokens:
                                                        # perf/results/cpu-bf16-attention.json, or on an AMX host
                                                        # perf/results/cpu-amx-attention.json
 """
@@ -11,12 +11,12 @@ perf/bf16_attention_comparison.py's comparison, its results and table (perf/tabl
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 
-from perf import ROOT, bf16_attention_comparison
-from perf.common import LENGTHS, comparison_arguments, engine_config, write_results
+from perf import ROOT
+from perf.builds import bf16_attention_comparison
+from perf.common import LENGTHS, command_line, comparison_arguments, engine_config, envelope, write_results
 from perf.standin import PRESET, ensure_standin
 from perf.tables import bf16_attention_table
 from stack import cpu_features
@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    products=products)
     print(bf16_attention_table(result))
     if out:
-        command = "python -m perf.bf16_attention_bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results(out, command, started, load_before, model=PRESET, bf16_attention=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": PRESET, "bf16_attention": result})
     return 0
 
 
