@@ -24,7 +24,7 @@ LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_
 REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt \
 	perf/requirements.txt
 # The bench's PyTorch CPU peer only: torch and transformers, never installed by install or test.
-PEER_REQUIREMENTS := perf/peer-requirements.txt
+PEER_REQUIREMENTS := perf/peers/requirements.txt
 # The engine's folder and the repository root on the virtualenv's import path, as Triton and pytest's pythonpath
 # put them (the benches import rerank_engine and triton_contract): a .pth file in its site-packages, written
 # again only when they change (a moved checkout: the key is the paths).
@@ -100,7 +100,7 @@ gpu-check: install $(VENV)/.peer-stamp
 # NVIDIA's AIPerf beside perf/load/loadgen.py (perf/aiperf/aiperf_bench.py), in its own virtualenv: its dependencies need
 # numpy 2, the serving side numpy < 2. Installed here only, once per change of its requirements file.
 AIPERF_VENV := .cache/aiperf-venv
-AIPERF_REQUIREMENTS := perf/aiperf-requirements.txt
+AIPERF_REQUIREMENTS := perf/aiperf/requirements.txt
 $(AIPERF_VENV)/.stamp: $(AIPERF_REQUIREMENTS)
 	$(PYTHON) -m venv $(AIPERF_VENV)
 	$(AIPERF_VENV)/bin/python -m pip install --quiet -r $(AIPERF_REQUIREMENTS)

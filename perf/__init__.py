@@ -5,8 +5,8 @@
     perf/builds/   llama.cpp builds and options side by side (AMX, repacked Q8_0, BF16 attention, v3.5's windows)
     perf/gpu/      the one-shot GPU check
     perf/aiperf/   NVIDIA's AIPerf beside the load generator (and its datasets)
-    perf/common.py the shared helpers (the results envelope, the served options, the timed pass)
-    perf/standin.py the generated stand-in model; perf/tables.py and perf/report.py: the results as Markdown
+    perf/common.py the shared helpers (the results envelope, the served options, the timed pass, the generated
+                   stand-in model); perf/tables.py and perf/report.py: the results as Markdown
 
 Benches never import each other (tests/test_import_graph.py). The engine package lives inside the Triton model
 folder: ``make install`` puts that folder on the virtualenv's path (a .pth file), as pytest's ``pythonpath`` does

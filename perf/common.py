@@ -1,7 +1,9 @@
 """What the benches share: the engine options a Triton config serves, the head of every results file (its
 envelope: command, date, commit, machine and load, from ``envelope`` alone), the engine's forward pass on a fixed
 probe, timed, with the hidden states it captures, and the names a results file and its tables (perf/tables.py)
-both use.
+both use, and the timing stand-in: a generated Qwen3-0.6B-shaped Q8_0 model with the real Qwen2 vocabulary
+(random weights, real shapes: compute does not depend on the weights' values, and token counts of real text are
+the real model's; generated once under .cache/, never committed).
 
 Nothing here loads llama.cpp, torch or Triton's client when imported: the engine is imported by the functions
 that need it, once a bench has begun.
@@ -17,8 +19,10 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -203,3 +207,37 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def tokens_per_s(tokens: int, seconds: Sequence[float]) -> float:
     """Throughput over every round: tokens of all rounds over their summed time."""
     return round(tokens * len(seconds) / sum(seconds), 1)
+
+
+# -- the timing stand-in ----------------------------------------------------------------------------------
+
+PRESET, DTYPE = "qwen3-0.6b", "q8_0"
+STANDIN_DIR = ROOT / ".cache" / "models" / f"{PRESET}-{DTYPE}"
+
+
+def standin_paths(directory: Path = STANDIN_DIR) -> tuple[Path, Path]:
+    return directory / "model.gguf", directory / "projector.safetensors"
+
+
+def ensure_standin(directory: Path = STANDIN_DIR, dtype: str = DTYPE, preset: str = PRESET) -> tuple[Path, Path]:
+    """The stand-in's (model, projector) paths, generating them first when absent (~20 s, ~640 MB).
+
+    Another ``dtype`` (the PyTorch peer's BF16 knob) or ``preset`` (``qwen3-0.6b-v35``: v3.5's sliding-window
+    layers) goes to its own folder beside the Q8_0 one.
+    """
+    if (dtype, preset) != (DTYPE, PRESET) and directory == STANDIN_DIR:
+        directory = STANDIN_DIR.with_name(f"{preset}-{dtype}")
+    model, projector = standin_paths(directory)
+    if model.is_file() and projector.is_file():
+        return model, projector
+    from models.generate_test_model import PRESETS, generate
+
+    print(f"generating the {preset} {dtype} stand-in model into {directory} (once)", flush=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed, so an interrupted run never leaves a truncated model behind.
+    with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+        generate(PRESETS[preset], dtype, Path(scratch) / "out")
+        if directory.exists():
+            shutil.rmtree(directory)
+        (Path(scratch) / "out").rename(directory)
+    return standin_paths(directory)

@@ -29,8 +29,7 @@ import pytest
 from models import numpy_reference as ref
 from perf import tables
 from perf.builds import bf16_attention_comparison
-from perf.common import cosine_rows, engine_config
-from perf.standin import ensure_standin
+from perf.common import cosine_rows, engine_config, ensure_standin
 from rerank_engine import RerankRequest
 from stack import cpu_features
 from tests import amx_emulation, q8_repack_builds

@@ -129,10 +129,10 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_graph_holds_every_kind_of_import(graph) -> None:
     assert "perf.common" in graph["perf.load.bench"]  # module level
-    assert "perf.standin" in graph["perf.load.workloads"]  # inside a function
+    assert "perf.common" in graph["perf.load.workloads"]  # inside a function
     assert "rerank_engine.llama_runner" in graph["rerank_engine.engine"]  # relative
     assert "rerank_engine" in graph["triton_contract"]  # across the two import roots
-    assert "models.generate_test_model" in graph["perf.standin"]
+    assert "models.generate_test_model" in graph["perf.common"]
     assert graph.keys() >= BENCHES
 
 
@@ -198,3 +198,11 @@ def test_no_sys_path_edit_outside_the_tests_conftest() -> None:
     files = list(python_files())
     assert ROOT / "perf" / "load" / "bench.py" in files
     assert [str(p.relative_to(ROOT)) for p in files if p not in SYS_PATH_ALLOWED and edits_sys_path(p)] == []
+
+
+def test_every_perf_module_is_in_a_room_or_shared():
+    """perf/'s top level holds only what every room shares; a bench or its helpers belong in a room."""
+    top = {path.name for path in (ROOT / "perf").glob("*.py")}
+    assert top == {"__init__.py", "common.py", "tables.py", "report.py"}
+    rooms = {path.parent.name for path in (ROOT / "perf").glob("*/__init__.py")}
+    assert rooms == {"load", "peers", "builds", "gpu", "aiperf"}

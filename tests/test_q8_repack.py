@@ -26,7 +26,7 @@ import pytest
 
 from perf import tables
 from perf.builds import q8_repack_comparison
-from perf.standin import ensure_standin
+from perf.common import ensure_standin
 from rerank_engine import EngineConfig
 from stack import cpu_features
 from tests import amx_emulation, q8_repack_builds

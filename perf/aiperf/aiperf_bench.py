@@ -276,7 +276,7 @@ def tokenizer_agreement(tokenizer: Path, entries: Sequence[Entry], model: Path) 
 def local_stack() -> Iterator[tuple[str, str, Callable[[], None]]]:
     """Triton on the CPU config and the adapter, on the stand-in, on free loopback ports (as `make bench`), and a
     check that raises if either has exited."""
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
     from stack.adapter_server import AdapterServer
     from stack.processes import free_port
     from stack.settings import Settings
@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
 
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
 
     tokenizer = ensure_tokenizer()
     model = ensure_standin()[0]

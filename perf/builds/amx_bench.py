@@ -16,8 +16,7 @@ from pathlib import Path
 
 from perf import ROOT
 from perf.builds import amx_comparison
-from perf.common import LENGTHS, command_line, engine_config, envelope, write_results
-from perf.standin import PRESET, ensure_standin
+from perf.common import LENGTHS, PRESET, command_line, engine_config, ensure_standin, envelope, write_results
 from perf.tables import amx_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-amx.json"

@@ -16,8 +16,16 @@ from collections.abc import Sequence
 
 from perf import ROOT
 from perf.builds import bf16_attention_comparison
-from perf.common import LENGTHS, command_line, comparison_arguments, engine_config, envelope, write_results
-from perf.standin import PRESET, ensure_standin
+from perf.common import (
+    LENGTHS,
+    PRESET,
+    command_line,
+    comparison_arguments,
+    engine_config,
+    ensure_standin,
+    envelope,
+    write_results,
+)
 from perf.tables import bf16_attention_table
 from stack import cpu_features
 

@@ -13,8 +13,17 @@ from collections.abc import Sequence
 
 from perf import ROOT
 from perf.builds import q8_repack_comparison
-from perf.common import LENGTHS, ROUNDS, command_line, comparison_arguments, engine_config, envelope, write_results
-from perf.standin import PRESET, ensure_standin
+from perf.common import (
+    LENGTHS,
+    PRESET,
+    ROUNDS,
+    command_line,
+    comparison_arguments,
+    engine_config,
+    ensure_standin,
+    envelope,
+    write_results,
+)
 from perf.tables import q8_repack_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-q8-repack.json"

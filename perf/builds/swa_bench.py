@@ -19,15 +19,16 @@ from models.generate_test_model import PRESETS
 from perf import ROOT
 from perf.common import (
     LENGTHS,
+    PRESET,
     command_line,
     comparison_arguments,
     engine_config,
+    ensure_standin,
     envelope,
     probe,
     timed_engine_pass,
     write_results,
 )
-from perf.standin import PRESET, ensure_standin
 from perf.tables import swa_table
 from rerank_engine.llama_runner import LlamaRunner
 

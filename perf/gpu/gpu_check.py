@@ -355,7 +355,7 @@ def verdicts(results: Mapping) -> dict[str, bool | None]:
 def run(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callable[[dict], object]) -> dict:
     """Every step in order, ``checkpoint`` called with the results after each (a run stopped by a time limit keeps
     what it measured); a step that fails records its error and the rest still run."""
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
 
     device = "cpu" if args.smoke else "cuda"
     results: dict = {"machine": gpu_machine(device)}
@@ -372,7 +372,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callab
 def measure(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callable[[dict], object],
             results: dict, model_files: tuple[Path, Path]) -> dict:
     """The steps of ``run`` on these (model, projector) files, their results added to ``results``."""
-    from perf.standin import PRESET
+    from perf.common import PRESET
 
     model, projector = model_files
     device, gpu_layers = ("cpu", 0) if args.smoke else ("cuda", -1)

@@ -53,9 +53,11 @@ from perf.common import (
     CPU_CONFIG,
     LENGTHS,
     PEER_LENGTH,
+    PRESET,
     ROUNDS,
     SWEPT,
     engine_config,
+    ensure_standin,
     envelope,
     write_results,
 )
@@ -75,7 +77,6 @@ from perf.load.seed_approach import SeedApproach
 from perf.load.workloads import Entry, ensure_workloads, load, token_stats
 from perf.peers import torch_comparison
 from perf.peers.qwen3_torch import peer_available
-from perf.standin import PRESET, ensure_standin
 from perf.tables import bench_table
 from rerank_engine import Reranker, RerankRequest
 from stack.adapter_server import AdapterServer

@@ -36,10 +36,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.common import command_line, envelope, write_results
+from perf.common import PRESET, command_line, ensure_standin, envelope, write_results
 from perf.load.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.load.workloads import Entry, from_input_data, load
-from perf.standin import PRESET, ensure_standin
 from perf.tables import librechat_summary
 from stack.processes import free_port
 

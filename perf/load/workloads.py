@@ -242,7 +242,7 @@ def ensure_workloads(names: Sequence[str], model_path: Path, directory: Path = W
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"workloads: {', '.join(WORKLOADS)} (default: all)")

@@ -23,7 +23,7 @@ plain one). The knobs are engine options worth trying on a CPU, measured side by
 ones. The tables of the results are perf/tables.py's ``peer_table``.
 
 Nothing here imports torch at module level: the pure parts (grouping, ratios) are tested without it (CI does
-not install torch; ``make bench`` installs perf/peer-requirements.txt).
+not install torch; ``make bench`` installs perf/peers/requirements.txt).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from perf.common import (
     PROFILE_GROUPS,
     WARMUP_TOKENS,
     cosine_rows,
+    ensure_standin,
     probe,
     timed_engine_pass,
     tokens_per_s,
 )
 from perf.peers.qwen3_torch import TorchQwen3
-from perf.standin import ensure_standin
 
 PATHS = ("engine", "torch_bf16", "torch_fp32")
 

@@ -17,10 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, command_line, engine_config, envelope, shown_path, write_results
+from perf.common import (
+    CPU_CONFIG,
+    LENGTHS,
+    PRESET,
+    ROUNDS,
+    command_line,
+    engine_config,
+    ensure_standin,
+    envelope,
+    shown_path,
+    write_results,
+)
 from perf.peers import torch_comparison
 from perf.peers.qwen3_torch import peer_available
-from perf.standin import PRESET, ensure_standin
 from perf.tables import peer_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-peer-latest.json"
