@@ -38,6 +38,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
     "librechat-search-before": ("librechat-search-cpu-before.json", tables.librechat_run),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
+    "docker-cpu": ("docker-cpu.json", tables.docker_cpu_table),
 }
 
 
