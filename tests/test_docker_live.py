@@ -192,7 +192,7 @@ def rerank(stack: Stack, path: str = "/v1/rerank", body: dict | None = None, tim
 
 def test_images_are_built_from_a_clean_checkout_and_hold_no_model(images):
     for dockerfile, built in images.items():
-        found = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", built["image"], "-c",
+        found = docker("run", "--rm", "--user", "0", "--network", "none", "--entrypoint", "sh", built["image"], "-c",
                        "find / -xdev \\( -name '*.gguf' -o -name '*.safetensors' \\) -print").stdout.split()
         assert found == [], f"{dockerfile} holds model files: {found}"
         assert inspect(built["image"], "{{.Config.User}}") == "10001"

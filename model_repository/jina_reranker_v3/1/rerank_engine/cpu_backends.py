@@ -10,6 +10,7 @@ install``) has no such modules and nothing happens.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 from pathlib import Path
@@ -38,7 +39,12 @@ def load_cpu_variant() -> str | None:
     modules = variant_modules(lib_dir)
     if not modules:
         return None
-    llama_cpp._ggml.libggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    # The registry libllama reads is in the libggml it links by soname (libggml.so.0). A wheel stores the
+    # symlinks libggml.so -> .so.0 -> .so.0.x as separate copies, so llama_cpp._ggml's libggml.so is another
+    # library with a registry of its own: loading into that one leaves llama.cpp with no backend.
+    linked = next((p for p in sorted(lib_dir.glob("libggml.so.*")) if p.suffixes.count(".so") == 1
+                   and len(p.suffixes) == 2), lib_dir / "libggml.so")
+    ctypes.CDLL(str(linked)).ggml_backend_load_all_from_path(str(lib_dir).encode())
     variant = variant_name(Path("/proc/self/maps").read_text())
     if variant is None:
         raise RuntimeError(f"no CPU backend variant of {', '.join(m.name for m in modules)} loads on this CPU")
