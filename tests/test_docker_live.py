@@ -337,10 +337,16 @@ def test_cpu_image_speed_beside_make_serve(images, tmp_path):
     from tests.servers import start_triton
 
     model, projector = ensure_standin()
+    readable = tmp_path / "standin"  # a copy the image's uid 10001 may read (the stand-in's projector is 0600)
+    readable.mkdir(mode=0o755)
+    for path in (model, projector):
+        shutil.copy(path, readable / path.name)
+        (readable / path.name).chmod(0o644)
+    tmp_path.chmod(0o755)
     started, load_before = time.time(), os.getloadavg()
     port = free_port()
     container = docker("run", "-d", "--shm-size", "1g", "-p", f"127.0.0.1:{port}:8000",
-                       "-v", f"{model.resolve().parent}:/models:ro", "-e", f"RERANKER_MODEL=/models/{model.name}",
+                       "-v", f"{readable}:/models:ro", "-e", f"RERANKER_MODEL=/models/{model.name}",
                        "-e", f"RERANKER_PROJECTOR=/models/{projector.name}", IMAGES["triton-cpu"]).stdout.strip()
     native = start_triton((model, projector), tmp_path / "native.log")
     try:
