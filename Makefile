@@ -135,6 +135,15 @@ bench-librechat: librechat-client
 	$(PY) -m perf.load.librechat_bench $(if $(LIBRECHAT_URL),--url $(LIBRECHAT_URL))
 	$(PY) -m perf.report
 
+# The images under a real Docker engine (tests/test_docker_live.py, the docker marker): built from a clean
+# checkout of HEAD, run with the compose file's CPU profile on generated models, driven through their published
+# ports; the CPU image's speed beside make serve's native build goes to perf/results/docker-cpu.json. Not part of
+# make test (slow). Needs a running engine (it says how to start one) and docker-compose.
+.PHONY: docker-test
+docker-test: install librechat-client
+	$(PY) -m pytest -m docker tests/test_docker_live.py
+	$(PY) -m perf.report
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
 

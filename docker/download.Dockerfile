@@ -1,17 +1,30 @@
-# syntax=docker/dockerfile:1
-# One-shot: downloads jina-reranker-v3-Q8_0.gguf and projector.safetensors into /models (resumable), then
-# exits. Used by the compose file's "download" service to fill the models volume.
+# One-shot: downloads a release's GGUF and projector.safetensors into /models (resumable), then exits. Used by
+# the compose file's "download" service and the Kubernetes download job to fill the models volume.
+# RERANKER_RELEASE picks the release (v3, the default, or v3.5; stack/download.py --release).
+# Behind a TLS-inspecting proxy: --secret id=pip_cert,src=/path/to/ca-bundle.pem at build time, and the same bundle
+# mounted at run time with REQUESTS_CA_BUNDLE pointing to it.
 
-FROM python:3.11-slim-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HOME=/tmp/huggingface
+    HF_HOME=/tmp/huggingface \
+    RERANKER_RELEASE=v3
 COPY stack/requirements.txt /tmp/requirements.txt
 # /models belongs to the same uid as in the Triton image, so a fresh volume is writable here whichever
 # container mounts it first.
-RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+# hadolint ignore=DL3008
+RUN --mount=type=cache,id=jina-reranker-pip,target=/root/.cache/pip \
+    --mount=type=secret,id=pip_cert \
+    apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -m venv /opt/venv \
+    && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && useradd --system --uid 10001 --no-create-home reranker \
     && mkdir /models \

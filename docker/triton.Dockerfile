@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
 # Triton with the jina-reranker-v3 model and llama.cpp built for CUDA. Build from the repository root:
-#   docker build -f docker/triton.Dockerfile -t jina-reranker-v3-triton .
+#   DOCKER_BUILDKIT=1 docker build -f docker/triton.Dockerfile -t jina-reranker-v3-triton .
+# Behind a TLS-inspecting proxy: --secret id=pip_cert,src=/path/to/ca-bundle.pem (docker/triton-cpu.Dockerfile).
 # Model files are never baked in: mount them at /models (see docker/compose.yaml).
 
 # Triton 24.12 is Ubuntu 24.04 with Python 3.12 and CUDA 12.6.3 (its release notes); the builder must use
@@ -18,21 +18,30 @@ ARG CUDA_ARCHITECTURES="80;86;89;90"
 # by the image tag.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential python3-dev python3-venv \
+    && apt-get install -y --no-install-recommends build-essential python3-dev python3-venv patch \
     && rm -rf /var/lib/apt/lists/*
-# No GPU is needed to build: nothing links the driver library (GGML_CUDA_NO_VMM below).
-#   GGML_NATIVE=OFF: a portable AVX2 build, not one for the build host's CPU.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+COPY stack/__init__.py stack/build_llama_wheel.sh stack/cpu_features.py stack/cpu_dispatch.py stack/gpu_features.py stack/
+COPY stack/patches/ stack/patches/
+# The recipe of `make install` and of the CPU image (stack/build_llama_wheel.sh), with this project's patches:
+# LLAMA_DISPATCH=1 builds the CPU backend as runtime-dispatch variants (AVX2, AVX-512 VNNI, AVX-512 BF16) and,
+# from stack/gpu_features.py, CUDA for CUDA_ARCHITECTURES (no GPU needed to build) linked with
+# --exclude-libs,ALL (without it a CUDA 13 build crashed at model load on an H200). The engine loads the CUDA
+# and CPU modules at start-up (rerank_engine/cpu_backends.py). Also:
 #   GGML_CUDA_NO_VMM=ON: libggml-cuda needs only libcudart and libcublas (both in the Triton image), not
-#     libcuda, which only the NVIDIA runtime mounts; so the image also loads on a host without a GPU (the CPU
-#     profile). Compute buffers then use llama.cpp's plain CUDA pool instead of virtual memory.
-#   LLAVA_BUILD=OFF: the multimodal library is never used.
-#   --exclude-libs,ALL: symbols of static archives stay inside each library (stack/gpu_features.py's
-#     CUDA_LINK_FLAGS: without it a CUDA 13 build crashed at model load on an H200).
-# --no-binary and --no-cache-dir: always compiled here with these flags, never a cached or prebuilt wheel.
-RUN python3 -m venv /opt/build \
-    && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES} -DGGML_NATIVE=OFF -DGGML_CUDA_NO_VMM=ON -DLLAVA_BUILD=OFF -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL" \
-       /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
-       "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -w /wheels
+#     libcuda, which only the NVIDIA runtime mounts. Compute buffers then use llama.cpp's plain CUDA pool.
+# A build without CUDA flags (no nvcc found) stops here rather than shipping a CPU-only wheel.
+RUN --mount=type=cache,id=jina-reranker-llama-cuda,target=/cache \
+    --mount=type=secret,id=pip_cert \
+    if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && cuda_flags="$(python3 -m stack.gpu_features cmake-args --architectures "${CUDA_ARCHITECTURES}")" \
+    && [[ "$cuda_flags" == *-DGGML_CUDA=ON* ]] \
+    && python3 -m venv /opt/build \
+    && PYTHON=/opt/build/bin/python LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION} LLAMA_DISPATCH=1 \
+        LLAMA_CMAKE_ARGS="$cuda_flags -DGGML_CUDA_NO_VMM=ON" LLAMA_BUILD_ONLY=1 CACHE_DIR=/cache \
+        stack/build_llama_wheel.sh | tee /tmp/build.log \
+    && mkdir /wheels && cp "$(tail -n 1 /tmp/build.log)" /wheels/
 
 FROM nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
 # The Python backend runs the image's own python3, so the packages go into its system site-packages.
@@ -40,7 +49,9 @@ COPY model_repository/requirements.txt /tmp/requirements.txt
 # One resolver run, so that llama-cpp-python's numpy requirement honours numpy<2. The import check fails the
 # build if the wheel does not fit this Python or a CUDA library it links is missing.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
-    python3 -m pip install --no-cache-dir --break-system-packages \
+    --mount=type=secret,id=pip_cert \
+    if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -m pip install --no-cache-dir --break-system-packages \
         /tmp/wheels/llama_cpp_python-*.whl -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && python3 -c "import llama_cpp, numpy, safetensors; assert int(numpy.__version__.split('.')[0]) < 2" \

@@ -45,6 +45,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "librechat-search-before": ("librechat-search-cpu-before.json",
                                 lambda results: tables.librechat_summary(results["summary"])),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
+    "docker-cpu": ("docker-cpu.json", tables.docker_cpu_table),
 }
 
 

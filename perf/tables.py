@@ -208,6 +208,28 @@ def swa_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
+# -- the CPU image beside make serve's native build (tests/test_docker_live.py): docker-cpu.json ----------------
+
+
+def docker_cpu_table(results: Mapping) -> str:
+    """Tokens/s of the CPU image and of make serve's native build, best of the rounds taken in turn; image sizes."""
+    d = results["docker_cpu"]
+    load = results["machine"]["load_average_before"]
+    lines = [f"{results['model']['stand_in']} {results['model']['dtype'].upper()} stand-in, "
+             f"{results['model']['tokens_per_request']} tokens a request through Triton HTTP, best of {d['rounds']} "
+             f"rounds taken in turn, on {results['machine']['cpu_model']} (load average {load[0]:.2f} at the start):",
+             "", "| build | CPU kernels | best tokens/s | all rounds |", "|---|---|---:|---|"]
+    kernels = {"image": f"dispatch: {d['image_cpu_variant']}", "native": "make install (this CPU's flags)"}
+    for name in ("image", "native"):
+        lines.append(f"| {name} | {kernels[name]} | {d['best_tokens_per_s'][name]:.1f} | "
+                     f"{', '.join(f'{x:.1f}' for x in d['tokens_per_s'][name])} |")
+    lines += ["", f"Image / native: **{d['image_vs_native']:.2f}x** (target {d['target']:.2f}).", "",
+              "| image | size | build time (s) |", "|---|---:|---:|"]
+    for built in d["images"].values():
+        lines.append(f"| {built['image']} | {built['size_bytes'] / 1e6:.0f} MB | {built['build_s']:.0f} |")
+    return "\n".join(lines)
+
+
 # -- AIPerf beside perf/load/loadgen.py (perf/aiperf/aiperf_bench.py): aiperf-latest.json ------------------------------
 
 

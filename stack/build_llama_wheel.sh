@@ -10,20 +10,30 @@
 # LLAMA_PATCH, when set, names the patches applied to the sdist before building, space-separated, in order
 # (stack/cpu_features.py patch); each must apply exactly or the build stops. All are part of the key.
 #
+# LLAMA_DISPATCH=1 builds for runtime CPU dispatch instead (the images: several CPU variants, the best loaded at
+# start-up; stack/cpu_dispatch.py): the flags and patches come from stack/cpu_dispatch.py, and LLAMA_CMAKE_ARGS,
+# optional then, adds to them (the GPU image's CUDA flags).
+#
 # LLAMA_BUILD_ONLY=1 builds (or finds) the wheel and prints its path instead of installing it: the
 # benchmark's second build, the same version without AMX (perf/builds/amx_bench.py).
 set -euo pipefail
 
 PYTHON="${PYTHON:?set PYTHON to the virtualenv interpreter}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:?}"
-CMAKE_ARGS="${LLAMA_CMAKE_ARGS:?}"
-read -r -a PATCH_FILES <<<"${LLAMA_PATCH:-}"
+if [ "${LLAMA_DISPATCH:-0}" = 1 ]; then
+    dispatch() { PYTHONPATH="$(dirname "$0")/.." "$PYTHON" -m stack.cpu_dispatch "$1"; }
+    CMAKE_ARGS="$(dispatch cmake-args) ${LLAMA_CMAKE_ARGS:-}"
+    read -r -a PATCH_FILES <<<"$(dispatch patch)"
+else
+    CMAKE_ARGS="${LLAMA_CMAKE_ARGS:?}"
+    read -r -a PATCH_FILES <<<"${LLAMA_PATCH:-}"
+fi
 CACHE="${CACHE_DIR:-.cache}"
 
 sdist="$CACHE/sdist/llama_cpp_python-$VERSION.tar.gz"
 if [ ! -f "$sdist" ]; then
     mkdir -p "$CACHE/sdist"
-    "$PYTHON" -m pip download --no-cache-dir --no-deps --no-binary :all: \
+    "$PYTHON" -m pip download --no-cache-dir --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$VERSION" -d "$CACHE/sdist"
 fi
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import socket
 import sys
 import urllib.parse
@@ -89,7 +90,8 @@ def fetch(directory: Path | None = None, release: str = "v3") -> tuple[Path, Pat
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--release", choices=sorted(RELEASES), default="v3", help="which jina-reranker release")
+    parser.add_argument("--release", choices=sorted(RELEASES), default=os.environ.get("RERANKER_RELEASE") or "v3",
+                        help="which jina-reranker release (default: $RERANKER_RELEASE, else v3)")
     parser.add_argument("--dir", type=Path, help="where the model files go (default: the release's folder)")
     args = parser.parse_args()
     try:

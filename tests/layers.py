@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-LAYERS = {"unit", "integration", "system", "build"}
+LAYERS = {"unit", "integration", "system", "build", "docker"}
 
 
 def module_layers(path: Path) -> set[str]:

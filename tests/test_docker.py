@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from adapter.settings import AdapterSettings
-from stack import download, gpu_features
+from stack import cpu_dispatch, cpu_features, download, gpu_features
 from stack.settings import Settings
 from stack.triton_server import MODEL_NAME
 
@@ -185,8 +185,9 @@ def compose() -> dict:
     return with_defaults(yaml.safe_load((DOCKER / "compose.yaml").read_text()))
 
 
-def test_the_three_dockerfiles_exist():
-    assert [p.name for p in DOCKERFILES] == ["adapter.Dockerfile", "download.Dockerfile", "triton.Dockerfile"]
+def test_the_four_dockerfiles_exist():
+    assert [p.name for p in DOCKERFILES] == ["adapter.Dockerfile", "download.Dockerfile", "triton-cpu.Dockerfile",
+                                             "triton.Dockerfile"]
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -259,19 +260,43 @@ def test_llama_cpp_python_version_matches_the_makefile(triton):
     assert triton.values("ARG", builder)["LLAMA_CPP_PYTHON_VERSION"] == makefile_value("LLAMA_CPP_PYTHON_VERSION")
 
 
-def test_cuda_wheel_is_built_fresh_for_the_configured_architectures(triton):
+def wheel_build(dockerfile: Dockerfile, stage: list[tuple[str, str]]) -> str:
+    [build] = [run for run in dockerfile.args("RUN", stage) if "stack/build_llama_wheel.sh" in run]
+    return build
+
+
+def test_both_images_build_llama_cpp_with_the_make_install_recipe_and_patches(triton):
+    """One recipe (stack/build_llama_wheel.sh) with this project's patches for make install, the CPU image and the
+    GPU image; the images in its runtime-dispatch mode, the GPU one with CUDA from stack/gpu_features.py."""
+    cpu = Dockerfile(DOCKER / "triton-cpu.Dockerfile")
     builder, runtime = triton.stages()
     assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", triton.base_image(runtime))
     assert re.fullmatch(r"nvidia/cuda:[\d.]+-devel-ubuntu[\d.]+", triton.base_image(builder))
-    architectures = triton.values("ARG", builder)["CUDA_ARCHITECTURES"].split(";")
-    assert {"80", "86", "89", "90"} <= set(architectures)  # Ampere, Ada, Hopper
-    [build] = [run for run in triton.args("RUN", builder) if "pip wheel" in run]
-    assert "-DGGML_CUDA=on" in build
-    assert all(flag in build for flag in gpu_features.CUDA_LINK_FLAGS)  # what every CUDA build of ours links with
-    assert "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" in build
-    assert "--no-cache-dir" in build
-    assert "--no-binary llama-cpp-python" in build
-    assert '"llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"' in build
+    assert {"80", "86", "89", "90"} <= set(triton.values("ARG", builder)["CUDA_ARCHITECTURES"].split(";"))
+    gpu_build = wheel_build(triton, builder)
+    assert 'python3 -m stack.gpu_features cmake-args --architectures "${CUDA_ARCHITECTURES}"' in gpu_build
+    assert '[[ "$cuda_flags" == *-DGGML_CUDA=ON* ]]' in gpu_build, "a build that found no nvcc must stop"
+    assert all(flag in " ".join(gpu_features.cmake_args(gpu_features.CudaFacts((), "/nvcc"), "90"))
+               for flag in gpu_features.CUDA_LINK_FLAGS)
+    [cpu_stage] = [stage for stage in cpu.stages() if "stack/build_llama_wheel.sh" in " ".join(r for _, r in stage)]
+    for dockerfile, stage, build in ((triton, builder, gpu_build), (cpu, cpu_stage, wheel_build(cpu, cpu_stage))):
+        assert "LLAMA_DISPATCH=1" in build
+        assert "LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION}" in build
+        assert dockerfile.values("ARG", stage)["LLAMA_CPP_PYTHON_VERSION"] == makefile_value("LLAMA_CPP_PYTHON_VERSION")
+        copied = {source for _, sources, _ in dockerfile.copies(stage) for source in sources}
+        assert {"stack/build_llama_wheel.sh", "stack/cpu_features.py", "stack/cpu_dispatch.py",
+                "stack/patches/"} <= copied
+    assert cpu_dispatch.patches()[:-1] == cpu_features.patches(False), "the native build's patches, then the subset"
+    assert {"-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"} <= set(cpu_dispatch.cmake_args())
+
+
+def test_cpu_image_pins_the_tested_pytriton():
+    cpu = Dockerfile(DOCKER / "triton-cpu.Dockerfile")
+    pin = re.search(r"^nvidia-pytriton==(\S+)", (ROOT / "tests" / "requirements.txt").read_text(), re.MULTILINE)
+    assert cpu.values("ARG")["PYTRITON_VERSION"] == pin.group(1)
+    assert cpu.base_image(cpu.stages()[0]) == "debian:bookworm-slim"
+    assert cpu.args("USER") == ["10001"]
+    assert cpu.args("HEALTHCHECK")
 
 
 def test_triton_ports_agree(triton, compose):
@@ -365,8 +390,9 @@ def test_images_install_from_the_ci_requirement_files(triton, adapter_image, dow
 def test_adapter_image_holds_only_the_adapter_on_the_ci_python(adapter_image):
     assert [sources for _, sources, _ in adapter_image.copies(adapter_image.final())] == [
         ["adapter/requirements.txt"], ["adapter/"]]
-    python = re.fullmatch(r"python(\d+\.\d+)", makefile_value("PYTHON")).group(1)
-    assert adapter_image.base_image(adapter_image.final()).startswith(f"python:{python}-slim")
+    # Debian bookworm's python3 is the Makefile's PYTHON (3.11).
+    assert makefile_value("PYTHON") == "python3.11"
+    assert adapter_image.base_image(adapter_image.final()) == "debian:bookworm-slim"
     assert adapter_image.args("USER") == ["10001"]
     assert json.loads(adapter_image.args("CMD")[0]) == ["python", "-m", "adapter"]
 

@@ -28,6 +28,7 @@ import llama_cpp
 import numpy as np
 
 from .config import RunnerOptions
+from .cpu_backends import load_cpu_variant
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,11 @@ def _log_to_python(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None
 
 
 def _init_llama_once() -> None:
-    """Process-wide llama.cpp set-up: its logs go to Python logging (debug) instead of stderr."""
+    """Process-wide llama.cpp set-up: its logs go to Python logging (debug) instead of stderr, and a dispatch
+    build's best CPU variant is loaded (cpu_backends)."""
     if not getattr(_init_llama_once, "done", False):
         llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+        load_cpu_variant()
         llama_cpp.llama_backend_init()
         _init_llama_once.done = True  # type: ignore[attr-defined]
 
