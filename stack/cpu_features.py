@@ -4,7 +4,9 @@
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
 /proc/cpuinfo. Every build gets this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI,
 AVX-VNNI, AVX2), its fix of the tiled flash attention's conversions, that attention's products on AVX512-BF16
-dot products where the CPU has them, and qwen3's sliding-window layers (stack/patches/).
+dot products where the CPU has them, and qwen3's sliding-window layers (stack/patches/). Where the CPU lists
+AMX-TILE and AMX-BF16 and the kernel permits tiles, GGML_AMX_TILE and GGML_AMX_BF16 alone (which leave ggml's
+AMX-INT8 matmul out): the Q8_0 weights then run on AMX-BF16 tiles, expanded to BF16 at load (1.88x their memory).
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
 ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
@@ -25,6 +27,9 @@ from pathlib import Path
 
 AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-amx-tile-config.patch"
 Q8_0_REPACK_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-repack-x86.patch"
+# Those weights expanded to BF16 and multiplied on AMX-BF16 tiles where GGML_AMX_BF16 is on (AMX_BF16, below) and
+# the kernel grants the tiles; compiles to nothing elsewhere.
+Q8_0_AMX_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-amx-bf16.patch"
 FLASH_ATTN_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-tiled.patch"
 # Q·K^T and P·V of that path on VDPBF16PS where GGML_AVX512_BF16 is on (below); compiles to nothing elsewhere.
 FLASH_ATTN_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-bf16.patch"
@@ -50,6 +55,9 @@ AMX = [
     ("GGML_AMX_INT8", ("amx_tile", "amx_int8")),
     ("GGML_AMX_BF16", ("amx_tile", "amx_bf16")),
 ]
+# The tiles for the flash attention's products, in every build where usable: without GGML_AMX_INT8 ggml's AMX
+# matmul is not compiled.
+AMX_BF16 = [("GGML_AMX_TILE", ("amx_tile",)), ("GGML_AMX_BF16", ("amx_tile", "amx_bf16"))]
 # The CPU's AMX, and what ggml's AMX kernels are compiled beside (ggml-cpu/amx/amx.cpp needs AVX-512 VNNI).
 AMX_CPU_FLAGS = frozenset({"amx_tile", "amx_int8"})
 AMX_COMPANION_FLAGS = frozenset({"avx512f", "avx512_vnni"})
@@ -87,19 +95,22 @@ def amx_usable(flags: set[str], permitted: bool) -> bool:
     return flags >= AMX_CPU_FLAGS | AMX_COMPANION_FLAGS and permitted
 
 
-def cmake_args(flags: set[str], amx: bool) -> list[str]:
+def cmake_args(flags: set[str], amx: bool, tiles_permitted: bool | None = None) -> list[str]:
     """The wheel's CMake flags: this CPU's instruction sets, and no multimodal library (mtmd), which a reranker
-    never loads (llama-cpp-python imports it only for its vision chat handlers) and which took ~10% of the build."""
-    options = BASE + (AMX if amx else [])
+    never loads (llama-cpp-python imports it only for its vision chat handlers) and which took ~10% of the build.
+    AMX_BF16 where ``tiles_permitted`` (the kernel's answer, asked when None) and the flags list it."""
+    permitted = amx_permitted() if tiles_permitted is None else tiles_permitted
+    options = BASE + (AMX if amx else AMX_BF16 if permitted else [])
     return ["-DLLAVA_BUILD=OFF", "-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name, needed in options
                                                          if set(needed) <= flags]
 
 
 def ggml_patches(amx: bool) -> list[Path]:
-    """The patches to ggml, in order: the Q8_0 repack kernels, the flash-attention fix and its BF16 products
-    always (the last is compiled only with GGML_AVX512_BF16), the AMX fix with AMX (what a build of libggml-cpu
-    alone applies)."""
-    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH] + ([AMX_PATCH] if amx else [])
+    """The patches to ggml, in order: the Q8_0 repack kernels and their AMX-BF16 GEMM (compiled only with
+    GGML_AMX_BF16), the flash-attention fix and its BF16 products always (the last is compiled only with
+    GGML_AVX512_BF16), the AMX fix with AMX (what a build of libggml-cpu alone applies)."""
+    return [Q8_0_REPACK_PATCH, Q8_0_AMX_BF16_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH] + (
+        [AMX_PATCH] if amx else [])
 
 
 def patches(amx: bool) -> list[Path]:
@@ -109,19 +120,19 @@ def patches(amx: bool) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    flags = cpu_flags()
-    usable = amx_usable(flags, amx_permitted())
+    flags, permitted = cpu_flags(), amx_permitted()
+    usable = amx_usable(flags, permitted)
     command, options = (argv[0], argv[1:]) if argv else ("describe", [])
     if set(options) - {"--amx"}:
         print(__doc__, file=sys.stderr)
         return 2
     amx = usable and "--amx" in options
     if command == "cmake-args":
-        print(" ".join(cmake_args(flags, amx)))
+        print(" ".join(cmake_args(flags, amx, permitted)))
     elif command == "patch":
         print(" ".join(map(str, patches(amx))))
     elif command == "describe":
-        print(f"AMX usable: {usable}, built: {amx}\nCMake flags: {' '.join(cmake_args(flags, amx))}")
+        print(f"AMX usable: {usable}, built: {amx}\nCMake flags: {' '.join(cmake_args(flags, amx, permitted))}")
     else:
         print(__doc__, file=sys.stderr)
         return 2
