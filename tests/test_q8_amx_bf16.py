@@ -33,29 +33,15 @@ lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"
 print(json.dumps([kernel_error(lib, *map(int, shape.split("x"))) for shape in sys.argv[1:]]))
 """
 REFERENCE = """
-import json, logging, sys
+import json, sys
 from models import numpy_reference as ref
-from perf.common import cosine_rows, probe
-from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
+from perf.common import cosine_rows
+from tests.test_q8_repack import both_paths, repack_log
 
-repacked = []
-class Repacks(logging.Handler):
-    def emit(self, record):
-        if "repack tensor " in record.getMessage():
-            repacked.append(record.getMessage().split("repack tensor ", 1)[1])
-logger = logging.getLogger("rerank_engine.llama_runner")
-logger.addHandler(Repacks())
-logger.setLevel(logging.DEBUG)
-model = ref.Qwen3Reference(sys.argv[1])
-cosine = {}
-for extra in (True, False):
-    runner = LlamaRunner(sys.argv[1], RunnerOptions(n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=False,
-                                                    kv_cache_type="f32", extra_buffers=extra))
-    runner.start()
-    ids, positions = probe(int(sys.argv[2]), runner.n_vocab)
-    [states] = runner.hidden_states([ids], [positions])
-    runner.close()
-    cosine[str(extra)] = float(cosine_rows(states, model.hidden_states(ids)[positions]).min())
+repacked = repack_log()
+ids, positions, states = both_paths(sys.argv[1], int(sys.argv[2]))
+expected = ref.Qwen3Reference(sys.argv[1]).hidden_states(ids)[positions]
+cosine = {str(extra): float(cosine_rows(states[extra], expected).min()) for extra in states}
 print(json.dumps({"cosine": cosine, "repacked": repacked}))
 """
 
