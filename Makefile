@@ -24,14 +24,14 @@ LLAMA_KEY := $(shell { printf '%s\n%s\n' '$(LLAMA_CPP_PYTHON_VERSION)' '$(LLAMA_
 REQUIREMENTS := model_repository/requirements.txt adapter/requirements.txt stack/requirements.txt tests/requirements.txt \
 	perf/requirements.txt
 # The bench's PyTorch CPU peer only: torch and transformers, never installed by install or test.
-PEER_REQUIREMENTS := perf/peer-requirements.txt
+PEER_REQUIREMENTS := perf/peers/requirements.txt
 # The engine's folder and the repository root on the virtualenv's import path, as Triton and pytest's pythonpath
 # put them (the benches import rerank_engine and triton_contract): a .pth file in its site-packages, written
 # again only when they change (a moved checkout: the key is the paths).
 IMPORT_PATHS := $(CURDIR)/model_repository/jina_reranker_v3/1 $(CURDIR)
 IMPORT_PATHS_KEY := $(shell printf '%s\n' $(IMPORT_PATHS) | sha256sum | cut -c1-16)
 
-.PHONY: install test lint serve triton bench bench-aiperf clean import-paths
+.PHONY: install test lint serve triton bench bench-aiperf clean clean-cache import-paths
 
 install: $(VENV)/.deps-stamp $(VENV)/.llama-$(LLAMA_KEY) $(VENV)/.checkov-stamp $(VENV)/.import-paths-$(IMPORT_PATHS_KEY)
 
@@ -88,19 +88,19 @@ $(VENV)/.peer-stamp: $(PEER_REQUIREMENTS) | $(VENV)/.deps-stamp
 BENCH ?= quick
 # Each bench target then writes perf/README.md's figures from the results files (perf/report.py).
 bench: install $(VENV)/.peer-stamp
-	$(PY) -m perf.bench --mode $(BENCH)
+	$(PY) -m perf.load.bench --mode $(BENCH)
 	$(PY) -m perf.report
 
 # On a host with an NVIDIA GPU and nvcc: llama.cpp's CUDA libraries for this GPU, the engine's fidelity on it, its
-# speed beside PyTorch bf16 (perf/gpu_check.sh; results in perf/results/gpu-<gpu>.json).
+# speed beside PyTorch bf16 (perf/gpu/gpu_check.sh; results in perf/results/gpu-<gpu>.json).
 .PHONY: gpu-check
 gpu-check: install $(VENV)/.peer-stamp
-	PYTHON=$(PY) perf/gpu_check.sh
+	PYTHON=$(PY) perf/gpu/gpu_check.sh
 
-# NVIDIA's AIPerf beside perf/loadgen.py (perf/aiperf_bench.py), in its own virtualenv: its dependencies need
+# NVIDIA's AIPerf beside perf/load/loadgen.py (perf/aiperf/aiperf_bench.py), in its own virtualenv: its dependencies need
 # numpy 2, the serving side numpy < 2. Installed here only, once per change of its requirements file.
 AIPERF_VENV := .cache/aiperf-venv
-AIPERF_REQUIREMENTS := perf/aiperf-requirements.txt
+AIPERF_REQUIREMENTS := perf/aiperf/requirements.txt
 $(AIPERF_VENV)/.stamp: $(AIPERF_REQUIREMENTS)
 	$(PYTHON) -m venv $(AIPERF_VENV)
 	$(AIPERF_VENV)/bin/python -m pip install --quiet -r $(AIPERF_REQUIREMENTS)
@@ -111,7 +111,7 @@ $(AIPERF_VENV)/.stamp: $(AIPERF_REQUIREMENTS)
 AIPERF_WORKLOADS ?= short
 AIPERF_CONCURRENCY ?= 1,5
 bench-aiperf: install $(AIPERF_VENV)/.stamp
-	$(PY) -m perf.aiperf_bench --workloads $(AIPERF_WORKLOADS) --concurrency $(AIPERF_CONCURRENCY) \
+	$(PY) -m perf.aiperf.aiperf_bench --workloads $(AIPERF_WORKLOADS) --concurrency $(AIPERF_CONCURRENCY) \
 		$(if $(AIPERF_ADAPTER_URL),--adapter-url $(AIPERF_ADAPTER_URL) \
 		$(if $(AIPERF_TRITON_URL),--triton-url $(AIPERF_TRITON_URL),--targets adapter))
 	$(PY) -m perf.report
@@ -121,7 +121,7 @@ bench-aiperf: install $(AIPERF_VENV)/.stamp
 # serve does on the stand-in, or LIBRECHAT_URL=http://host:8080 (a running adapter).
 .PHONY: bench-librechat librechat-client
 librechat-client: $(VENV)/.deps-stamp
-	$(PY) -m perf.librechat_bench --client-only
+	$(PY) -m perf.load.librechat_bench --client-only
 
 # Debian's Chromium for the /docs browser test (tests/test_docs_browser.py): nothing to do where it is on PATH;
 # installed where missing, as root with apt-get; where that cannot be, one line says so and the test skips.
@@ -132,8 +132,16 @@ browser:
 		echo "no chromium (installing it needs root and apt-get): tests/test_docs_browser.py will skip"
 
 bench-librechat: librechat-client
-	$(PY) -m perf.librechat_bench $(if $(LIBRECHAT_URL),--url $(LIBRECHAT_URL))
+	$(PY) -m perf.load.librechat_bench $(if $(LIBRECHAT_URL),--url $(LIBRECHAT_URL))
 	$(PY) -m perf.report
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+
+# The llama.cpp builds under .cache/ whose key no longer matches their own inputs (a patch edited since, another
+# llama-cpp-python version, a virtualenv rebuilt or gone): wheels, their unpacked copies, the AMX-emulation and
+# repacked-Q8_0 test builds, other versions' sdists. Keeps every build whose inputs are unchanged (the comparisons'
+# and another checkout's too, where .cache is shared), builds in progress, models, virtualenvs, clients, logs
+# (stack/build_cache.py). Opt-in, never run by install or test. CLEAN_CACHE_ARGS=--dry-run lists only.
+clean-cache:
+	$(PYTHON) -m stack.build_cache prune --version $(LLAMA_CPP_PYTHON_VERSION) $(CLEAN_CACHE_ARGS)

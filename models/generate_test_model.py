@@ -84,6 +84,9 @@ class ModelSpec:
     release: str = "jina-reranker-v3"  # written into general.name
     sliding_window: int = 0  # 0: no sliding-window keys (v3)
     sliding_pattern: tuple[bool, ...] = ()  # one per layer, true = sliding; written with a window only
+    # >= 0: the pattern written as llama.cpp's other form, a scalar period (the last layer of each period global,
+    # 0 = every layer sliding), instead of sliding_pattern; -1: the per-layer form
+    sliding_period: int = -1
 
 
 def v35_pattern(n_layer: int) -> tuple[bool, ...]:
@@ -244,10 +247,13 @@ def write_gguf(spec: ModelSpec, dtype: str, path: Path) -> None:
     writer.add_rope_freq_base(spec.rope_theta)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
     if spec.sliding_window:
-        if len(spec.sliding_pattern) != spec.n_layer:
-            raise ValueError(f"sliding_pattern has {len(spec.sliding_pattern)} entries for {spec.n_layer} layers")
         writer.add_sliding_window(spec.sliding_window)
-        writer.add_array(f"{arch}.attention.sliding_window_pattern", [bool(x) for x in spec.sliding_pattern])
+        if spec.sliding_period >= 0:
+            writer.add_uint32(f"{arch}.attention.sliding_window_pattern", spec.sliding_period)
+        elif len(spec.sliding_pattern) != spec.n_layer:
+            raise ValueError(f"sliding_pattern has {len(spec.sliding_pattern)} entries for {spec.n_layer} layers")
+        else:
+            writer.add_array(f"{arch}.attention.sliding_window_pattern", [bool(x) for x in spec.sliding_pattern])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)

@@ -59,8 +59,8 @@ class Qwen3Reference:
         self.eps = float(hp("attention.layer_norm_rms_epsilon"))
         window_key, pattern_key = f"{arch}.attention.sliding_window", f"{arch}.attention.sliding_window_pattern"
         file_window = int(_field(reader, window_key)) if window_key in reader.fields else 0
-        file_pattern = ([bool(reader.fields[pattern_key].parts[i][0]) for i in reader.fields[pattern_key].data]
-                        if pattern_key in reader.fields else [False] * self.n_layer)
+        file_pattern = (_sliding_layers(reader.fields[pattern_key], self.n_layer) if pattern_key in reader.fields
+                        else [False] * self.n_layer)
         self.sliding_window = file_window if sliding_window is None else sliding_window
         self.sliding_pattern = list(file_pattern if sliding_pattern is None else sliding_pattern)
         self.w: dict[str, np.ndarray] = {}
@@ -108,6 +108,15 @@ class Qwen3Reference:
             gate = h @ w["ffn_gate.weight"].T
             x = x + ((gate / (1.0 + np.exp(-gate))) * (h @ w["ffn_up.weight"].T)) @ w["ffn_down.weight"].T
         return self._rms(x, self.w["output_norm.weight"])
+
+
+def _sliding_layers(field: gguf.ReaderField, n_layer: int) -> list[bool]:
+    """A sliding-window pattern in either of llama.cpp's forms: one bool per layer (true = sliding), or a scalar
+    period whose last layer is global (0: every layer sliding), as llama_hparams::set_swa_pattern reads it."""
+    if field.types[0] == gguf.GGUFValueType.ARRAY:
+        return [bool(field.parts[i][0]) for i in field.data]
+    period = int(field.parts[field.data[0]][0])
+    return [period == 0 or layer % period < period - 1 for layer in range(n_layer)]
 
 
 def _field(reader: gguf.GGUFReader, key: str):

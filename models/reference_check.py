@@ -1,5 +1,5 @@
 """What every check of the engine against the NumPy reference shares: the tests' and the GPU check's
-(perf/gpu_check.py runs them on a GPU machine, where the tests are not importable as a package of their own).
+(perf/gpu/gpu_check.py runs them on a GPU machine, where the tests are not importable as a package of their own).
 
 The options under which an F32 model matches float64, the reference bound to an engine's tokeniser, and the
 check's texts. gguf, llama.cpp and the reference are imported only when used, so that importing this module (as

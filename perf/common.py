@@ -1,6 +1,9 @@
-"""What the benches share: the engine options a Triton config serves, the machine and commit a result was
-measured on, the engine's forward pass on a fixed probe, timed, with the hidden states it captures, and the
-names a results file and its tables (perf/tables.py) both use.
+"""What the benches share: the engine options a Triton config serves, the head of every results file (its
+envelope: command, date, commit, machine and load, from ``envelope`` alone), the engine's forward pass on a fixed
+probe, timed, with the hidden states it captures, and the names a results file and its tables (perf/tables.py)
+both use, and the timing stand-in: a generated Qwen3-0.6B-shaped Q8_0 model with the real Qwen2 vocabulary
+(random weights, real shapes: compute does not depend on the weights' values, and token counts of real text are
+the real model's; generated once under .cache/, never committed).
 
 Nothing here loads llama.cpp, torch or Triton's client when imported: the engine is imported by the functions
 that need it, once a bench has begun.
@@ -15,9 +18,13 @@ import json
 import os
 import platform
 import re
+import shlex
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,17 +71,26 @@ def engine_config(model: Path, projector: Path, config: Path = CPU_CONFIG, kind:
                          {MODEL_ENV: str(model), PROJECTOR_ENV: str(projector)})
 
 
-# -- the machine and the commit -----------------------------------------------------------------------
+# -- the results envelope: the machine, the commit, the command, the date, the load ---------------------
+
+# What every results file in perf/results/ starts with, written by ``envelope`` alone; perf/report.py renders it
+# under each block (tables.envelope_line), tests/test_perf_report.py checks every committed file has it.
+ENVELOPE_KEYS = ("command", "started", "duration_s", "revision", "machine")
+MACHINE_KEYS = ("cpu_model", "logical_cpus", "usable_cpus", "memory_bytes", "platform", "python", "llama_cpp_python",
+                "llama_cpp_system_info", "load_average_before", "load_average_after")
 
 
 def machine() -> dict:
-    """The CPU, memory, platform and llama.cpp build a result was measured with."""
-    import llama_cpp
-
+    """The CPU, memory, platform and llama.cpp build a result was measured with (llama.cpp's None where the
+    process cannot import it)."""
     info = {"cpu_model": None, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "memory_bytes": None, "platform": platform.platform(), "python": platform.python_version(),
-            "llama_cpp_python": llama_cpp.__version__,
-            "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
+            "llama_cpp_python": None, "llama_cpp_system_info": None}
+    with contextlib.suppress(ImportError):
+        import llama_cpp
+
+        info |= {"llama_cpp_python": llama_cpp.__version__,
+                 "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
     with contextlib.suppress(OSError):
         info["cpu_model"] = cpu_features.cpu_model()
     with contextlib.suppress(OSError, StopIteration):
@@ -100,14 +116,32 @@ def revision() -> dict:
         return {"commit": None, "dirty": None}
 
 
-def write_results(out: Path, command: str, started: float, load_before: Sequence[float], **payload: object) -> None:
-    """A results file as the standalone benches write it: the command, when and where it ran (machine, load,
-    revision), then ``payload`` (the model, the figures)."""
-    results = {"command": command, "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
-               "machine": machine() | load_averages(load_before), "revision": revision(), **payload}
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """How a bench was run, as its results record it: ``python -m MODULE ARGS``; ``argv`` None means this
+    process's own arguments. Benches pass their ``__spec__.name``, which -m sets to the module's dotted name."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def envelope(command: str, started: float, load_before: Sequence[float], *, more_machine: Mapping | None = None,
+             measured_revision: Mapping | None = None) -> dict:
+    """The head of every results file: the command, when it started and how long it ran, the commit
+    (``measured_revision`` where another machine read it, as the GPU check's does; else git here) and the machine
+    with its load averages at the start (``load_before``, os.getloadavg()) and now, plus ``more_machine`` (a GPU,
+    other processes' CPU share)."""
+    return {"command": command, "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
+            "revision": dict(measured_revision) if measured_revision is not None else revision(),
+            "machine": machine() | load_averages(load_before) | dict(more_machine or {})}
+
+
+def write_results(out: Path, results: Mapping) -> Path:
+    """A results file (``envelope``'s head, then the model and the figures) as indented JSON, written whole or not
+    at all (a rename), so a run stopped mid-write leaves the previous file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
     print(f"wrote {out}")
+    return out
 
 
 def comparison_arguments(description: str, results: Path, argv: Sequence[str] | None,
@@ -173,3 +207,37 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def tokens_per_s(tokens: int, seconds: Sequence[float]) -> float:
     """Throughput over every round: tokens of all rounds over their summed time."""
     return round(tokens * len(seconds) / sum(seconds), 1)
+
+
+# -- the timing stand-in ----------------------------------------------------------------------------------
+
+PRESET, DTYPE = "qwen3-0.6b", "q8_0"
+STANDIN_DIR = ROOT / ".cache" / "models" / f"{PRESET}-{DTYPE}"
+
+
+def standin_paths(directory: Path = STANDIN_DIR) -> tuple[Path, Path]:
+    return directory / "model.gguf", directory / "projector.safetensors"
+
+
+def ensure_standin(directory: Path = STANDIN_DIR, dtype: str = DTYPE, preset: str = PRESET) -> tuple[Path, Path]:
+    """The stand-in's (model, projector) paths, generating them first when absent (~20 s, ~640 MB).
+
+    Another ``dtype`` (the PyTorch peer's BF16 knob) or ``preset`` (``qwen3-0.6b-v35``: v3.5's sliding-window
+    layers) goes to its own folder beside the Q8_0 one.
+    """
+    if (dtype, preset) != (DTYPE, PRESET) and directory == STANDIN_DIR:
+        directory = STANDIN_DIR.with_name(f"{preset}-{dtype}")
+    model, projector = standin_paths(directory)
+    if model.is_file() and projector.is_file():
+        return model, projector
+    from models.generate_test_model import PRESETS, generate
+
+    print(f"generating the {preset} {dtype} stand-in model into {directory} (once)", flush=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed, so an interrupted run never leaves a truncated model behind.
+    with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+        generate(PRESETS[preset], dtype, Path(scratch) / "out")
+        if directory.exists():
+            shutil.rmtree(directory)
+        (Path(scratch) / "out").rename(directory)
+    return standin_paths(directory)

@@ -5,7 +5,9 @@
 
 A generated block is everything between ``<!-- figures: NAME -->`` and ``<!-- end figures -->``. NAME picks a
 results file in perf/results/ and renders it with perf/tables.py, whose functions the bench that wrote the file
-prints too (make bench's table holds the PyTorch peer's, the AMX comparison's and the repacked Q8_0's too). This
+prints too (make bench's table holds the PyTorch peer's, the AMX comparison's and the repacked Q8_0's too), then
+the file's envelope (perf.common.envelope: command, date, commit, machine, load) in one line under it. Every
+results file has a block. This
 module imports no bench: rendering needs neither llama.cpp nor torch. The prose around the blocks is written by
 hand.
 """
@@ -33,10 +35,15 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-amx": ("cpu-amx.json", lambda results: tables.amx_table(results["amx"])),
     "cpu-bf16-attention": ("cpu-bf16-attention.json",
                            lambda results: tables.bf16_attention_table(results["bf16_attention"])),
+    "cpu-amx-attention": ("cpu-amx-attention.json",
+                          lambda results: tables.bf16_attention_table(results["bf16_attention"])),
+    "cpu-peer-amx-attention": ("cpu-peer-amx-attention.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-swa": ("cpu-swa.json", lambda results: tables.swa_table(results["swa"])),
     "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
-    "librechat-search": ("librechat-search-cpu.json", tables.librechat_run),
-    "librechat-search-before": ("librechat-search-cpu-before.json", tables.librechat_run),
+    "aiperf-librechat-search": ("aiperf-librechat-search.json", lambda results: tables.aiperf_table(results["levels"])),
+    "librechat-search": ("librechat-search-cpu.json", lambda results: tables.librechat_summary(results["summary"])),
+    "librechat-search-before": ("librechat-search-cpu-before.json",
+                                lambda results: tables.librechat_summary(results["summary"])),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
 }
 
@@ -45,7 +52,8 @@ def render_block(name: str, results_dir: Path = RESULTS) -> str:
     if name not in RENDERERS:
         raise KeyError(f"no renderer for the generated block {name!r}; known: {', '.join(sorted(RENDERERS))}")
     filename, render = RENDERERS[name]
-    return render(json.loads((results_dir / filename).read_text())).rstrip() + "\n"
+    results = json.loads((results_dir / filename).read_text())
+    return f"{render(results).rstrip()}\n\n{tables.envelope_line(results)}\n"
 
 
 def render(text: str, results_dir: Path = RESULTS) -> str:

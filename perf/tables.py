@@ -11,12 +11,32 @@ from collections.abc import Mapping, Sequence
 
 from perf.common import PEER_LENGTH, PROFILE_GROUPS, SWEPT
 
+# -- every results file's envelope (perf.common.envelope) ---------------------------------------------------
+
+
+def envelope_line(results: Mapping) -> str:
+    """Where a block's figures come from, as its results file's envelope says: the command, the date and length
+    of the run, the commit, the machine (CPU model, logical CPUs, GPU) and the 1-minute load average before and
+    after; what a file from before the envelope did not record is said to be so."""
+    m, rev = results["machine"], results["revision"]
+    duration = f", {results['duration_s']:.0f} s" if results.get("duration_s") is not None else ""
+    commit = (f"commit {rev['commit'][:7]}" + (" with uncommitted changes" if rev.get("dirty") else "")
+              if rev.get("commit") else "commit not recorded")
+    cpus = f", {m['logical_cpus']} logical CPUs" if m.get("logical_cpus") else ""
+    gpu = f", GPU {m['gpu']['name']}" if (m.get("gpu") or {}).get("name") else ""
+    before, after = m.get("load_average_before"), m.get("load_average_after")
+    load = ("load average not recorded" if after is None else f"load average (1 min) {after[0]:.2f} at the end"
+            if before is None else f"load average (1 min) {before[0]:.2f} -> {after[0]:.2f}")
+    return (f"Measured by `{results['command']}` on {results['started'][:10]}{duration}, {commit}; "
+            f"{m.get('cpu_model') or 'CPU model not recorded'}{cpus}{gpu}; {load}.")
+
+
 # make bench's paths as its tables name them: the issue's baselines a to d.
 LABELS = {"seed_approach": "a. first plan (model per request, embeddings mode)", "engine": "b. engine in-process",
           "triton_grpc": "c. Triton, gRPC", "triton_http": "c. Triton, HTTP", "adapter": "d. adapter (HTTP -> gRPC)"}
 
 
-# -- make bench (perf/bench.py): perf/results/cpu-latest.json ------------------------------------------
+# -- make bench (perf/load/bench.py): perf/results/cpu-latest.json ------------------------------------------
 
 
 def bench_table(results: dict) -> str:
@@ -63,7 +83,7 @@ def bench_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# -- the PyTorch CPU peer (perf/torch_comparison.py): cpu_peer in both CPU results files ---------------------
+# -- the PyTorch CPU peer (perf/peers/torch_comparison.py): cpu_peer in both CPU results files ---------------------
 
 
 def _k(n: str) -> str:
@@ -108,7 +128,7 @@ def peer_table(peer: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- the AMX build against the AVX-512 build (perf/amx_comparison.py): amx in cpu-latest.json ----------------
+# -- the AMX build against the AVX-512 build (perf/builds/amx_comparison.py): amx in cpu-latest.json ----------------
 
 
 def amx_table(result: Mapping) -> str:
@@ -125,7 +145,7 @@ def amx_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- extra buffer types on vs off (perf/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
+# -- extra buffer types on vs off (perf/builds/q8_repack_comparison.py): q8_repack in cpu-latest.json ---------------
 
 
 def q8_repack_table(result: Mapping) -> str:
@@ -140,30 +160,42 @@ def q8_repack_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- the tiled flash attention's BF16 products vs its F32 products (perf/bf16_attention_comparison.py):
+# -- the tiled flash attention's BF16 products vs its F32 products (perf/builds/bf16_attention_comparison.py):
 # cpu-bf16-attention.json --------------------------------------------------------------------------------
 
 
 def bf16_attention_table(result: Mapping) -> str:
     """Whole-pass tokens/s and the attention's seconds of both builds per length, their ratios and cosine; or why
-    the comparison was not made here."""
+    the comparison was not made here. Either comparison: BF16 dot products vs F32, or AMX tiles vs BF16 dot
+    products (results without ``products`` are the first)."""
+    products = result.get("products", "bf16")
     if "skipped" in result:
-        return f"BF16 vs F32 attention products: {result['skipped']}"
+        return f"{PRODUCTS_TITLE[products]}: {result['skipped']}"
+    new, old = ("amx", "bf16") if products == "amx" else ("bf16", "f32")
+    label = {"amx": "AMX", "bf16": "BF16", "f32": "F32"}
     builds = result["builds"]
-    lines = [f"Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch "
-             f"({result['kv_cache_type'].upper()} cache; tokens/s over {result['rounds']} rounds, attention from one "
-             "profiled pass):", "",
-             "| tokens | F32 products (tokens/s) | BF16 products (tokens/s) | BF16 / F32 | attention F32 (s) "
-             "| attention BF16 (s) | attention speed-up | cosine (min) |",
+    lines = [f"{PRODUCTS_BUILDS[products]} ({result['kv_cache_type'].upper()} cache; tokens/s over "
+             f"{result['rounds']} rounds, attention from one profiled pass):", "",
+             f"| tokens | {label[old]} products (tokens/s) | {label[new]} products (tokens/s) | "
+             f"{label[new]} / {label[old]} | attention {label[old]} (s) | attention {label[new]} (s) "
+             "| attention speed-up | cosine (min) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for n, ratio in result["bf16_attention_vs_f32"].items():
-        lines.append(f"| {n} | {builds['f32']['tokens_per_s'][n]:.1f} | {builds['bf16']['tokens_per_s'][n]:.1f} | "
-                     f"{ratio:.2f} | {builds['f32']['attention_s'][n]:.2f} | {builds['bf16']['attention_s'][n]:.2f} | "
+    for n, ratio in result[f"{new}_attention_vs_{old}"].items():
+        lines.append(f"| {n} | {builds[old]['tokens_per_s'][n]:.1f} | {builds[new]['tokens_per_s'][n]:.1f} | "
+                     f"{ratio:.2f} | {builds[old]['attention_s'][n]:.2f} | {builds[new]['attention_s'][n]:.2f} | "
                      f"{result['attention_speedup'][n]:.2f} | {result['cosine_min'][n]:.5f} |")
     return "\n".join(lines)
 
 
-# -- v3.5's sliding-window layers against v3's global ones (perf/swa_bench.py): cpu-swa.json --------------
+PRODUCTS_TITLE = {"bf16": "BF16 vs F32 attention products", "amx": "AMX vs BF16 attention products"}
+PRODUCTS_BUILDS = {
+    "bf16": "Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch",
+    "amx": "Same sources and patches, flags with and without GGML_AMX_TILE/GGML_AMX_BF16 "
+           "(stack/patches/ggml-cpu-flash-attn-amx.patch's tiles, or VDPBF16PS)",
+}
+
+
+# -- v3.5's sliding-window layers against v3's global ones (perf/builds/swa_bench.py): cpu-swa.json --------------
 
 
 def swa_table(result: Mapping) -> str:
@@ -176,7 +208,7 @@ def swa_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-# -- AIPerf beside perf/loadgen.py (perf/aiperf_bench.py): aiperf-latest.json ------------------------------
+# -- AIPerf beside perf/load/loadgen.py (perf/aiperf/aiperf_bench.py): aiperf-latest.json ------------------------------
 
 
 def aiperf_table(levels: Sequence[dict]) -> str:
@@ -201,7 +233,7 @@ def aiperf_table(levels: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-# -- LibreChat's own client (perf/librechat_bench.py): librechat-search-cpu*.json ---------------------------
+# -- LibreChat's own client (perf/load/librechat_bench.py): librechat-search-cpu*.json ---------------------------
 
 
 def librechat_summary(summary: dict) -> str:
@@ -217,14 +249,8 @@ def librechat_summary(summary: dict) -> str:
             + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
 
 
-def librechat_run(results: dict) -> str:
-    """The summary, then when the run was, how long it took and its label (what was measured)."""
-    label = results.get("label") or "-"
-    return (f"{librechat_summary(results['summary'])}\n\n"
-            f"Run: {results['started']}, {results['duration_s']:.0f} s; {label}.")
 
-
-# -- the GPU check (perf/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
+# -- the GPU check (perf/gpu/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
 
 
 def gpu_table(results: Mapping) -> str:

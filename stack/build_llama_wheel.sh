@@ -11,7 +11,7 @@
 # (stack/cpu_features.py patch); each must apply exactly or the build stops. All are part of the key.
 #
 # LLAMA_BUILD_ONLY=1 builds (or finds) the wheel and prints its path instead of installing it: the
-# benchmark's second build, the same version without AMX (perf/amx_bench.py).
+# benchmark's second build, the same version without AMX (perf/builds/amx_bench.py).
 set -euo pipefail
 
 PYTHON="${PYTHON:?set PYTHON to the virtualenv interpreter}"

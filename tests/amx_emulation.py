@@ -10,7 +10,6 @@ libggml-cpu is compiled) and is cached under .cache/amx-emulation/, keyed on eve
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
+from stack.build_cache import build_key, record_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "tests" / "amx_emulator"
@@ -63,13 +63,12 @@ def build() -> EmulatedBuilds:
     installed_package = Path(llama_cpp.__file__).parent
     sdist = installed_sdist()
     cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False) + AMX_OPTIONS
-    digest = hashlib.sha256("\n".join([sdist.name, " ".join(cmake_args)]).encode())
-    for path in [cpu_features.AMX_PATCH, *sorted(SOURCES.glob("*.c")), *sorted((installed_package / "lib").iterdir())]:
-        digest.update(path.read_bytes())
-    key = digest.hexdigest()[:16]
-    target = CACHE / key
+    text = "\n".join([sdist.name, " ".join(cmake_args)])
+    inputs = [cpu_features.AMX_PATCH, *sorted(SOURCES.glob("*.c")), *sorted((installed_package / "lib").iterdir())]
+    target = CACHE / build_key(text, inputs)
     builds = EmulatedBuilds(target / "libamx_emulator.so", target / "probe", target / "patched", target / "unpatched")
     if (target / "complete").is_file():
+        record_inputs(target, text, inputs)
         return builds
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
@@ -87,6 +86,7 @@ def build() -> EmulatedBuilds:
         apply_patch(source, reverse=True)
         _package(installed_package, _build_cpu_backend(work / "build"), staged / "unpatched")
         (staged / "complete").write_text(" ".join(cmake_args) + "\n")
+        record_inputs(staged, text, inputs)
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
@@ -115,9 +115,11 @@ def apply_patch(source: Path, reverse: bool = False, patch: Path = cpu_features.
                    input=patch.read_bytes(), check=True, capture_output=True)
 
 
-def variant(amx: bool, without: Sequence[Path] = ()) -> Path:
+def variant(amx: bool, without: Sequence[Path] = (), tiles: bool | None = None) -> Path:
     """A folder holding a copy of the installed llama_cpp package whose CPU backend is built from this CPU's flags
-    and this project's ggml patches (except those ``without``), with AMX (and its patch) or without.
+    and this project's ggml patches (except those ``without``), with AMX (and its patch) or without. ``tiles``:
+    the AMX-BF16 flags of the flash attention's tiles as this host's build has them (None), left out (False), or
+    added whatever the CPU (True: for the emulator).
 
     On an AMX machine these are the two builds to compare, whichever of them is installed, for the price of
     libggml-cpu alone (a minute or two) instead of a second wheel; without a patch, the build as it was before
@@ -127,14 +129,17 @@ def variant(amx: bool, without: Sequence[Path] = ()) -> Path:
 
     installed_package = Path(llama_cpp.__file__).parent
     sdist = installed_sdist()
-    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=amx)
+    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx, None if tiles is None else False)
+    if tiles:
+        cmake_args += [f"-D{name}=ON" for name, _ in cpu_features.AMX_BF16]
     patches = [patch for patch in cpu_features.ggml_patches(amx=amx) if patch not in without]
-    name = ("amx" if amx else "avx512") + "".join(f"-without-{patch.stem}" for patch in without)
-    digest = hashlib.sha256("\n".join([name, sdist.name, " ".join(cmake_args)]).encode())
-    for path in [*patches, *sorted((installed_package / "lib").iterdir())]:
-        digest.update(path.read_bytes())
-    target = CACHE / f"{name}-{digest.hexdigest()[:16]}"
+    name = ("amx" if amx else "avx512") + {None: "", False: "-no-tiles", True: "-tiles"}[tiles] + "".join(
+        f"-without-{patch.stem}" for patch in without)
+    text = "\n".join([name, sdist.name, " ".join(cmake_args)])
+    inputs = [*patches, *sorted((installed_package / "lib").iterdir())]
+    target = CACHE / f"{name}-{build_key(text, inputs)}"
     if (target / "complete").is_file():
+        record_inputs(target, text, inputs)
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
@@ -145,6 +150,7 @@ def variant(amx: bool, without: Sequence[Path] = ()) -> Path:
         _configure(source, work / "build", cmake_args)
         _package(installed_package, _build_cpu_backend(work / "build"), work / "out")
         (work / "out" / "complete").write_text(" ".join(cmake_args) + "\n")
+        record_inputs(work / "out", text, inputs)
         if target.exists():
             shutil.rmtree(target)
         (work / "out").rename(target)

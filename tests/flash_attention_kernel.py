@@ -52,6 +52,33 @@ def _libraries(lib_dir: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
     return base, cpu
 
 
+def refuse_amx_tiles() -> None:
+    """From now on the kernel refuses this process AMX tile data: a seccomp filter answers arch_prctl
+    (ARCH_REQ_XCOMP_PERM) with EPERM, as a sandbox without AMX does (x86-64 Linux; for the fallback's test)."""
+    def op(code: int, k: int, jt: int = 0, jf: int = 0) -> tuple[int, int, int, int]:
+        return code, jt, jf, k
+    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    program = [op(ld_w_abs, 0),  # seccomp_data.nr
+               op(jeq_k, 158, 0, 3),  # arch_prctl, else allow
+               op(ld_w_abs, 16),  # args[0], low half
+               op(jeq_k, 0x1023, 0, 1),  # ARCH_REQ_XCOMP_PERM, else allow
+               op(ret_k, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+               op(ret_k, 0x7FFF0000)]  # SECCOMP_RET_ALLOW
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*[Filter(*f) for f in program])
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) or libc.prctl(
+            pr_set_seccomp, seccomp_mode_filter, ctypes.byref(Program(len(program), filters)), 0, 0):
+        raise OSError(ctypes.get_errno(), "seccomp filter refused")
+
+
 def _stored(x: np.ndarray, cache_type: str) -> np.ndarray:
     """The bytes of ``x`` as ggml stores it in ``cache_type``."""
     if cache_type == "f16":

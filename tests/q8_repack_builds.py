@@ -12,7 +12,6 @@ package, or on an AMX build its AVX-512 variant, which tests/test_cpu_build.py b
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
+from stack.build_cache import build_key, record_inputs
 from tests import amx_emulation
 
 CACHE = amx_emulation.ROOT / ".cache" / "q8-repack-builds"
@@ -87,11 +87,11 @@ def build(path: str, without: Sequence[Path] = ()) -> Path:
         return installed_package.parent
     sdist = amx_emulation.installed_sdist()
     patches = [patch for patch in cpu_features.ggml_patches(amx=False) if patch not in without]
-    digest = hashlib.sha256("\n".join([sdist.name, " ".join(cmake_args(path))]).encode())
-    for file in [*patches, *sorted((installed_package / "lib").iterdir())]:
-        digest.update(file.read_bytes())
-    target = CACHE / (path + "".join(f"-without-{patch.stem}" for patch in without) + f"-{digest.hexdigest()[:16]}")
+    text = "\n".join([sdist.name, " ".join(cmake_args(path))])
+    inputs = [*patches, *sorted((installed_package / "lib").iterdir())]
+    target = CACHE / (path + "".join(f"-without-{patch.stem}" for patch in without) + f"-{build_key(text, inputs)}")
     if (target / "llama_cpp" / "__init__.py").is_file():
+        record_inputs(target, text, inputs)
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
@@ -100,6 +100,7 @@ def build(path: str, without: Sequence[Path] = ()) -> Path:
         apply_patches(source, patches)
         amx_emulation._configure(source, work / "build", cmake_args(path))
         amx_emulation._package(installed_package, amx_emulation._build_cpu_backend(work / "build"), work / "out")
+        record_inputs(work / "out", text, inputs)
         if target.exists():
             shutil.rmtree(target)
         (work / "out").rename(target)

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from models.generate_test_model import CHAT_TOKENS, EMBED_TOKEN, PRESETS, build_vocab
-from perf import aiperf_dataset
-from perf.aiperf_bench import aiperf_command, combine_aiperf, compare, cpu_between, requests_at
-from perf.aiperf_tokenizer import CONTROL, tokenizer_json, write_tokenizer
-from perf.loadgen import LIBRECHAT_TOP_N
-from perf.workloads import WORKLOADS, Entry, load
+from perf.aiperf import aiperf_dataset
+from perf.aiperf.aiperf_bench import aiperf_command, combine_aiperf, compare, cpu_between, requests_at
+from perf.aiperf.aiperf_tokenizer import CONTROL, tokenizer_json, write_tokenizer
+from perf.load.loadgen import LIBRECHAT_TOP_N
+from perf.load.workloads import WORKLOADS, Entry, load
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ The machine code is the AMX build's own (see tests/amx_emulation.py), so these t
 of ggml's AMX code. Released, it hands LDTILECFG a configuration without tile shapes and dies at the first tile
 load: the engine's self-check catches that and the engine serves without AMX. With this project's patch it
 passes the self-check and the engine scores like the AVX-512 build. What they cannot show is speed: that needs
-a CPU with AMX (perf/amx_bench.py).
+a CPU with AMX (perf/builds/amx_bench.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DOCS = [f"passage {i} about rivers and lakes " * (1 + i) for i in range(12)]
 ENGINE = """
 import json, logging, sys
 import llama_cpp
-from perf.amx_comparison import loaded_llama_libraries
+from perf.builds.amx_comparison import loaded_llama_libraries
 from rerank_engine import EngineConfig, Reranker, amx_check
 logging.basicConfig(level=logging.INFO)
 if sys.argv[4] == "cpu-has-amx":

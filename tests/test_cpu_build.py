@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import amx_comparison, tables
+from perf import tables
+from perf.builds import amx_comparison
 from rerank_engine import EngineConfig, amx_check
 from stack import cpu_features
 from tests import amx_emulation
@@ -32,9 +33,10 @@ VERIFIED = ("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -D
             "-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
 
 
-def args_for(cpuinfo: str, permitted: bool) -> str:
+def args_for(cpuinfo: str, permitted: bool, asked: bool = True) -> str:
+    """The flags for a CPU (``cpuinfo``) and the kernel's answer, with AMX asked for (--amx) or not."""
     flags = cpu_features.cpu_flags(cpuinfo)
-    return " ".join(cpu_features.cmake_args(flags, cpu_features.amx_usable(flags, permitted)))
+    return " ".join(cpu_features.cmake_args(flags, asked and cpu_features.amx_usable(flags, permitted), permitted))
 
 
 def test_flags_follow_the_cpu():
@@ -44,6 +46,18 @@ def test_flags_follow_the_cpu():
     amx = args_for(SAPPHIRE_RAPIDS, permitted=True)
     assert amx.startswith(VERIFIED)
     assert amx.endswith("-DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON")
+
+
+def test_default_build_gets_the_attention_tiles_without_ggml_amx_matmul():
+    """Without --amx an AMX CPU whose kernel grants tiles still gets GGML_AMX_TILE and GGML_AMX_BF16 (the tiled
+    flash attention's products, stack/patches/ggml-cpu-flash-attn-amx.patch), never GGML_AMX_INT8 (ggml's AMX
+    matmul, slower here); without the permission, or on a CPU without AMX-BF16, neither."""
+    tiles = args_for(SAPPHIRE_RAPIDS, permitted=True, asked=False)
+    assert tiles == VERIFIED + " -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=ON -DGGML_AMX_BF16=ON"
+    assert "AMX" not in args_for(SAPPHIRE_RAPIDS, permitted=False, asked=False)
+    assert args_for(ZEN4, permitted=True, asked=False) == VERIFIED
+    assert args_for(ZEN4.replace("avx512_bf16", "amx_tile"), permitted=True, asked=False) == (
+        VERIFIED.replace(" -DGGML_AVX512_BF16=ON", "") + " -DGGML_AMX_TILE=ON")
 
 
 def test_amx_only_where_the_kernel_permits_it():
@@ -62,7 +76,7 @@ def test_amx_is_built_only_when_asked(options):
     amx = bool(options) and cpu_features.amx_usable(flags, cpu_features.amx_permitted())
     args = run("cmake-args")
     assert args.split() == cpu_features.cmake_args(flags, amx)
-    assert ("AMX_TILE" in args) == amx
+    assert ("AMX_INT8" in args) == amx
     assert run("patch").split() == [str(path) for path in cpu_features.patches(amx)]
 
 
@@ -91,10 +105,16 @@ def test_the_amx_patch_applies_exactly(tmp_path):
                    capture_output=True)
 
 
-@pytest.mark.parametrize("case", ["bogus", "bf16-attention-out-of-order"])
+# an attention patch out of order: (the patch, the one it builds on, left out of the chain)
+OUT_OF_ORDER = {"bf16-attention-out-of-order": (cpu_features.FLASH_ATTN_BF16_PATCH, cpu_features.FLASH_ATTN_PATCH),
+                "amx-attention-out-of-order": (cpu_features.FLASH_ATTN_AMX_PATCH, cpu_features.FLASH_ATTN_BF16_PATCH)}
+
+
+@pytest.mark.parametrize("case", ["bogus", *OUT_OF_ORDER])
 def test_the_build_stops_when_the_patch_does_not_apply(tmp_path, case):
-    """A patch that matches nothing, and the BF16 attention patch without the tiled one it builds on (the agreed
-    order is package, Q8_0 repack, flash attention tiled, then BF16): each stops the build, naming the patch."""
+    """A patch that matches nothing, and each attention patch without the one it builds on (the agreed order is
+    package, Q8_0 repack, flash attention tiled, BF16, AMX, then the masked tiles' skipping): each stops the
+    build, naming the patch."""
     if case == "bogus":
         bogus = tmp_path / "bogus.patch"
         bogus.write_text("--- a/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp\n"
@@ -102,9 +122,9 @@ def test_the_build_stops_when_the_patch_does_not_apply(tmp_path, case):
                          "@@ -1,1 +1,1 @@\n-no such line\n+replacement\n")
         patches = [bogus]
     else:
-        bogus = cpu_features.FLASH_ATTN_BF16_PATCH
+        bogus, base = OUT_OF_ORDER[case]
         chain = cpu_features.patches(amx=False)
-        patches = [p for p in chain[:chain.index(bogus) + 1] if p != cpu_features.FLASH_ATTN_PATCH]
+        patches = [p for p in chain[:chain.index(bogus) + 1] if p != base]
         assert patches[-1] == bogus
     env = {**os.environ, "PYTHON": sys.executable, "LLAMA_CPP_PYTHON_VERSION": "0.3.36", "LLAMA_CMAKE_ARGS": VERIFIED,
            "LLAMA_PATCH": " ".join(map(str, patches)), "CACHE_DIR": str(tmp_path / "cache")}

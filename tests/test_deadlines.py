@@ -196,7 +196,7 @@ def test_a_librechat_search_is_answered_in_time_every_call(adapter):
     """Five pages of LibreChat's real chunking at once, with a deadline the tiny model cannot score them all in."""
     import asyncio
 
-    from perf.workloads import load
+    from perf.load.workloads import load
 
     pages = load("librechat-search")[:5]
     deadline_s = 2.0

@@ -20,15 +20,16 @@ bench's comparison.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models import numpy_reference as ref
-from perf import bf16_attention_comparison, tables
-from perf.common import cosine_rows, engine_config
-from perf.standin import ensure_standin
+from perf import tables
+from perf.builds import bf16_attention_comparison
+from perf.common import cosine_rows, engine_config, ensure_standin
 from rerank_engine import RerankRequest
 from stack import cpu_features
 from tests import amx_emulation, q8_repack_builds
@@ -78,21 +79,35 @@ KERNEL = """
 import json, sys
 from pathlib import Path
 import llama_cpp
-from tests.flash_attention_kernel import case
+from tests.flash_attention_kernel import case, refuse_amx_tiles
+specs = sys.argv[1:]
+if specs[0] == "refuse-tiles":
+    refuse_amx_tiles()
+    specs = specs[1:]
 lib = Path(llama_cpp.__file__).parent / "lib"
 print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(),
-                  "cases": {spec: case(lib, spec) for spec in sys.argv[1:]}}))
+                  "cases": {spec: case(lib, spec) for spec in specs}}))
 """
 # n_q x n_kv x n_head x n_head_kv x DK x DV x cache: Q rows and KV length off the 64-row tiles, GQA 1 to 4, head
-# sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on whole tiles, every cache type
+# sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on whole tiles, every cache type;
+# DK 96 with DV 32 (three AMX tiles deep, one 32-column block wide). AMX tiles take the shapes whose DK and DV are
+# multiples of 32 (tiles_fill); the others keep the VDPBF16PS products in an AMX build.
 KERNEL_CASES = ["200x333x4x2x128x128xf16", "130x130x6x2x64x64xf16", "96x160x8x2x128x128xf32",
-                "77x77x2x1x65x24xf16", "100x150x3x3x72x40xbf16", "64x64x16x8x128x128xf16"]
+                "77x77x2x1x65x24xf16", "100x150x3x3x72x40xbf16", "64x64x16x8x128x128xf16", "70x100x2x2x96x32xbf16"]
 BF16_UNIT = 2.0 ** -8  # BF16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of it
 F32_PATH_ERROR = 1e-5  # F32 products over at most 333 terms, relative to max |V|
 
 
-def kernel_results(package: Path) -> dict:
-    return run_child(KERNEL, package, *KERNEL_CASES)  # type: ignore[return-value]
+def kernel_results(package: Path, *options: str) -> dict:
+    """Every kernel case on the build in ``package``; ``refuse-tiles``: with AMX tile data refused by the kernel."""
+    return run_child(KERNEL, package, *options, *KERNEL_CASES)  # type: ignore[return-value]
+
+
+def tiles_fill(spec: str) -> bool:
+    """Whether stack/patches/ggml-cpu-flash-attn-amx.patch puts a case's products on AMX tiles (where built and
+    permitted): DK and DV multiples of 32."""
+    dk, dv = map(int, spec.split("x")[4:6])
+    return dk % 32 == 0 and dv % 32 == 0
 
 
 def bf16_products(system_info: str) -> bool:
@@ -117,12 +132,17 @@ def test_flash_attention_kernel_matches_float64():
     result = kernel_results(Path(llama_cpp.__file__).parent.parent)
     for spec, errors in result["cases"].items():
         if bf16_products(result["system_info"]):
-            assert errors["error_bf16_operands"] <= BF16_UNIT + F32_PATH_ERROR, (spec, errors)
-            assert errors["error"] <= BF16_UNIT * (2 + 4 * errors["score_magnitude"]) + F32_PATH_ERROR, (spec, errors)
+            assert_bf16_products_error(spec, errors)
         elif spec.endswith("bf16"):
             assert errors["error_bf16_operands"] <= F32_PATH_ERROR, (spec, errors)
         else:
             assert errors["error"] <= F32_PATH_ERROR, (spec, errors)
+
+
+def assert_bf16_products_error(spec: str, errors: dict) -> None:
+    """The BF16 products' error model (VDPBF16PS or AMX tiles: the same roundings), see the test above."""
+    assert errors["error_bf16_operands"] <= BF16_UNIT + F32_PATH_ERROR, (spec, errors)
+    assert errors["error"] <= BF16_UNIT * (2 + 4 * errors["score_magnitude"]) + F32_PATH_ERROR, (spec, errors)
 
 
 @pytest.mark.build
@@ -133,7 +153,7 @@ def test_builds_without_avx512_bf16_keep_the_f32_path_bit_for_bit():
     if reason:
         pytest.skip(f"avx2 build: {reason}")
     patched = kernel_results(q8_repack_builds.build("avx2"))
-    unpatched = kernel_results(q8_repack_builds.build("avx2", without=[cpu_features.FLASH_ATTN_BF16_PATCH]))
+    unpatched = kernel_results(q8_repack_builds.build("avx2", without=cpu_features.FLASH_ATTN_BF16_AND_LATER))
     assert not bf16_products(patched["system_info"])
     for spec in KERNEL_CASES:
         assert patched["cases"][spec]["digest"] == unpatched["cases"][spec]["digest"], spec
@@ -141,9 +161,71 @@ def test_builds_without_avx512_bf16_keep_the_f32_path_bit_for_bit():
                if not spec.endswith("bf16"))
 
 
+@pytest.fixture(scope="module")
+def no_tiles_build() -> Path:
+    """This CPU's build without GGML_AMX_TILE/GGML_AMX_BF16 (the VDPBF16PS products; libggml-cpu alone, cached),
+    where the installed one has the AMX tiles."""
+    if bf16_attention_comparison.products_here(cpu_features.cpu_flags(), cpu_features.amx_permitted()) != "amx":
+        pytest.skip("this host's build has no AMX-BF16 tiles (no amx_bf16, or the kernel refuses tiles); "
+                    "test_amx_tile_products_under_the_emulator runs their code where the CPU has no AMX")
+    return amx_emulation.variant(amx=False, tiles=False)
+
+
+@pytest.mark.build
+def test_amx_tiles_take_the_products_where_the_shapes_fill_them(no_tiles_build):
+    """The installed AMX-BF16 build against the same sources without those flags: other output bits (TDPBF16PS
+    rounds its sums differently from VDPBF16PS) exactly on the cases whose DK and DV fill tiles, the same bits
+    elsewhere; the error model of the BF16 products holds for both (test_flash_attention_kernel_matches_float64)."""
+    import llama_cpp
+
+    tiles = kernel_results(Path(llama_cpp.__file__).parent.parent)
+    vdpbf16ps = kernel_results(no_tiles_build)
+    assert any(map(tiles_fill, KERNEL_CASES))
+    assert not all(map(tiles_fill, KERNEL_CASES))
+    for spec in KERNEL_CASES:
+        assert (tiles["cases"][spec]["digest"] != vdpbf16ps["cases"][spec]["digest"]) == tiles_fill(spec), spec
+        assert_bf16_products_error(spec, tiles["cases"][spec])
+
+
+@pytest.mark.build
+def test_amx_build_falls_back_where_the_kernel_refuses_tiles(no_tiles_build):
+    """The installed AMX-BF16 build in a process the kernel refuses AMX tile data (a seccomp filter, as in a
+    sandbox): no SIGILL, and every case the VDPBF16PS build's bits."""
+    import llama_cpp
+
+    refused = kernel_results(Path(llama_cpp.__file__).parent.parent, "refuse-tiles")
+    vdpbf16ps = kernel_results(no_tiles_build)
+    for spec in KERNEL_CASES:
+        assert refused["cases"][spec]["digest"] == vdpbf16ps["cases"][spec]["digest"], spec
+
+
+@pytest.mark.build
+def test_amx_tile_products_under_the_emulator(tmp_path, monkeypatch):
+    """Where the CPU has no AMX: the build with the AMX-BF16 flags, its tile instructions carried out by
+    tests/amx_emulator (TDPBF16PS included): the tiles run (the emulator counts them), the BF16 products' error
+    model holds, and the cases the tiles do not fit keep the installed build's bits."""
+    import llama_cpp
+
+    reason = amx_emulation.why_not_here()
+    if reason:
+        pytest.skip(f"emulated AMX: {reason}")
+    emulator = amx_emulation.build()
+    tiles = amx_emulation.variant(amx=False, tiles=True)
+    installed = kernel_results(Path(llama_cpp.__file__).parent.parent)
+    report = tmp_path / "emulator.jsonl"
+    for name, value in emulator.environment(None, report).items():
+        monkeypatch.setenv(name, value)
+    emulated = kernel_results(tiles)
+    assert sum(json.loads(line)["tdpbf16ps"] for line in report.read_text().splitlines()) > 0
+    for spec in KERNEL_CASES:
+        assert_bf16_products_error(spec, emulated["cases"][spec])
+        if not tiles_fill(spec):
+            assert emulated["cases"][spec]["digest"] == installed["cases"][spec]["digest"], spec
+
+
 HIDDEN = """
 import json, sys
-from perf.amx_comparison import loaded_llama_libraries
+from perf.builds.amx_comparison import loaded_llama_libraries
 from perf.common import engine_config, probe
 from rerank_engine.llama_runner import LlamaRunner
 from pathlib import Path
@@ -171,7 +253,7 @@ def f32_path_build() -> Path:
 
     if not bf16_products(llama_cpp.llama_print_system_info().decode()):
         pytest.skip("the installed build has no AVX512-BF16: it takes the F32 path, tested above")
-    return amx_emulation.variant(amx=False, without=[cpu_features.FLASH_ATTN_BF16_PATCH])
+    return amx_emulation.variant(amx=False, without=cpu_features.FLASH_ATTN_BF16_AND_LATER)
 
 
 @pytest.mark.build
@@ -188,6 +270,27 @@ def test_bf16_products_keep_the_hidden_states_of_the_f32_path(f32_path_build, ma
     assert MIN_COSINE_BF16[model] <= cos.min() < 1.0, cos  # < 1: the two builds do compute differently
 
 
+@pytest.mark.build
+@pytest.mark.parametrize("preset", ["tiny", "tiny-v35"])
+def test_skipping_masked_tiles_early_keeps_every_bit(make_model, preset):
+    """stack/patches/ggml-cpu-flash-attn-skip-masked.patch decides on the F16 mask, before converting anything,
+    which KV tiles are fully masked, and packs K and V only for the tiles in play: the installed build against
+    the same sources and flags without that patch gives the same bits, on the kernel cases (causal masks) and on
+    the hidden states of a causal model and of a v3.5-shaped one, whose sliding window masks whole tiles."""
+    import llama_cpp
+
+    installed = Path(llama_cpp.__file__).parent.parent
+    before = amx_emulation.variant(amx=False, without=[cpu_features.FLASH_ATTN_SKIP_PATCH])
+    paths = make_model("f32", preset)
+    hidden = [run_child(HIDDEN, build, *map(str, paths), "700") for build in (installed, before)]
+    assert np.array_equal(np.array(hidden[0]["hidden"]), np.array(hidden[1]["hidden"]))
+    assert all(Path(lib).is_relative_to(before.resolve()) for lib in hidden[1]["libraries"])
+    if preset == "tiny":
+        skipped, kept = kernel_results(installed), kernel_results(before)
+        for spec in KERNEL_CASES:
+            assert skipped["cases"][spec]["digest"] == kept["cases"][spec]["digest"], spec
+
+
 def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
     """Q8_0 scores within the project's Q8_0 tolerance (tests/test_engine_reference.py) with the CPU config's
     attention (flash attention on the tiled path: a prompt of several 64-token tiles)."""
@@ -201,12 +304,12 @@ def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
     np.testing.assert_allclose(result.scores, expected, atol=0.05)
 
 
-# -- the bench's comparison (perf/bf16_attention_comparison.py) ---------------------------------------------
+# -- the bench's comparison (perf/builds/bf16_attention_comparison.py) ---------------------------------------------
 
 
 @pytest.mark.build
 def test_bench_compares_the_builds_side_by_side(f32_path_build, tiny_q8):
-    """perf/bf16_attention_bench.py's comparison on the tiny model: both builds in children, timed and profiled
+    """perf/builds/bf16_attention_bench.py's comparison on the tiny model: both builds in children, timed and profiled
     (here the tests' libggml-cpu variant stands in for the wheel built without the patch)."""
     import llama_cpp
 

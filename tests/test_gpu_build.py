@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from perf import gpu_check, gpu_check_prepare, tables
-from perf.common import GPU_CONFIG, config_parameters
+from perf import tables
+from perf.common import ENVELOPE_KEYS, GPU_CONFIG, config_parameters, write_results
+from perf.gpu import gpu_check, gpu_check_prepare
 from stack import cpu_features, gpu_features
 from stack.gpu_features import CudaFacts
 
@@ -146,7 +147,7 @@ def test_the_wheel_cache_keys_on_the_cuda_flags(gpu_host, tmp_path):
     assert found["gpu"].endswith("-gpu.whl")
 
 
-# -- the GPU check (perf/gpu_check.sh): its parts that need no GPU -------------------------------------
+# -- the GPU check (perf/gpu/gpu_check.sh): its parts that need no GPU -------------------------------------
 
 
 def test_prepared_folder_fits_the_carry_limit_and_holds_a_buildable_source(tmp_path):
@@ -236,6 +237,8 @@ def test_smoke_run_writes_the_results(tmp_path):
     assert status == 0
     results = json.loads(out.read_text())
     assert results["complete"] is True
+    assert set(ENVELOPE_KEYS) <= set(results)
+    assert {"gpu", "device", "load_average_after", "cpu_model"} <= set(results["machine"])
     assert "fidelity" not in results
     assert results["forward"]["lengths"]["128"]["engine"]["tokens_per_s"] > 0
     search = results["librechat"]
@@ -258,7 +261,7 @@ def test_a_stopped_run_keeps_the_steps_it_finished(tmp_path):
     seen = []
 
     def checkpoint(partial: dict) -> None:
-        gpu_check.write_results(partial, out)
+        write_results(out, partial)
         seen.append(json.loads(out.read_text()))
 
     args = gpu_check.parse_args(["--smoke", "--steps", "forward", "--lengths", "64", "--rounds", "1"])
@@ -269,7 +272,8 @@ def test_a_stopped_run_keeps_the_steps_it_finished(tmp_path):
 
 
 def test_the_check_builds_nothing_without_a_gpu():
-    result = subprocess.run(["bash", str(ROOT / "perf" / "gpu_check.sh"), "build"], capture_output=True, text=True,
+    script = ROOT / "perf" / "gpu" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script), "build"], capture_output=True, text=True,
                             env={**os.environ, "PYTHON": sys.executable, "LLAMA_CUDA_ARCHITECTURES": ""}, timeout=60)
     assert result.returncode == 1
     assert "no CUDA build here (an NVIDIA GPU and nvcc are both needed)" in result.stderr

@@ -22,11 +22,13 @@ ENGINE_DIR = ROOT / "model_repository" / "jina_reranker_v3" / "1"
 # Import root -> the packages and modules under it.
 SOURCES = {ROOT: ("adapter", "stack", "perf", "models", "tests"),
            ENGINE_DIR: ("rerank_engine", "model.py", "triton_contract.py")}
-# The benches: each measures something and writes or prints its results (`python -m perf.<name>`). They are
-# leaves of the graph: the comparisons they run (perf/*_comparison.py) and the tables they print
-# (perf/tables.py) are library modules, which make bench (perf.bench) and perf.report import instead.
-BENCHES = {"perf.bench", "perf.torch_peer", "perf.amx_bench", "perf.q8_repack_bench", "perf.bf16_attention_bench",
-           "perf.swa_bench", "perf.gpu_check", "perf.librechat_bench", "perf.aiperf_bench"}
+# The benches: each measures something and writes or prints its results (`python -m perf.<room>.<name>`). They are
+# leaves of the graph: the comparisons they run (perf/builds/*_comparison.py, perf/peers/torch_comparison.py) and
+# the tables they print (perf/tables.py) are library modules, which make bench (perf.load.bench) and perf.report
+# import instead.
+BENCHES = {"perf.load.bench", "perf.peers.torch_peer", "perf.builds.amx_bench", "perf.builds.q8_repack_bench",
+           "perf.builds.bf16_attention_bench", "perf.builds.swa_bench", "perf.gpu.gpu_check",
+           "perf.load.librechat_bench", "perf.aiperf.aiperf_bench"}
 SYS_PATH_ALLOWED = {ROOT / "tests" / "conftest.py"}
 
 
@@ -126,11 +128,11 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_the_graph_holds_every_kind_of_import(graph) -> None:
-    assert "perf.common" in graph["perf.bench"]  # module level
-    assert "perf.standin" in graph["perf.workloads"]  # inside a function
+    assert "perf.common" in graph["perf.load.bench"]  # module level
+    assert "perf.common" in graph["perf.load.workloads"]  # inside a function
     assert "rerank_engine.llama_runner" in graph["rerank_engine.engine"]  # relative
     assert "rerank_engine" in graph["triton_contract"]  # across the two import roots
-    assert "models.generate_test_model" in graph["perf.standin"]
+    assert "models.generate_test_model" in graph["perf.common"]
     assert graph.keys() >= BENCHES
 
 
@@ -150,9 +152,9 @@ def test_no_bench_imports_another(graph, bench: str) -> None:
 
 
 def test_bench_importers_are_found() -> None:
-    graph = {"perf.report": {"perf.bench", "perf.tables"}, "perf.tables": {"perf.common"},
-             "tests.test_perf_tools": {"perf.bench"}, "perf.bench": {"perf.tables"}}
-    assert bench_importers(graph) == {"perf.report": ["perf.bench"]}
+    graph = {"perf.report": {"perf.load.bench", "perf.tables"}, "perf.tables": {"perf.common"},
+             "tests.test_perf_tools": {"perf.load.bench"}, "perf.load.bench": {"perf.tables"}}
+    assert bench_importers(graph) == {"perf.report": ["perf.load.bench"]}
 
 
 def test_no_module_outside_the_tests_imports_a_bench(graph) -> None:
@@ -170,8 +172,8 @@ def outside_importers_of_tests(graph: Mapping[str, set[str]]) -> dict[str, list[
 
 
 def test_importers_of_tests_are_found() -> None:
-    graph = {"perf.gpu_check": {"tests.conftest", "perf.common"}, "tests.test_x": {"tests.conftest"}}
-    assert outside_importers_of_tests(graph) == {"perf.gpu_check": ["tests.conftest"]}
+    graph = {"perf.gpu.gpu_check": {"tests.conftest", "perf.common"}, "tests.test_x": {"tests.conftest"}}
+    assert outside_importers_of_tests(graph) == {"perf.gpu.gpu_check": ["tests.conftest"]}
 
 
 def test_nothing_outside_the_tests_imports_them(graph) -> None:
@@ -182,7 +184,7 @@ def test_nothing_outside_the_tests_imports_them(graph) -> None:
 
 def test_the_report_renders_with_the_tables_alone(graph) -> None:
     assert graph["perf.report"] == {"perf", "perf.tables"}
-    assert "perf.tables" in graph["perf.bench"]
+    assert "perf.tables" in graph["perf.load.bench"]
 
 
 def test_sys_path_edits_are_found(tmp_path) -> None:
@@ -194,5 +196,13 @@ def test_sys_path_edits_are_found(tmp_path) -> None:
 
 def test_no_sys_path_edit_outside_the_tests_conftest() -> None:
     files = list(python_files())
-    assert ROOT / "perf" / "bench.py" in files
+    assert ROOT / "perf" / "load" / "bench.py" in files
     assert [str(p.relative_to(ROOT)) for p in files if p not in SYS_PATH_ALLOWED and edits_sys_path(p)] == []
+
+
+def test_every_perf_module_is_in_a_room_or_shared():
+    """perf/'s top level holds only what every room shares; a bench or its helpers belong in a room."""
+    top = {path.name for path in (ROOT / "perf").glob("*.py")}
+    assert top == {"__init__.py", "common.py", "tables.py", "report.py"}
+    rooms = {path.parent.name for path in (ROOT / "perf").glob("*/__init__.py")}
+    assert rooms == {"load", "peers", "builds", "gpu", "aiperf"}

@@ -10,9 +10,10 @@ import threading
 
 import pytest
 
-from perf import librechat_bench, tables, web_pages
-from perf.librechat_bench import Search, run_client, scored, searches_of, served_stack, summarize
-from perf.workloads import LIBRECHAT_SEARCH, Entry, dumps, generate_search, load, path_of
+from perf import tables
+from perf.load import librechat_bench, web_pages
+from perf.load.librechat_bench import Search, run_client, scored, searches_of, served_stack, summarize
+from perf.load.workloads import LIBRECHAT_SEARCH, Entry, dumps, generate_search, load, path_of
 
 pytestmark = pytest.mark.system
 

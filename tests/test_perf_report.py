@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 
-from perf import report
+from perf import report, tables
+from perf.common import ENVELOPE_KEYS, MACHINE_KEYS, envelope, write_results
 
 pytestmark = pytest.mark.build
 
@@ -35,3 +38,32 @@ def test_every_block_names_a_known_renderer():
     assert sorted(set(names)) == sorted(report.RENDERERS)
     with pytest.raises(KeyError, match="no renderer"):
         report.render("<!-- figures: nonsense -->\n<!-- end figures -->")
+
+
+def test_every_results_file_has_the_envelope_and_a_block():
+    """Each committed results file starts as perf.common.envelope writes it, and perf/README.md renders it."""
+    files = sorted(path.name for path in report.RESULTS.glob("*.json"))
+    assert files == sorted(filename for filename, _ in report.RENDERERS.values())
+    for name in files:
+        results = json.loads((report.RESULTS / name).read_text())
+        assert set(ENVELOPE_KEYS) <= set(results), name
+        assert set(MACHINE_KEYS) <= set(results["machine"]), name
+        assert set(results["revision"]) >= {"commit", "dirty"}, name
+
+
+def test_the_envelope_is_what_the_block_says_under_its_figures(tmp_path):
+    started = time.time()
+    head = envelope("python -m perf.example --mode full", started, (0.5, 0.4, 0.3), more_machine={"gpu": {}})
+    assert list(head) == list(ENVELOPE_KEYS)
+    assert set(MACHINE_KEYS) | {"gpu"} <= set(head["machine"])
+    assert head["machine"]["load_average_before"] == [0.5, 0.4, 0.3]
+    assert len(head["machine"]["load_average_after"]) == 3
+    assert head["revision"]["commit"] is None or len(head["revision"]["commit"]) == 40
+    given = envelope("x", started, os.getloadavg(), measured_revision={"commit": "a" * 40, "dirty": False})
+    assert given["revision"] == {"commit": "a" * 40, "dirty": False}
+    out = write_results(tmp_path / "example.json", head | {"figures": [1.5]})
+    assert json.loads(out.read_text()) == json.loads(json.dumps(head | {"figures": [1.5]}))
+    assert not out.with_suffix(".tmp").exists()
+    line = tables.envelope_line(given | {"duration_s": 12.0})
+    assert line.startswith(f"Measured by `x` on {head['started'][:10]}, 12 s, commit aaaaaaa; ")
+    assert "load average (1 min) 0.50 -> " in tables.envelope_line(head)

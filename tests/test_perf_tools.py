@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from perf import ROOT, qwen3_torch, tables, torch_comparison
-from perf.bench import cpu_ratios, ratios
+from perf import ROOT, tables
 from perf.common import (
     CPU_CONFIG,
     GPU_CONFIG,
@@ -25,9 +24,10 @@ from perf.common import (
     probe,
     tokens_per_s,
 )
-from perf.loadgen import Level, Sample, Target, format_line, percentile, plot, run_level, summarize, write_csv
-from perf.seed_approach import SeedApproach
-from perf.workloads import (
+from perf.load.bench import cpu_ratios, ratios
+from perf.load.loadgen import Level, Sample, Target, format_line, percentile, plot, run_level, summarize, write_csv
+from perf.load.seed_approach import SeedApproach
+from perf.load.workloads import (
     LOCALES,
     WORKLOADS,
     Entry,
@@ -38,6 +38,7 @@ from perf.workloads import (
     text_of_tokens,
     to_input_data,
 )
+from perf.peers import qwen3_torch, torch_comparison
 from rerank_engine import EngineConfig, Reranker, RerankRequest
 
 pytestmark = pytest.mark.build
@@ -223,8 +224,8 @@ HF_LAYER_NAMES = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_att
 
 def test_peer_modules_do_not_import_torch() -> None:
     """CI does not install torch: the bench and the peer's pure parts must import without it."""
-    code = ("import sys, perf.bench, perf.torch_peer, perf.torch_comparison, perf.qwen3_torch, perf.gpu_check, "
-            "perf.tables; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
+    code = ("import sys, perf.load.bench, perf.peers.torch_peer, perf.peers.torch_comparison, perf.peers.qwen3_torch, "
+            "perf.gpu.gpu_check, perf.tables; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

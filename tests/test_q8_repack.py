@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import q8_repack_comparison, tables
-from perf.standin import ensure_standin
+from perf import tables
+from perf.builds import q8_repack_comparison
+from perf.common import ensure_standin
 from rerank_engine import EngineConfig
 from stack import cpu_features
 from tests import amx_emulation, q8_repack_builds
@@ -55,7 +56,7 @@ print(json.dumps([kernel_errors(lib, *map(int, shape.split("x"))) for shape in s
 """
 MODEL = """
 import json, sys
-from perf.amx_comparison import loaded_llama_libraries
+from perf.builds.amx_comparison import loaded_llama_libraries
 from perf.common import cosine_rows
 from tests.test_q8_repack import both_paths, repack_log
 
@@ -177,7 +178,7 @@ def path_build(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
     always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.Q8_0_AMX_BF16_PATCH, cpu_features.FLASH_ATTN_PATCH,
-              cpu_features.FLASH_ATTN_BF16_PATCH]
+              cpu_features.FLASH_ATTN_BF16_PATCH, cpu_features.FLASH_ATTN_AMX_PATCH, cpu_features.FLASH_ATTN_SKIP_PATCH]
     assert cpu_features.ggml_patches(amx=False) == always
     assert cpu_features.ggml_patches(amx=True) == [*always, cpu_features.AMX_PATCH]
     assert cpu_features.patches(amx=True) == [cpu_features.PACKAGE_PATCH, *always, cpu_features.AMX_PATCH,
@@ -235,7 +236,7 @@ def test_repacked_matches_plain_on_the_standin():
 
 
 def test_bench_times_both_paths_on_the_same_build(tiny_q8):
-    """perf/q8_repack_bench.py, as `make bench` runs it (the installed build; AMX's extra buffer types where AMX
+    """perf/builds/q8_repack_bench.py, as `make bench` runs it (the installed build; AMX's extra buffer types where AMX
     is in play), on the tiny model."""
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
     result = q8_repack_comparison.compare(tiny_q8[0], options, [N_TOKENS], 2, say=lambda _: None)
@@ -246,7 +247,7 @@ def test_bench_times_both_paths_on_the_same_build(tiny_q8):
 
 
 def test_on_an_amx_build_the_repacking_is_measured_on_a_build_without_amx(tiny_q8, monkeypatch):
-    """Where the installed build's extra buffer types are AMX's, make bench and perf/q8_repack_bench.py time the
+    """Where the installed build's extra buffer types are AMX's, make bench and perf/builds/q8_repack_bench.py time the
     repacking in child processes on the AVX-512 build (a wheel; here the tests' cheaper AVX-512 variant)."""
     from rerank_engine import amx_check
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapter.settings import TRITON_MODEL, AdapterSettings
-from perf import loadgen
+from perf.load import loadgen
 from stack.settings import Settings, missing_model_files
 from stack.triton_server import MODEL_NAME, REPOSITORY
 

@@ -143,6 +143,25 @@ def test_v3_model_without_the_keys_is_unchanged_by_a_window_wider_than_its_promp
         wide.close()
 
 
+@pytest.mark.parametrize(("period", "layers"), [(2, (True, False, True, False)), (0, (True,) * 4)])
+def test_a_scalar_period_runs_as_its_per_layer_pattern(make_model, period, layers):
+    """llama.cpp's other form of the pattern, a period whose last layer is global (0: all sliding), must build
+    the same layers as the bool-per-layer form: same hidden states bit for bit, and the reference reads it alike."""
+    by_period = make_model("f32", "tiny-v35", sliding_period=period)
+    by_layer = make_model("f32", "tiny-v35", sliding_pattern=layers)
+    assert ref.Qwen3Reference(str(by_period[0])).sliding_pattern == list(layers)
+    engines = [open_engine(paths, max_query_tokens=512, max_doc_tokens=2048, **EXACT)
+               for paths in (by_period, by_layer)]
+    try:
+        prompt = engines[0].plan(RerankRequest(QUERY, DOCS)).prompts[0]
+        assert len(prompt.ids) > 2 * WINDOW
+        a, b = (engine.runner.hidden_states([prompt.ids], [prompt.output_positions])[0] for engine in engines)
+        np.testing.assert_array_equal(a, b)
+    finally:
+        for engine in engines:
+            engine.close()
+
+
 def test_a_v35_name_without_the_keys_is_refused(make_model):
     paths = make_model("f32", "tiny-v35", sliding_window=0)
     with pytest.raises(ModelLoadError, match="sliding-window keys"):

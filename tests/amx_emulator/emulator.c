@@ -15,8 +15,9 @@
  * The kernel of this CPU refuses XTILEDATA, so arch_prctl(ARCH_REQ_XCOMP_PERM, 18) made through libc's
  * syscall() is answered here (granted, process-wide, as Linux does); every other syscall() goes to libc.
  *
- * Instructions: LDTILECFG, STTILECFG, TILERELEASE, TILEZERO, TILELOADD, TILELOADDT1, TILESTORED and
- * TDPBSSD/TDPBSUD/TDPBUSD/TDPBUUD (what ggml's int8 AMX kernels use). Anything else is left to fault.
+ * Instructions: LDTILECFG, STTILECFG, TILERELEASE, TILEZERO, TILELOADD, TILELOADDT1, TILESTORED,
+ * TDPBSSD/TDPBSUD/TDPBUSD/TDPBUUD (what ggml's int8 AMX kernels use) and TDPBF16PS (the tiled flash attention's
+ * products, stack/patches/ggml-cpu-flash-attn-amx.patch). Anything else is left to fault.
  *
  * AMX_EMULATOR_REPORT=FILE: at exit, each process that asked for XTILEDATA or ran a tile instruction appends a
  * line of JSON to FILE with its counts of what was emulated (tests assert that tiles ran, and in which threads).
@@ -48,7 +49,8 @@ struct tile_file {
 
 static struct tile_file files[SLOTS];
 static atomic_int permitted;
-static atomic_long n_ldtilecfg, n_tileloadd, n_tilestored, n_tilezero, n_tdpb, n_release, n_threads, n_grants;
+static atomic_long n_ldtilecfg, n_tileloadd, n_tilestored, n_tilezero, n_tdpb, n_tdpbf16ps, n_release, n_threads,
+    n_grants;
 static const char *report_path;
 static const int gregs_of[16] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI,
                                  REG_R8,  REG_R9,  REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15};
@@ -150,6 +152,59 @@ static void dot_product(struct tile_file *f, int dst, int a, int b, int a_signed
     }
 }
 
+/* A BF16 value as F32, BF16 denormals read as zero (TDPBF16PS's DAZ). */
+static float bf16_to_f32(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t bits = (uint32_t)((h & 0x7F80) ? h : h & 0x8000) << 16;
+    float x;
+    memcpy(&x, &bits, 4);
+    return x;
+}
+
+/* dst[m][n] += sum over k, i of a[m][2k+i] * b[k][2n+i], as a Sapphire Rapids-class Xeon's TDPBF16PS computes it
+ * (compared on random tiles): the F32 accumulator and all 32 products summed exactly (here in double), then
+ * rounded once to F32 (nearest even); BF16 denormals read as zero (DAZ), F32 denormal results written as zero
+ * (FTZ). Bit for bit where the operands are of similar size (128,000 of 128,000 sums); where their exponents
+ * spread over 2^-15..2^16 the hardware's sum is not exact and ~4% of results differ by an ulp or two. */
+static void dot_product_bf16(struct tile_file *f, int dst, int a, int b) {
+    for (int m = 0; m < f->rows[dst]; m++) {
+        for (int n = 0; n < f->colsb[dst] / 4; n++) {
+            float acc;
+            memcpy(&acc, &f->data[dst][m][4 * n], 4);
+            double sum = acc;
+            for (int k = 0; k < f->colsb[a] / 4; k++)
+                for (int i = 0; i < 2; i++)
+                    sum += (double)bf16_to_f32(&f->data[a][m][4 * k + 2 * i]) * bf16_to_f32(&f->data[b][k][4 * n + 2 * i]);
+            acc = (float)sum;
+            uint32_t bits;
+            memcpy(&bits, &acc, 4);
+            if (!(bits & 0x7F800000)) acc = (bits & 0x80000000) ? -0.0f : 0.0f;
+            memcpy(&f->data[dst][m][4 * n], &acc, 4);
+        }
+    }
+}
+
+/* Whether TDPB*D or TDPBF16PS may multiply these tiles: distinct, usable, and shapes that fit together (or the #UD
+ * raised, naming the instruction). */
+static int product_tiles_ok(struct tile_file *f, const char *instruction, int dst, int a, int b, uintptr_t rip) {
+    for (int i = 0; i < 3; i++) {
+        int t = i == 0 ? dst : i == 1 ? a : b;
+        if (!tile_ok(f, t)) {
+            unusable_tile(f, instruction, t, rip);
+            return 0;
+        }
+    }
+    if (dst == a || dst == b || a == b || f->colsb[a] % 4 || f->colsb[dst] % 4 || f->rows[dst] != f->rows[a] ||
+        f->colsb[dst] != f->colsb[b] || f->colsb[a] / 4 != f->rows[b]) {
+        char what[160];
+        snprintf(what, sizeof what, "%s on tiles whose shapes do not fit together (#UD)", instruction);
+        fault(SIGILL, what, rip);
+        return 0;
+    }
+    return 1;
+}
+
 /* Carries out the AMX instruction at rip; returns its length, or 0 after arranging the fault it raises. */
 static size_t emulate(ucontext_t *uc, const uint8_t *code) {
     uintptr_t rip = (uintptr_t)code;
@@ -230,21 +285,15 @@ static size_t emulate(ucontext_t *uc, const uint8_t *code) {
         atomic_fetch_add(&n_tilestored, 1);
     } else if (opcode == 0x5E && mod == 3 && vvvv < TILES) { /* TDPB[SU][SU]D tmm1, tmm2, tmm3 */
         int dst = reg, a = rm, b = vvvv;
-        for (int i = 0; i < 3; i++) {
-            int t = i == 0 ? dst : i == 1 ? a : b;
-            if (!tile_ok(f, t)) {
-                unusable_tile(f, "TDPB*D", t, rip);
-                return 0;
-            }
-        }
-        if (dst == a || dst == b || a == b || f->colsb[a] % 4 || f->colsb[dst] % 4 || f->rows[dst] != f->rows[a] ||
-            f->colsb[dst] != f->colsb[b] || f->colsb[a] / 4 != f->rows[b]) {
-            fault(SIGILL, "TDPB*D on tiles whose shapes do not fit together (#UD)", rip);
-            return 0;
-        }
+        if (!product_tiles_ok(f, "TDPB*D", dst, a, b, rip)) return 0;
         /* pp: F2 = TDPBSSD, F3 = TDPBSUD, 66 = TDPBUSD, none = TDPBUUD */
         dot_product(f, dst, a, b, pp == 3 || pp == 2, pp == 3 || pp == 1);
         atomic_fetch_add(&n_tdpb, 1);
+    } else if (opcode == 0x5C && mod == 3 && vvvv < TILES && pp == 2) { /* TDPBF16PS tmm1, tmm2, tmm3 (F3) */
+        int dst = reg, a = rm, b = vvvv;
+        if (!product_tiles_ok(f, "TDPBF16PS", dst, a, b, rip)) return 0;
+        dot_product_bf16(f, dst, a, b);
+        atomic_fetch_add(&n_tdpbf16ps, 1);
     } else {
         return 0;
     }
@@ -296,8 +345,9 @@ __attribute__((destructor)) static void report(void) {
     if (!out) return;
     fprintf(out,
             "{\"pid\": %d, \"xtiledata_grants\": %ld, \"threads\": %ld, \"ldtilecfg\": %ld, \"tileloadd\": %ld, "
-            "\"tilestored\": %ld, \"tilezero\": %ld, \"tdpb\": %ld, \"tilerelease\": %ld}\n",
+            "\"tilestored\": %ld, \"tilezero\": %ld, \"tdpb\": %ld, \"tdpbf16ps\": %ld, \"tilerelease\": %ld}\n",
             getpid(), atomic_load(&n_grants), atomic_load(&n_threads), atomic_load(&n_ldtilecfg), atomic_load(&n_tileloadd),
-            atomic_load(&n_tilestored), atomic_load(&n_tilezero), atomic_load(&n_tdpb), atomic_load(&n_release));
+            atomic_load(&n_tilestored), atomic_load(&n_tilezero), atomic_load(&n_tdpb), atomic_load(&n_tdpbf16ps),
+            atomic_load(&n_release));
     fclose(out);
 }

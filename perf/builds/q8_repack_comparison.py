@@ -1,13 +1,13 @@
 """ggml's repacked Q8_0 path against its plain path, same build, side by side (``q8_repack_vs_plain``): the
-comparison that perf/q8_repack_bench.py runs on its own and make bench (perf/bench.py) in its run; its table is
-perf/tables.py's ``q8_repack_table``.
+comparison that perf/builds/q8_repack_bench.py runs on its own and make bench (perf/load/bench.py) in its run;
+its table is perf/tables.py's ``q8_repack_table``.
 
 The installed build carries this project's x86 kernels for the repacked Q8_0 path
 (stack/patches/ggml-cpu-q8_0-repack-x86.patch). One process loads the stand-in twice with the engine's options,
 llama.cpp's extra buffer types on (the repacked weights) and off (the plain path), and times one forward pass
 per length on each, taking turns, on the PyTorch peer's token ids and outputs. Where the build has AMX and the
 CPU allows it, the extra buffer types are AMX's, not the repacking: there ``repack_build`` names the AVX-512 build
-of the same version (built once and cached, as the AMX comparison builds it, perf/amx_comparison.py), and the
+of the same version (built once and cached, as the AMX comparison builds it, perf/builds/amx_comparison.py), and the
 passes run in child processes on it, one per path and round, taking turns.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import amx_comparison
+from perf.builds import amx_comparison
 from perf.common import WARMUP_TOKENS, cosine_rows, probe, shown_path, timed_engine_pass, tokens_per_s
 
 

@@ -1,7 +1,7 @@
-// LibreChat's own web-search reranker client (npm @librechat/agents, installed by perf/librechat_bench.py),
+// LibreChat's own web-search reranker client (npm @librechat/agents, installed by perf/load/librechat_bench.py),
 // driven as LibreChat drives it: per search, one rerank call per source page, all of them at once.
 //
-//   node perf/librechat_rerank.mjs JOB.json
+//   node perf/load/librechat_rerank.mjs JOB.json
 //
 // JOB.json: {"agents_dir": ".cache/librechat-agents", "timeout_ms": null, "top_n": 5,
 //            "searches": [{"query": "...", "pages": [["chunk", ...], ...]}, ...]}

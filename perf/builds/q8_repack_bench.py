@@ -1,20 +1,29 @@
 """ggml's repacked Q8_0 path against its plain path on its own (``q8_repack_vs_plain``):
-perf/q8_repack_comparison.py's comparison, its results and table (perf/tables.py) printed.
+perf/builds/q8_repack_comparison.py's comparison, its results and table (perf/tables.py) printed.
 
-    python -m perf.q8_repack_bench                # quick: 1,024 tokens
-    python -m perf.q8_repack_bench --mode full    # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-q8-repack.json
+    python -m perf.builds.q8_repack_bench                # quick: 1,024 tokens
+    python -m perf.builds.q8_repack_bench --mode full  # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-q8-repack.json
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 
-from perf import ROOT, q8_repack_comparison
-from perf.common import LENGTHS, ROUNDS, comparison_arguments, engine_config, write_results
-from perf.standin import PRESET, ensure_standin
+from perf import ROOT
+from perf.builds import q8_repack_comparison
+from perf.common import (
+    LENGTHS,
+    PRESET,
+    ROUNDS,
+    command_line,
+    comparison_arguments,
+    engine_config,
+    ensure_standin,
+    envelope,
+    write_results,
+)
 from perf.tables import q8_repack_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-q8-repack.json"
@@ -28,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           ROUNDS[args.mode], python_path=q8_repack_comparison.repack_build())
     print(q8_repack_table(result))
     if out:
-        write_results(out, "python -m perf.q8_repack_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                      started, load_before, model=PRESET, q8_repack=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": PRESET, "q8_repack": result})
     return 0
 
 

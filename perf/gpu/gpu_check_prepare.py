@@ -1,6 +1,6 @@
-"""What the GPU check (perf/gpu_check.sh) needs on a GPU machine with no package registry, in one carried folder.
+"""What the GPU check (perf/gpu/gpu_check.sh) needs on a GPU machine with no package registry, in one carried folder.
 
-    python -m perf.gpu_check_prepare            # writes .cache/gpu-check/ and prints how to carry and run it
+    python -m perf.gpu.gpu_check_prepare            # writes .cache/gpu-check/ and prints how to carry and run it
 
 The folder holds:
   llama-src.tar.gz  the llama-cpp-python sdist trimmed to what a CUDA build of ggml/llama.cpp and the
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({tree / 2**20:.1f} MiB) {total / 2**20:.1f} MiB of the {CARRY_LIMIT_BYTES / 2**20:.0f} MiB limit")
     if args.out.resolve().is_relative_to(ROOT):
         carry = json.dumps(carry_paths(args.out.resolve()))
-        print(f"on the GPU machine, from the repository root (carry {carry}):\n  perf/gpu_check.sh run")
+        print(f"on the GPU machine, from the repository root (carry {carry}):\n  perf/gpu/gpu_check.sh run")
     return 0 if total < CARRY_LIMIT_BYTES else 1
 
 

@@ -1,6 +1,6 @@
 """The tiled flash attention on AVX512-BF16 dot products against its F32 products, side by side
-(``bf16_attention_vs_f32``): the comparison that perf/bf16_attention_bench.py runs; its table is perf/tables.py's
-``bf16_attention_table``.
+(``bf16_attention_vs_f32``), or on AMX-BF16 tiles against those dot products (``amx_attention_vs_bf16``): the
+comparison that perf/builds/bf16_attention_bench.py runs; its table is perf/tables.py's ``bf16_attention_table``.
 
 stack/patches/ggml-cpu-flash-attn-bf16.patch computes Q·K^T and P·V of ggml's tiled CPU flash attention with
 VDPBF16PS where the build targets AVX512-BF16. The two builds compared are the same version, CMake flags (this
@@ -11,6 +11,10 @@ CPU config's options, one timed forward pass per length on the PyTorch peer's to
 first round one more pass per length with every graph node timed, for the attention's share (ggml's
 FLASH_ATTN_EXT nodes). Where the CPU has no AVX512-BF16 nothing is built or timed: the patch compiles to nothing
 there, and the results say so.
+
+stack/patches/ggml-cpu-flash-attn-amx.patch moves the same products onto AMX tiles where the build has
+GGML_AMX_TILE and GGML_AMX_BF16 and the kernel grants tiles. Its two builds have the same version and patches and
+differ only in those two flags (the build without them takes the VDPBF16PS products).
 """
 
 from __future__ import annotations
@@ -25,13 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import ROOT, amx_comparison
+from perf import ROOT
+from perf.builds import amx_comparison
 from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s
 from stack import cpu_features
 
-BUILDS = ("bf16", "f32")  # with the patch, without it
+# the comparisons: (the build with the products compared, the build without them)
+PAIRS = {"bf16": ("bf16", "f32"), "amx": ("amx", "bf16")}
 # A child's program (python -c), run from the repository root: the unpacked build first on its PYTHONPATH.
-CHILD = "import sys; from perf.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
+CHILD = "import sys; from perf.builds.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
+
+
+def products_here(flags: set[str], tiles_permitted: bool) -> str:
+    """The comparison that says something on this CPU: AMX tiles against VDPBF16PS where the build gets tiles
+    (stack/cpu_features.py), else VDPBF16PS against F32."""
+    return "amx" if "-DGGML_AMX_BF16=ON" in cpu_features.cmake_args(flags, False, tiles_permitted) else "bf16"
 
 
 def why_not_here(flags: set[str], cpu_model: str | None) -> str | None:
@@ -42,26 +54,34 @@ def why_not_here(flags: set[str], cpu_model: str | None) -> str | None:
     return None
 
 
-def builds(say: Callable[[str], None] = print) -> dict[str, Path]:
-    """Both builds, unpacked for a child's PYTHONPATH: this CPU's flags and patches, with and without the BF16
-    patch (without AMX, as ``make install`` builds by default)."""
-    cmake_args = cpu_features.cmake_args(cpu_features.cpu_flags(), amx=False)
-    patches = cpu_features.patches(amx=False)
-    without = [patch for patch in patches if patch != cpu_features.FLASH_ATTN_BF16_PATCH]
-    return {"bf16": amx_comparison.unpack(amx_comparison.build_wheel(cmake_args, patches, say=say)),
-            "f32": amx_comparison.unpack(amx_comparison.build_wheel(cmake_args, without, say=say))}
+def builds(products: str = "bf16", say: Callable[[str], None] = print) -> dict[str, Path]:
+    """Both builds of a comparison (PAIRS), unpacked for a child's PYTHONPATH, from this CPU's flags and patches
+    (without ggml's AMX matmul, as ``make install`` builds by default). "bf16": without AMX-BF16 flags, with and
+    without the BF16 patch (and the AMX one, which applies after it); "amx": every patch, with and without the
+    AMX-BF16 flags (the first is the installed build's wheel)."""
+    flags, patches = cpu_features.cpu_flags(), cpu_features.patches(amx=False)
+    no_tiles = cpu_features.cmake_args(flags, amx=False, tiles_permitted=False)
+    if products == "amx":
+        wheels = {"amx": (cpu_features.cmake_args(flags, amx=False), patches), "bf16": (no_tiles, patches)}
+    else:
+        wheels = {"bf16": (no_tiles, patches),
+                  "f32": (no_tiles, [p for p in patches if p not in cpu_features.FLASH_ATTN_BF16_AND_LATER])}
+    return {build: amx_comparison.unpack(amx_comparison.build_wheel(args, build_patches, say=say))
+            for build, (args, build_patches) in wheels.items()}
 
 
 def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, paths: dict[str, Path],
-            say: Callable[[str], None] = print) -> dict:
-    """Tokens/s of both builds (``paths``: where each is unpacked) at each length, their ratio, the attention's
-    seconds in a profiled pass, and the hidden states' agreement (the smallest row cosine)."""
-    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in BUILDS}
+            say: Callable[[str], None] = print, products: str = "bf16") -> dict:
+    """Tokens/s of both builds of a comparison (PAIRS; ``paths``: where each is unpacked) at each length, their
+    ratio, the attention's seconds in a profiled pass, and the hidden states' agreement (the smallest row
+    cosine)."""
+    new, old = pair = PAIRS[products]
+    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in pair}
     reports: dict[str, dict] = {}
     hidden: dict[str, dict[int, np.ndarray]] = {}
     attention: dict[str, dict[str, float]] = {}
     for r in range(rounds):
-        for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
+        for build in (pair if r % 2 == 0 else pair[::-1]):
             reports[build], hidden[build] = run_child(model, options, lengths, paths[build], profile=r == 0)
             attention.setdefault(build, reports[build]["attention_s"])
             for n in lengths:
@@ -70,14 +90,15 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, p
                 f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
     measured = {build: {"build": shown_path(paths[build]), "system_info": reports[build]["system_info"],
                         "tokens_per_s": {str(n): tokens_per_s(n, seconds[build][n]) for n in lengths},
-                        "attention_s": attention[build]} for build in BUILDS}
+                        "attention_s": attention[build]} for build in pair}
     return {"builds": measured, "rounds": rounds, "flash_attn": options.flash_attn,  # type: ignore[attr-defined]
             "kv_cache_type": options.kv_cache_type,  # type: ignore[attr-defined]
-            "cosine_min": {str(n): round(float(cosine_rows(hidden["bf16"][n], hidden["f32"][n]).min()), 5)
+            "products": products,
+            "cosine_min": {str(n): round(float(cosine_rows(hidden[new][n], hidden[old][n]).min()), 5)
                            for n in lengths},
-            "bf16_attention_vs_f32": {str(n): round(measured["bf16"]["tokens_per_s"][str(n)]
-                                                    / measured["f32"]["tokens_per_s"][str(n)], 3) for n in lengths},
-            "attention_speedup": {str(n): round(attention["f32"][str(n)] / attention["bf16"][str(n)], 3)
+            f"{new}_attention_vs_{old}": {str(n): round(measured[new]["tokens_per_s"][str(n)]
+                                                        / measured[old]["tokens_per_s"][str(n)], 3) for n in lengths},
+            "attention_speedup": {str(n): round(attention[old][str(n)] / attention[new][str(n)], 3)
                                   for n in lengths}}
 
 
@@ -102,7 +123,7 @@ def child_main(argv: Sequence[str]) -> None:
     (comma-separated), the file to write and ``profile`` or ``time``."""
     import llama_cpp
 
-    from perf.torch_comparison import engine_profile
+    from perf.peers.torch_comparison import engine_profile
     from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
     model, options_json, lengths_text, out, mode = argv

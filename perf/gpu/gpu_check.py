@@ -1,9 +1,9 @@
-"""The GPU check's measurements, in one process, on one GPU (run by perf/gpu_check.sh once it has built
+"""The GPU check's measurements, in one process, on one GPU (run by perf/gpu/gpu_check.sh once it has built
 llama.cpp's CUDA libraries and put a ``llama_cpp`` package holding them first on the path).
 
-    perf/gpu_check.sh run                                     # on the GPU host (builds, then runs this)
-    python -m perf.gpu_check --lengths 1024 --search-rounds 1  # this step alone, with fewer figures
-    python -m perf.gpu_check --smoke                           # no GPU: the script itself, on the CPU
+    perf/gpu/gpu_check.sh run                                     # on the GPU host (builds, then runs this)
+    python -m perf.gpu.gpu_check --lengths 1024 --search-rounds 1  # this step alone, with fewer figures
+    python -m perf.gpu.gpu_check --smoke                           # no GPU: the script itself, on the CPU
 
 In order, each step's figures kept even when a later one fails:
   fidelity    the engine's reference checks on the GPU (tests/test_engine_reference.py's texts): the tiny F32
@@ -12,8 +12,8 @@ In order, each step's figures kept even when a later one fails:
               scores within 0.05 and in the reference's order)
   forward     the ``qwen3-0.6b`` Q8_0 stand-in: the engine's forward pass with the GPU config's options at 1k, 3k
               and 8k tokens against transformers' Qwen3 in bfloat16 (SDPA) on the same GPU, weights and token
-              ids (perf/qwen3_torch.py, perf/common.py's probe), turns alternating, median of the rounds
-  librechat   LibreChat's web search (perf/workloads.py ``librechat-search``: five concurrent requests per
+              ids (perf/peers/qwen3_torch.py, perf/common.py's probe), turns alternating, median of the rounds
+  librechat   LibreChat's web search (perf/load/workloads.py ``librechat-search``: five concurrent requests per
               search), in-process with the GPU config's options, ``share_decodes`` on and off: latency per call
               with the search's requests in one batch (as Triton's dynamic batcher hands them over) and alone
 
@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -41,8 +40,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perf import ROOT, tables
-from perf.common import GPU_CONFIG, WARMUP_TOKENS, cosine_rows, engine_config, probe, timed_engine_pass, utc_iso
-from perf.qwen3_torch import TorchQwen3, peer_available
+from perf.common import (
+    GPU_CONFIG,
+    WARMUP_TOKENS,
+    command_line,
+    cosine_rows,
+    engine_config,
+    envelope,
+    probe,
+    timed_engine_pass,
+    write_results,
+)
+from perf.peers.qwen3_torch import TorchQwen3, peer_available
 
 if TYPE_CHECKING:  # the engine loads llama.cpp when imported: only once the run has begun
     from rerank_engine import EngineConfig
@@ -81,15 +90,6 @@ def results_path(gpu_name: str, directory: Path = RESULTS_DIR) -> Path:
     return directory / f"gpu-{slug}.json"
 
 
-def write_results(results: Mapping, path: Path) -> Path:
-    """The results as indented JSON, written whole or not at all (a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
-    return path
-
-
 # -- the machine --------------------------------------------------------------------------------------
 
 
@@ -105,14 +105,13 @@ def gpu_facts() -> dict[str, str]:
     return dict(zip(fields, (v.strip() for v in first.split(",")), strict=False))
 
 
-def machine(device: str) -> dict:
+def gpu_machine(device: str) -> dict:
+    """What the GPU check adds to the results envelope's machine (perf.common.machine): the GPU, the device the
+    steps ran on, and the builds of numpy, llama.cpp and PyTorch it measured with."""
     import llama_cpp
 
-    info: dict = {"gpu": gpu_facts(), "device": device, "cpus": os.cpu_count(), "python": platform.python_version(),
-                  "numpy": np.__version__, "llama_cpp_python": llama_cpp.__version__,
-                  "llama_cpp_file": llama_cpp.__file__,
-                  "llama_supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-                  "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
+    info: dict = {"gpu": gpu_facts(), "device": device, "numpy": np.__version__, "llama_cpp_file": llama_cpp.__file__,
+                  "llama_supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
     with contextlib.suppress(ImportError):
         import torch
         import transformers
@@ -177,7 +176,7 @@ def reference_order_kept(scores: np.ndarray, expected: np.ndarray) -> bool:
 
 
 class TorchOnDevice:
-    """perf/qwen3_torch.py's Qwen3 in bfloat16 (SDPA), moved to ``device``, timed to the device's completion."""
+    """perf/peers/qwen3_torch.py's Qwen3 in bfloat16 (SDPA), moved to ``device``, timed to the device's completion."""
 
     def __init__(self, model_path: Path, device: str) -> None:
         import torch
@@ -256,7 +255,7 @@ def forward(model: Path, options: object, lengths: Sequence[int], rounds: int, d
 
 def librechat_workload() -> tuple[str, list]:
     """The first of LIBRECHAT_WORKLOADS this checkout has, and its entries."""
-    from perf.workloads import WORKLOADS, load, path_of
+    from perf.load.workloads import WORKLOADS, load, path_of
 
     for name in LIBRECHAT_WORKLOADS:
         if name in WORKLOADS and path_of(name).is_file():
@@ -290,7 +289,7 @@ def librechat(model: Path, projector: Path, smoke: bool, rounds: int, limit: int
               say: Callable[[str], None]) -> dict:
     """Latency per call, share_decodes on and off: each search's requests batched together, then alone; each
     setting stops after the search that uses up its half of ``budget_s``."""
-    from perf.loadgen import Level, Sample, summarize
+    from perf.load.loadgen import Level, Sample, summarize
     from rerank_engine import Reranker
 
     name, entries = librechat_workload()
@@ -356,10 +355,10 @@ def verdicts(results: Mapping) -> dict[str, bool | None]:
 def run(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callable[[dict], object]) -> dict:
     """Every step in order, ``checkpoint`` called with the results after each (a run stopped by a time limit keeps
     what it measured); a step that fails records its error and the rest still run."""
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
 
     device = "cpu" if args.smoke else "cuda"
-    results: dict = {"machine": machine(device)}
+    results: dict = {"machine": gpu_machine(device)}
     if not args.smoke and not results["machine"]["llama_supports_gpu_offload"]:
         raise RuntimeError(f"{results['machine']['llama_cpp_file']}: this llama_cpp was built without GPU offload")
     if args.smoke:
@@ -373,7 +372,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callab
 def measure(args: argparse.Namespace, say: Callable[[str], None], checkpoint: Callable[[dict], object],
             results: dict, model_files: tuple[Path, Path]) -> dict:
     """The steps of ``run`` on these (model, projector) files, their results added to ``results``."""
-    from perf.standin import PRESET
+    from perf.common import PRESET
 
     model, projector = model_files
     device, gpu_layers = ("cpu", 0) if args.smoke else ("cuda", -1)
@@ -422,8 +421,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=steps, default=STEPS, help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--smoke", action="store_true",
                         help="no GPU needed: every step on the CPU, tiny model (checks the script, not the GPU)")
-    parser.add_argument("--build-info", type=Path, help="build.json from perf/gpu_check.sh (the build's time)")
-    parser.add_argument("--revision", type=Path, help="revision.json from perf/gpu_check_prepare.py")
+    parser.add_argument("--build-info", type=Path, help="build.json from perf/gpu/gpu_check.sh (the build's time)")
+    parser.add_argument("--revision", type=Path, help="revision.json from perf/gpu/gpu_check_prepare.py")
     parser.add_argument("--out", type=Path, help="results JSON (default: perf/results/gpu-<gpu>.json)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.search_rounds < 1 or (args.searches is not None and args.searches < 1):
@@ -439,22 +438,25 @@ def _read_json(path: Path | None) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
 
     def say(message: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
 
-    command = " ".join(["python -m perf.gpu_check", *(argv if argv is not None else sys.argv[1:])])
-    header = {"command": f"perf/gpu_check.sh run, which ran: {command}" if args.build_info else command,
-              "started": utc_iso(started), "revision": _read_json(args.revision), "build": _read_json(args.build_info)}
+    command = command_line(__spec__.name, argv)
+    command = f"perf/gpu/gpu_check.sh run, which ran: {command}" if args.build_info else command
     out = args.out or (RESULTS_DIR / "gpu-smoke.json" if args.smoke else results_path(gpu_facts().get("name", "")))
 
     def finished(results: dict, complete: bool) -> dict:
-        return {**header, "complete": complete, "duration_s": round(time.time() - started, 1), **results,
-                "targets": TARGETS, "meets_targets": verdicts(results)}
+        """The results so far in their envelope (the commit as perf/gpu/gpu_check_prepare.py read it, where given)."""
+        measured = {key: value for key, value in results.items() if key != "machine"}
+        return (envelope(command, started, load_before, more_machine=results["machine"],
+                         measured_revision=_read_json(args.revision))
+                | {"build": _read_json(args.build_info), "complete": complete, **measured, "targets": TARGETS,
+                   "meets_targets": verdicts(results)})
 
-    results = finished(run(args, say, lambda partial: write_results(finished(partial, False), out)), True)
-    write_results(results, out)
+    results = finished(run(args, say, lambda partial: write_results(out, finished(partial, False))), True)
+    write_results(out, results)
     failed = [name for name in args.steps if "error" in results[name]]
     fidelity_passed = results.get("fidelity", {}).get("passed")
     build = results["build"] or {}

@@ -1,7 +1,7 @@
 """jina-reranker-v3.5's sliding-window layers against v3's global ones, on the qwen3-0.6b stand-in.
 
-    python -m perf.swa_bench                # quick: 1,024 tokens
-    python -m perf.swa_bench --mode full    # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-swa.json
+    python -m perf.builds.swa_bench                # quick: 1,024 tokens
+    python -m perf.builds.swa_bench --mode full    # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-swa.json
 
 The two stand-ins have the same shapes and weights (same seed); the v3.5 one declares a 1,024-token window on
 the layers of generate_test_model.v35_pattern. Both run with the CPU Triton config's engine options, in this
@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
 from models.generate_test_model import PRESETS
 from perf import ROOT
-from perf.common import LENGTHS, comparison_arguments, engine_config, probe, timed_engine_pass, write_results
-from perf.standin import PRESET, ensure_standin
+from perf.common import (
+    LENGTHS,
+    PRESET,
+    command_line,
+    comparison_arguments,
+    engine_config,
+    ensure_standin,
+    envelope,
+    probe,
+    timed_engine_pass,
+    write_results,
+)
 from perf.tables import swa_table
 from rerank_engine.llama_runner import LlamaRunner
 
@@ -67,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = compare(LENGTHS[args.mode], ROUNDS[args.mode])
     print(swa_table(result))
     if out:
-        write_results(out, "python -m perf.swa_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                      started, load_before, model=f"{PRESET} / {V35_PRESET}", swa=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": f"{PRESET} / {V35_PRESET}", "swa": result})
     return 0
 
 

@@ -1,26 +1,36 @@
-"""The PyTorch CPU peer on its own: perf/torch_comparison.py's comparison, results in
+"""The PyTorch CPU peer on its own: perf/peers/torch_comparison.py's comparison, results in
 perf/results/cpu-peer-latest.json (under ``cpu_peer``, as make bench writes it in cpu-latest.json), its tables
 (perf/tables.py) printed.
 
-    python -m perf.torch_peer                      # quick: 1,024 tokens, per-op profiles (about a minute)
-    python -m perf.torch_peer --mode full          # 1,024, 3,072 and 8,192 tokens, profiles and the knobs
-    python -m perf.torch_peer --lengths 3072 --knobs --out /tmp/peer.json
+    python -m perf.peers.torch_peer                      # quick: 1,024 tokens, per-op profiles (about a minute)
+    python -m perf.peers.torch_peer --mode full          # 1,024, 3,072 and 8,192 tokens, profiles and the knobs
+    python -m perf.peers.torch_peer --lengths 3072 --knobs --out /tmp/peer.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import ROOT, torch_comparison
-from perf.common import CPU_CONFIG, LENGTHS, ROUNDS, engine_config, load_averages, machine, shown_path, utc_iso
-from perf.qwen3_torch import peer_available
-from perf.standin import PRESET, ensure_standin
+from perf import ROOT
+from perf.common import (
+    CPU_CONFIG,
+    LENGTHS,
+    PRESET,
+    ROUNDS,
+    command_line,
+    engine_config,
+    ensure_standin,
+    envelope,
+    shown_path,
+    write_results,
+)
+from perf.peers import torch_comparison
+from perf.peers.qwen3_torch import peer_available
 from perf.tables import peer_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-peer-latest.json"
@@ -51,16 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     load_before = os.getloadavg()
     peer = torch_comparison.compare(model, options, lengths, rounds, args.profile, knobs)
-    results = {"command": "python -m perf.torch_peer " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "started": utc_iso(started), "machine": machine() | load_averages(load_before),
-               "model": {"preset": PRESET if not args.model else None, "path": shown_path(model),
+    results = {"model": {"preset": PRESET if not args.model else None, "path": shown_path(model),
                          "bytes": model.stat().st_size},
                "engine_options_source": str(CPU_CONFIG.relative_to(ROOT)),
                "ratios": {"engine_vs_torch_bf16": peer["ratios"]["engine_vs_torch_bf16"]},
                "cpu_peer": peer}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n{peer_table(peer)}\n\nwrote {args.out} in {peer['duration_s']:.0f} s")
+    print(f"\n{peer_table(peer)}\n\nmeasured in {peer['duration_s']:.0f} s")
+    write_results(args.out, envelope(command_line(__spec__.name, argv), started, load_before) | results)
     return 0
 
 

@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # The one-shot GPU check: build llama.cpp's CUDA libraries for this GPU, then check the engine's fidelity on it
-# and measure it beside PyTorch (perf/gpu_check.py), writing perf/results/gpu-<gpu>.json.
+# and measure it beside PyTorch (perf/gpu/gpu_check.py), writing perf/results/gpu-<gpu>.json.
 #
-#   perf/gpu_check.sh prepare   # where `make install` ran: the carried folder .cache/gpu-check/ (trimmed
-#                               # llama.cpp source, pure-Python packages); see perf/gpu_check_prepare.py
-#   perf/gpu_check.sh run       # on the GPU host: build, then measure (the two steps below); needs python3
+#   perf/gpu/gpu_check.sh prepare   # where `make install` ran: the carried folder .cache/gpu-check/ (trimmed
+#                               # llama.cpp source, pure-Python packages); see perf/gpu/gpu_check_prepare.py
+#   perf/gpu/gpu_check.sh run       # on the GPU host: build, then measure (the two steps below); needs python3
 #                               # with numpy, safetensors, torch, transformers, and CMake, ninja, nvcc; no network
-#   perf/gpu_check.sh build     # the CUDA libraries into .cache/gpu-build/ (reused while flags and source stay)
-#   perf/gpu_check.sh measure   # perf/gpu_check.py on them
-#   perf/gpu_check.sh           # all three (a GPU host with the project installed: `make gpu-check`)
+#   perf/gpu/gpu_check.sh build     # the CUDA libraries into .cache/gpu-build/ (reused while flags and source stay)
+#   perf/gpu/gpu_check.sh measure   # perf/gpu/gpu_check.py on them
+#   perf/gpu/gpu_check.sh           # all three (a GPU host with the project installed: `make gpu-check`)
 #
 # Environment: PYTHON (default: .venv/bin/python where present, else python3); LLAMA_CUDA_ARCHITECTURES
 # (default: the GPUs' compute capabilities, stack/gpu_features.py); GPU_CHECK_ARGS (more arguments for
-# perf/gpu_check.py, e.g. "--lengths 1024"); GPU_CHECK_MEASURE_TIMEOUT_S (stop measuring then, keeping the
+# perf/gpu/gpu_check.py, e.g. "--lengths 1024"); GPU_CHECK_MEASURE_TIMEOUT_S (stop measuring then, keeping the
 # steps done); OUT (a folder that also receives the results, the log and the build's record).
 #
 # Where one command may run 10 minutes at most (this project's H200, carrying .cache/gpu-check each time):
-# `perf/gpu_check.sh build`, then at once, while the machine still holds the build,
-# `GPU_CHECK_MEASURE_TIMEOUT_S=300 perf/gpu_check.sh measure`.
+# `perf/gpu/gpu_check.sh build`, then at once, while the machine still holds the build,
+# `GPU_CHECK_MEASURE_TIMEOUT_S=300 perf/gpu/gpu_check.sh measure`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 CARRY=.cache/gpu-check
 WORK=.cache/gpu-build
@@ -35,7 +35,7 @@ failed() {
 }
 
 prepare() {
-    "$PYTHON" -m perf.gpu_check_prepare --out "$CARRY"
+    "$PYTHON" -m perf.gpu.gpu_check_prepare --out "$CARRY"
 }
 
 build() {
@@ -89,7 +89,7 @@ EOF
 measure() {
     local log="$WORK/gpu_check.log" status=0 limit=()
     if [ ! -f "$WORK/build.json" ]; then
-        echo "error: no CUDA build in $WORK; run perf/gpu_check.sh build first" >&2
+        echo "error: no CUDA build in $WORK; run perf/gpu/gpu_check.sh build first" >&2
         exit 1
     fi
     if [ -n "${GPU_CHECK_MEASURE_TIMEOUT_S:-}" ]; then limit=(timeout --signal=INT "$GPU_CHECK_MEASURE_TIMEOUT_S"); fi
@@ -97,7 +97,7 @@ measure() {
     # shellcheck disable=SC2086  # GPU_CHECK_ARGS are words
     PYTHONPATH="$WORK/site:$CARRY/pydeps:$PWD/model_repository/jina_reranker_v3/1:$PWD${PYTHONPATH:+:$PYTHONPATH}" \
         PYTHONUNBUFFERED=1 \
-        "${limit[@]}" "$PYTHON" -m perf.gpu_check --build-info "$WORK/build.json" --revision "$CARRY/revision.json" \
+        "${limit[@]}" "$PYTHON" -m perf.gpu.gpu_check --build-info "$WORK/build.json" --revision "$CARRY/revision.json" \
         ${GPU_CHECK_ARGS:-} 2>&1 | tee "$log" || status=$?
     if [ -n "${OUT:-}" ]; then
         cp "$log" "$WORK/build.json" "$OUT/" 2>/dev/null || true

@@ -1,19 +1,19 @@
 """The workloads as AIPerf custom datasets: the perf_analyzer files' requests, for NVIDIA's AIPerf.
 
-    python -m perf.aiperf_dataset             # (re)write perf/aiperf/* from perf/workloads/*.json
-    python -m perf.aiperf_dataset --check     # exit 1 if perf/aiperf/* differ from what this writes
+    python -m perf.aiperf.aiperf_dataset             # (re)write perf/aiperf/* from perf/workloads/*.json
+    python -m perf.aiperf.aiperf_dataset --check     # exit 1 if perf/aiperf/* differ from what this writes
 
-Every workload in perf/workloads.py gets two files, one request per entry, in the entries' order (AIPerf
-sends them sequentially, round robin, as perf_analyzer and perf/loadgen.py do):
+Every workload in perf/load/workloads.py gets two files, one request per entry, in the entries' order (AIPerf
+sends them sequentially, round robin, as perf_analyzer and perf/load/loadgen.py do):
 
 - ``<workload>.jsonl`` for the adapter (``--endpoint-type cohere-rankings --custom-dataset-type single_turn``):
   one line per request, ``{"texts": [{"name": "query", ...}, {"name": "passages", ...}], "extra": {...}}``.
   AIPerf's rankings endpoint sends ``{"model", "query", "documents"}`` and adds ``extra``; with ``--model``
-  set to LibreChat's model name the body is exactly LibreChat's (and perf/loadgen.py's).
+  set to LibreChat's model name the body is exactly LibreChat's (and perf/load/loadgen.py's).
 - ``<workload>-triton.json`` for Triton's HTTP port (``--endpoint-type raw --custom-dataset-type
   inputs_json``): KServe v2 JSON inference requests, sent as they are, asking for SCORES and TOKENS only.
 
-The entries come from the perf_analyzer files (``perf.workloads.load``), which perf/workloads.py generates:
+The entries come from the perf_analyzer files (``perf.load.workloads.load``), which perf/load/workloads.py generates:
 one generator, and ``--check`` keeps the two formats from drifting apart.
 """
 
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.loadgen import LIBRECHAT_TOP_N
-from perf.workloads import WORKLOAD_DIR, WORKLOADS, Entry, load
+from perf.load.loadgen import LIBRECHAT_TOP_N
+from perf.load.workloads import WORKLOAD_DIR, WORKLOADS, Entry, load
 
 AIPERF_DIR = ROOT / "perf" / "aiperf"
 OUTPUTS = ("SCORES", "TOKENS")
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with the files instead of writing them")
     differ = sync(list(WORKLOADS), parser.parse_args(argv).check)
     if differ:
-        print(f"differ from perf/workloads/ (run python -m perf.aiperf_dataset): {', '.join(map(str, differ))}",
+        print(f"differ from perf/workloads/ (run python -m perf.aiperf.aiperf_dataset): {', '.join(map(str, differ))}",
               file=sys.stderr)
         return 1
     return 0

@@ -3,7 +3,7 @@
 The config comes from the GGUF's ``qwen3.*`` metadata and the weights are its tensors dequantised with the
 ``gguf`` package, so both sides compute the same thing from the same values and nothing comes from a hub.
 Nothing here imports torch at module level: the pure parts (weight names, metadata) are tested without it
-(CI does not install torch; ``make bench`` installs perf/peer-requirements.txt).
+(CI does not install torch; ``make bench`` installs perf/peers/requirements.txt).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from perf import ROOT
 
-PEER_REQUIREMENTS = ROOT / "perf" / "peer-requirements.txt"
+PEER_REQUIREMENTS = ROOT / "perf" / "peers" / "requirements.txt"
 
 _LAYER_TENSORS = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",

@@ -1,7 +1,7 @@
 """A closed-loop load generator (asyncio) for Triton (HTTP or gRPC) and the adapter, reporting as perf_analyzer does.
 
-    python -m perf.loadgen --target triton-grpc --workload short --concurrency 1,2,4
-    python -m perf.loadgen --target adapter --url http://127.0.0.1:8080 --workload docs-20x400 --concurrency 1,2
+    python -m perf.load.loadgen --target triton-grpc --workload short --concurrency 1,2,4
+    python -m perf.load.loadgen --target adapter --url http://127.0.0.1:8080 --workload docs-20x400 --concurrency 1,2
 
 At concurrency N, N workers each send a request as soon as their previous one is answered (perf_analyzer's
 concurrency mode), round robin over the workload's entries. Per level it prints one line: throughput in
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import MODEL_VERSION_DIR, ROOT
-from perf.workloads import WORKLOADS, Entry, from_input_data, load
+from perf.load.workloads import WORKLOADS, Entry, from_input_data, load
 
 MODEL = MODEL_VERSION_DIR.parent.name  # the Triton model is its folder (tests check it is TRITON_MODEL)
 # LibreChat's body: it always names the v2 model and asks for the top 5 with the documents back.

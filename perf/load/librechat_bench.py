@@ -1,12 +1,12 @@
 """`make bench-librechat`: LibreChat's web-search load, sent by LibreChat's own reranker client.
 
-    python -m perf.librechat_bench                                # a stack started as make serve does, 10 searches
-    python -m perf.librechat_bench --url http://127.0.0.1:8080    # a running adapter instead
-    python -m perf.librechat_bench --searches 3 --out /tmp/librechat.json
-    python -m perf.librechat_bench --client-only                  # only install the client (make librechat-client)
+    python -m perf.load.librechat_bench                                # a stack started as make serve does, 10 searches
+    python -m perf.load.librechat_bench --url http://127.0.0.1:8080    # a running adapter instead
+    python -m perf.load.librechat_bench --searches 3 --out /tmp/librechat.json
+    python -m perf.load.librechat_bench --client-only                  # only install the client (make librechat-client)
 
 The client is npm ``@librechat/agents`` (pinned below), installed under .cache/librechat-agents the first time;
-perf/librechat_rerank.mjs loads its Jina reranker and sends each search of the ``librechat-search`` workload
+perf/load/librechat_rerank.mjs loads its Jina reranker and sends each search of the ``librechat-search`` workload
 as LibreChat does: one rerank call per page, the five at once, the next search when all five are back
 (searches taken round robin from the workload's file). LibreChat gives up on a call after 10 s and then, without
 any error shown, uses the page's first five chunks with score 0: per call the bench records whether it was
@@ -36,17 +36,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.common import load_averages, utc_iso
-from perf.loadgen import LIBRECHAT_TOP_N, percentile
-from perf.standin import PRESET, ensure_standin
+from perf.common import PRESET, command_line, ensure_standin, envelope, write_results
+from perf.load.loadgen import LIBRECHAT_TOP_N, percentile
+from perf.load.workloads import Entry, from_input_data, load
 from perf.tables import librechat_summary
-from perf.workloads import Entry, from_input_data, load
-from stack import cpu_features
 from stack.processes import free_port
 
 AGENTS_PACKAGE, AGENTS_VERSION = "@librechat/agents", "3.9.2"
 AGENTS_DIR = ROOT / ".cache" / "librechat-agents"
-SCRIPT = ROOT / "perf" / "librechat_rerank.mjs"
+SCRIPT = ROOT / "perf" / "load" / "librechat_rerank.mjs"
 RESULTS = ROOT / "perf" / "results" / "librechat-search-cpu.json"
 LOGS = ROOT / ".cache" / "perf"
 WORKLOAD = "librechat-search"
@@ -102,7 +100,7 @@ def searches_of(entries: Sequence[Entry]) -> list[Search]:
 
 def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-bench", timeout_ms: int | None = None,
                agents_dir: Path = AGENTS_DIR, report: bool = True) -> list[dict]:
-    """Every call's record (perf/librechat_rerank.mjs), searches one after another; prints a line per search."""
+    """Every call's record (perf/load/librechat_rerank.mjs), searches one after another; prints a line per search."""
     job = {"agents_dir": str(agents_dir), "timeout_ms": timeout_ms, "top_n": LIBRECHAT_TOP_N,
            "searches": [{"query": s.query, "pages": [list(p) for p in s.pages]} for s in searches]}
     env = {**os.environ, "JINA_API_URL": f"{url.rstrip('/')}/v1/rerank", "JINA_API_KEY": api_key}
@@ -270,11 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         calls = run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
     summary = summarize(calls)
     results = {
-        "command": " ".join(["python -m perf.librechat_bench", *(sys.argv[1:] if argv is None else argv)]),
         "label": args.label,
-        "started": utc_iso(started), "duration_s": round(time.time() - started, 1),
-        "machine": {"cpu_model": _cpu_model(), "usable_cpus": len(os.sched_getaffinity(0)),
-                    **load_averages(load_before)},
         "client": {"package": AGENTS_PACKAGE, "version": AGENTS_VERSION, "reranker": "jina",
                    "timeout_ms": args.timeout_ms or "client default (10000)"},
         "target": {"url": args.url} if args.url else {"started": "python -m stack.serve (make serve's defaults)",
@@ -283,16 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "searches_in_file": len(available), "pages_per_search": len(searches[0].pages)},
         "summary": summary, "calls": calls,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    print(f"\n{librechat_summary(summary)}\nwrote {args.out}")
+    print(f"\n{librechat_summary(summary)}")
+    write_results(args.out, envelope(command_line(__spec__.name, argv), started, load_before) | results)
     return 0
-
-
-def _cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        return cpu_features.cpu_model()
-    return None
 
 
 if __name__ == "__main__":

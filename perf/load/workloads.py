@@ -1,10 +1,10 @@
 """Benchmark workloads, written as perf_analyzer ``--input-data`` files and read back by the load generator.
 
-    python -m perf.workloads                # (re)generate perf/workloads/*.json and print their token counts
-    python -m perf.workloads --check        # exit 1 if the committed files differ from what the script makes
+    python -m perf.load.workloads                # (re)generate perf/workloads/*.json and print their token counts
+    python -m perf.load.workloads --check        # exit 1 if the committed files differ from what the script makes
 
 AIPerf's datasets of the same requests (perf/aiperf/*) are written from these files, after them, by
-``python -m perf.aiperf_dataset`` (``--check`` likewise).
+``python -m perf.aiperf.aiperf_dataset`` (``--check`` likewise).
 
 | workload           | query      | documents                           | as                                  |
 |--------------------|------------|-------------------------------------|-------------------------------------|
@@ -16,7 +16,7 @@ AIPerf's datasets of the same requests (perf/aiperf/*) are written from these fi
 Text comes from Faker's word lists in eight languages (seeded: the same files every time with the pinned
 Faker). The first three are sized in tokens, measured with the stand-in model's tokenizer, the real
 Qwen2/Qwen3 vocabulary, so "400 tokens" means 400 tokens to jina-reranker-v3. `librechat-search` is what
-LibreChat sends (perf/web_pages.py): generated pages that look like scraped web text, cleaned, cut at
+LibreChat sends (perf/load/web_pages.py): generated pages that look like scraped web text, cleaned, cut at
 50,000 characters and chunked with LangChain's splitter at LibreChat's settings; entries 5k to 5k+4 are
 the five concurrent requests of search k (same query, one page each).
 
@@ -38,7 +38,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from perf import ROOT, web_pages
+from perf import ROOT
+from perf.load import web_pages
 
 WORKLOAD_DIR = ROOT / "perf" / "workloads"
 # English first (LibreChat's most common case), then a mix of scripts: Latin, Cyrillic, CJK.
@@ -241,7 +242,7 @@ def ensure_workloads(names: Sequence[str], model_path: Path, directory: Path = W
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"workloads: {', '.join(WORKLOADS)} (default: all)")
@@ -268,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         release()
     if not args.check:
-        print("AIPerf's datasets of these requests: python -m perf.aiperf_dataset rewrites perf/aiperf/ from them")
+        print("AIPerf's datasets of these requests: "
+              "python -m perf.aiperf.aiperf_dataset rewrites perf/aiperf/ from them")
     if differ:
         print(f"differ from what the generator makes: {', '.join(differ)}", file=sys.stderr)
         return 1

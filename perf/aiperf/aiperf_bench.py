@@ -1,21 +1,21 @@
-"""`make bench-aiperf`: NVIDIA's AIPerf and perf/loadgen.py on the same requests, same server, one run.
+"""`make bench-aiperf`: NVIDIA's AIPerf and perf/load/loadgen.py on the same requests, same server, one run.
 
-    python -m perf.aiperf_bench                  # starts Triton (CPU config) and the adapter on the stand-in
-    python -m perf.aiperf_bench --workloads short,librechat-search --concurrency 1,5
-    python -m perf.aiperf_bench --adapter-url http://host:8080 --triton-url host:8000   # a running deployment
+    python -m perf.aiperf.aiperf_bench                  # starts Triton (CPU config) and the adapter on the stand-in
+    python -m perf.aiperf.aiperf_bench --workloads short,librechat-search --concurrency 1,5
+    python -m perf.aiperf.aiperf_bench --adapter-url http://host:8080 --triton-url host:8000   # a running deployment
 
 Per target, workload and concurrency, each client sends the same requests, the workload's first entries in
 order, with that many in flight: AIPerf (``aiperf profile``, from its own virtualenv, .cache/aiperf-venv) from
-perf/aiperf/ (perf/aiperf_dataset.py), perf/loadgen.py from perf/workloads/. Each runs twice on half the
+perf/aiperf/ (perf/aiperf/aiperf_dataset.py), perf/load/loadgen.py from perf/workloads/. Each runs twice on half the
 requests, in the order A B B A, A alternating from level to level, so a machine whose load drifts during a
 level favours neither. Targets:
 
   adapter  POST /v1/rerank with LibreChat's body: AIPerf's ``cohere-rankings`` endpoint type
   triton   Triton's HTTP port, KServe v2: AIPerf's ``raw`` endpoint type sends the JSON requests of
-           <workload>-triton.json as they are (tritonclient, in perf/loadgen.py, sends the same tensors in
+           <workload>-triton.json as they are (tritonclient, in perf/load/loadgen.py, sends the same tensors in
            the binary-data extension)
 
-AIPerf counts tokens with a tokenizer made here from the stand-in's vocabulary (perf/aiperf_tokenizer.py),
+AIPerf counts tokens with a tokenizer made here from the stand-in's vocabulary (perf/aiperf/aiperf_tokenizer.py),
 so it never asks a model hub; it runs with a dead HTTP proxy for every host but the servers', so a download
 attempt would fail the run instead of passing unnoticed. The run checks that tokenizer against the engine's.
 AIPerf 0.13's timing manager waits for a free slot by yielding to its event loop in a loop: a busy wait. On a
@@ -24,7 +24,7 @@ other waits for it at every barrier; so the run records AIPerf's CPU inside its 
 itself: our load generator at concurrency 1 alone and beside such a spinning process (``busy_wait_check``).
 
 Writes perf/results/aiperf-latest.json: per level both clients' requests/s (AIPerf's: its own count over its
-own benchmark durations), p50 and p99 latency (nearest-rank, as perf/loadgen.py reports them, for AIPerf over
+own benchmark durations), p50 and p99 latency (nearest-rank, as perf/load/loadgen.py reports them, for AIPerf over
 the latencies in its per-request records; its own interpolated percentiles per run are kept under ``runs``),
 each client's CPU time, the load average, and the AIPerf / loadgen ratios.
 """
@@ -48,10 +48,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from perf import ROOT, aiperf_dataset
-from perf.aiperf_tokenizer import ensure_tokenizer
-from perf.common import utc_iso
-from perf.loadgen import (
+from perf import ROOT
+from perf.aiperf import aiperf_dataset
+from perf.aiperf.aiperf_tokenizer import ensure_tokenizer
+from perf.common import command_line, envelope, write_results
+from perf.load.loadgen import (
     LIBRECHAT_MODEL,
     MODEL,
     AdapterTarget,
@@ -63,8 +64,8 @@ from perf.loadgen import (
     run_level,
     summarize,
 )
+from perf.load.workloads import WORKLOADS, Entry, load, model_tokenizer
 from perf.tables import aiperf_table
-from perf.workloads import WORKLOADS, Entry, load, model_tokenizer
 
 AIPERF = ROOT / ".cache" / "aiperf-venv" / "bin" / "aiperf"
 RUNS = ROOT / ".cache" / "aiperf" / "runs"
@@ -178,7 +179,7 @@ def run_aiperf(command: list[str], artifacts: Path, env: dict[str, str]) -> dict
 
 def combine_aiperf(runs: Sequence[dict]) -> dict:
     """A level's AIPerf runs as one: answered requests over the runs' benchmark durations (AIPerf's own
-    throughput, summed), and nearest-rank percentiles over every answered request, as perf/loadgen.py reports."""
+    throughput, summed), and nearest-rank percentiles over every answered request, as perf/load/loadgen.py reports."""
     latencies = [x for run in runs for x in run["latencies_ms"]]
     requests, wall = len(latencies), sum(run["wall_s"] for run in runs)
     return {"requests": requests, "errors": sum(run["errors"] for run in runs), "wall_s": round(wall, 3),
@@ -275,7 +276,7 @@ def tokenizer_agreement(tokenizer: Path, entries: Sequence[Entry], model: Path) 
 def local_stack() -> Iterator[tuple[str, str, Callable[[], None]]]:
     """Triton on the CPU config and the adapter, on the stand-in, on free loopback ports (as `make bench`), and a
     check that raises if either has exited."""
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
     from stack.adapter_server import AdapterServer
     from stack.processes import free_port
     from stack.settings import Settings
@@ -382,13 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale = [str(p) for name in names for p in aiperf_dataset.differing(name, load(name))]
     if stale:
         parser.error(f"AIPerf datasets differ from perf/workloads/: {', '.join(stale)}; "
-                     "run python -m perf.aiperf_dataset")
-    started = time.time()
+                     "run python -m perf.aiperf.aiperf_dataset")
+    started, load_before = time.time(), os.getloadavg()
 
     def say(message: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
 
-    from perf.standin import ensure_standin
+    from perf.common import ensure_standin
 
     tokenizer = ensure_tokenizer()
     model = ensure_standin()[0]
@@ -403,23 +404,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls = {"adapter": adapter_url, "triton": triton_url}
         urls = {key: urls[key] for key in TARGETS if key in targets}
         levels, spin = asyncio.run(measure(urls, names, concurrencies, tokenizer, args.api_key, say, check))
+    head = envelope(command_line(__spec__.name, argv), started, load_before)
     results = {
-        "command": "python -m perf.aiperf_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "started": utc_iso(started),
-        "duration_s": round(time.time() - started, 1),
         "servers": "started here: Triton CPU config + adapter, qwen3-0.6b Q8_0 stand-in" if not args.adapter_url
         else {"adapter": args.adapter_url, "triton": args.triton_url},
-        "machine": {"logical_cpus": os.cpu_count(), "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "aiperf_version": aiperf_version(),
         "tokenizer_vs_engine": checks, "agreement_bar": AGREEMENT,
         "all_throughputs_agree": all(v["throughput_agrees"] for v in levels), "busy_wait_check": spin,
         "levels": levels,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, head | results)
     print(f"\n{aiperf_table(levels)}\n\nloadgen beside a busy-waiting process / alone: {spin.get('ratio')} requests/s "
           f"({spin.get('target')}, {spin.get('workload')}, concurrency 1)\n"
-          f"wrote {args.out} in {results['duration_s']:.0f} s")
+          f"measured in {head['duration_s']:.0f} s")
     return 0 if all(v["aiperf"]["errors"] == 0 and v["loadgen"]["errors"] == 0 for v in levels) else 1
 
 

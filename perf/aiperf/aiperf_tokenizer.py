@@ -7,7 +7,7 @@ that folder from the vocabulary the generated models carry (models/generate_test
 BPE vocabulary from the llama-cpp-python sdist, plus the chat and marker tokens), so AIPerf's token counts
 are jina-reranker-v3's.
 
-    python -m perf.aiperf_tokenizer [--out DIR]     # default .cache/aiperf/tokenizer
+    python -m perf.aiperf.aiperf_tokenizer [--out DIR]     # default .cache/aiperf/tokenizer
 """
 
 from __future__ import annotations

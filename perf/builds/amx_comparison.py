@@ -1,5 +1,5 @@
 """llama.cpp's AMX build against its AVX-512 build, side by side (``amx_vs_avx512``): the comparison that
-perf/amx_bench.py runs on its own and make bench (perf/bench.py) in its run; its table is perf/tables.py's
+perf/builds/amx_bench.py runs on its own and make bench (perf/load/bench.py) in its run; its table is perf/tables.py's
 ``amx_table``.
 
 ``make install`` builds llama-cpp-python without AMX unless asked (``LLAMA_AMX=1``, stack/cpu_features.py): this
@@ -38,7 +38,7 @@ ROUNDS = {"quick": 1, "full": 2}  # per make bench mode
 BUILDS = ("amx", "avx512")
 # A child's program (python -c), run from the repository root: the unpacked build first on its PYTHONPATH is
 # the llama_cpp it imports.
-CHILD = "import sys; from perf.amx_comparison import child_main; child_main(sys.argv[1:])"
+CHILD = "import sys; from perf.builds.amx_comparison import child_main; child_main(sys.argv[1:])"
 
 
 def unavailable_reason(flags: set[str], permitted: bool, cpu_model: str | None) -> str | None:

@@ -1,8 +1,8 @@
 """`make bench`: the four baselines side by side in one run, a concurrency sweep, and perf/results/cpu-latest.json.
 
-    python -m perf.bench                      # quick (default): the short workload, under 5 minutes on 2 cores
-    python -m perf.bench --mode full          # short, docs-20x400 and long (hours on 2 cores)
-    python -m perf.bench --mode full --workloads docs-20x400
+    python -m perf.load.bench                      # quick (default): the short workload, under 5 minutes on 2 cores
+    python -m perf.load.bench --mode full          # short, docs-20x400 and long (hours on 2 cores)
+    python -m perf.load.bench --mode full --workloads docs-20x400
 
 Same machine, same generated stand-in model (qwen3-0.6b Q8_0), same requests, same engine options (the CPU
 Triton config's parameters):
@@ -12,13 +12,13 @@ Triton config's parameters):
   c  triton_grpc    through Triton (CPU config) over gRPC, the adapter's protocol; triton_http beside it
   d  adapter        through the adapter (Jina API over HTTP, then gRPC to Triton)
 
-Then, once the servers have stopped, the PyTorch CPU peer (perf/torch_comparison.py): the engine's llama.cpp
+Then, once the servers have stopped, the PyTorch CPU peer (perf/peers/torch_comparison.py): the engine's llama.cpp
 forward pass against transformers' Qwen3 in bf16 and fp32 on the same GGUF's weights, in this process (quick:
 1,024 tokens; full: 1,024, 3,072 and 8,192 tokens and the engine's CPU knobs), with per-op profiles of both; and
 where AMX is usable, llama.cpp's AMX build against its AVX-512 build at the same lengths
-(perf/amx_comparison.py); and the installed build's extra buffer types (the repacked Q8_0 weights) on vs off
-(perf/q8_repack_comparison.py). Those comparisons are library modules, which perf/torch_peer.py,
-perf/amx_bench.py and perf/q8_repack_bench.py also run on their own; the tables printed at the end are
+(perf/builds/amx_comparison.py); and the installed build's extra buffer types (the repacked Q8_0 weights) on vs off
+(perf/builds/q8_repack_comparison.py). Those comparisons are library modules, which perf/peers/torch_peer.py,
+perf/builds/amx_bench.py and perf/builds/q8_repack_bench.py also run on their own; the tables printed at the end are
 perf/tables.py's, as perf/README.md's (perf/report.py). No bench imports another (tests/test_import_graph.py).
 
 At concurrency 1 the baselines take turns request by request (order rotated each round), so a machine
@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import operator
 import os
 import statistics
@@ -48,20 +47,21 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import ROOT, amx_comparison, q8_repack_comparison, torch_comparison
+from perf import ROOT
+from perf.builds import amx_comparison, q8_repack_comparison
 from perf.common import (
     CPU_CONFIG,
     LENGTHS,
     PEER_LENGTH,
+    PRESET,
     ROUNDS,
     SWEPT,
     engine_config,
-    load_averages,
-    machine,
-    revision,
-    utc_iso,
+    ensure_standin,
+    envelope,
+    write_results,
 )
-from perf.loadgen import (
+from perf.load.loadgen import (
     AdapterTarget,
     CallTarget,
     Level,
@@ -73,11 +73,11 @@ from perf.loadgen import (
     summarize,
     write_csv,
 )
-from perf.qwen3_torch import peer_available
-from perf.seed_approach import SeedApproach
-from perf.standin import PRESET, ensure_standin
+from perf.load.seed_approach import SeedApproach
+from perf.load.workloads import Entry, ensure_workloads, load, token_stats
+from perf.peers import torch_comparison
+from perf.peers.qwen3_torch import peer_available
 from perf.tables import bench_table
-from perf.workloads import Entry, ensure_workloads, load, token_stats
 from rerank_engine import Reranker, RerankRequest
 from stack.adapter_server import AdapterServer
 from stack.processes import free_port
@@ -92,7 +92,7 @@ RATIOS = {"engine_vs_seed_approach": ("engine", "seed_approach"), "triton_vs_eng
           "adapter_vs_engine": ("adapter", "engine"), "triton_http_vs_engine": ("triton_http", "engine")}
 TARGETS = {"engine_vs_seed_approach": 1.4, "triton_vs_engine": 0.9, "adapter_vs_engine": 0.9}
 # The headline ratios come from the first of these that was measured. (LibreChat's real load, many short chunks
-# per request, is measured through its own client by perf/librechat_bench.py.)
+# per request, is measured through its own client by perf/load/librechat_bench.py.)
 HEADLINE_ORDER = ("docs-20x400", "short", "long")
 # Any target whose scores stray further from the in-process engine's is computing something else.
 SCORE_TOLERANCE = 1e-2
@@ -296,12 +296,11 @@ async def run(mode: str, names: Sequence[str], peer: bool = True) -> dict:
     results["q8_repack"] = q8_repack_comparison.compare(model, options, LENGTHS[mode], ROUNDS[mode], say=q8_say,
                                                         python_path=q8_repack_comparison.repack_build(q8_say))
     headline = next(name for name in [*HEADLINE_ORDER, *names] if name in results["workloads"])
+    command = " ".join(["python -m", __spec__.name, "--mode", mode,
+                        *(["--workloads", ",".join(names)] if list(names) != list(MODES[mode]) else [])])
     return {
-        "command": f"python -m perf.bench --mode {mode}" + (f" --workloads {','.join(names)}"
-                                                           if list(names) != list(MODES[mode]) else ""),
+        **envelope(command, started, load_before, more_machine={"other_cpu_share": cpu.other_share()}),
         "mode": mode,
-        "started": utc_iso(started), "duration_s": round(time.time() - started, 1), "revision": revision(),
-        "machine": machine() | load_averages(load_before) | {"other_cpu_share": cpu.other_share()},
         "model": {"preset": PRESET, "path": str(model.relative_to(ROOT)), "bytes": model.stat().st_size,
                   "note": "generated stand-in: real Qwen3-0.6B shapes and vocabulary, random weights"},
         "engine_options": {"source": str(CPU_CONFIG.relative_to(ROOT)), **dataclasses.asdict(options),
@@ -358,19 +357,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "(default: the mode's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON; CSV and PNG are written beside it")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
-                        help="skip the PyTorch CPU peer (perf/torch_comparison.py)")
+                        help="skip the PyTorch CPU peer (perf/peers/torch_comparison.py)")
     args = parser.parse_args(argv)
     names = args.workloads.split(",") if args.workloads else list(MODES[args.mode])
     unknown = sorted(set(names) - set(MODES["full"]))
     if unknown:
         parser.error(f"unknown workloads: {', '.join(unknown)}")
     results = asyncio.run(run(args.mode, names, args.peer))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     write_csv(results["levels"], args.out.with_suffix(".csv"))
     plot(results["levels"], args.out.with_suffix(".png"),
          f"{results['machine']['cpu_model']}, {results['machine']['usable_cpus']} cores, {PRESET} Q8_0 stand-in")
-    print(f"\n{bench_table(results)}\n\nwrote {args.out} (+ .csv, .png) in {results['duration_s']:.0f} s")
+    print(f"\n{bench_table(results)}\n\nmeasured in {results['duration_s']:.0f} s; beside {args.out}: .csv, .png")
     return 0
 
 

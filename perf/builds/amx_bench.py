@@ -1,8 +1,8 @@
-"""llama.cpp's AMX build against its AVX-512 build on its own (``amx_vs_avx512``): perf/amx_comparison.py's
+"""llama.cpp's AMX build against its AVX-512 build on its own (``amx_vs_avx512``): perf/builds/amx_comparison.py's
 comparison, its table (perf/tables.py) printed.
 
-    python -m perf.amx_bench                 # quick: 1,024 tokens
-    python -m perf.amx_bench --mode full     # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-amx.json
+    python -m perf.builds.amx_bench                 # quick: 1,024 tokens
+    python -m perf.builds.amx_bench --mode full     # 1,024, 3,072 and 8,192 tokens: perf/results/cpu-amx.json
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import ROOT, amx_comparison
-from perf.common import LENGTHS, engine_config, write_results
-from perf.standin import PRESET, ensure_standin
+from perf import ROOT
+from perf.builds import amx_comparison
+from perf.common import LENGTHS, PRESET, command_line, engine_config, ensure_standin, envelope, write_results
 from perf.tables import amx_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-amx.json"
@@ -38,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     amx_comparison.ROUNDS[args.mode])
     print(amx_table(result))
     if out:
-        write_results(out, "python -m perf.amx_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                      started, load_before, model=PRESET, amx=result)
+        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
+                      | {"model": PRESET, "amx": result})
     return 0
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # perf_analyzer, from NVIDIA's Triton SDK container, against a RUNNING Triton that serves jina_reranker_v3:
-# each workload in perf/workloads/ (the --input-data files perf/workloads.py writes), over HTTP and gRPC,
+# each workload in perf/workloads/ (the --input-data files perf/load/workloads.py writes), over HTTP and gRPC,
 # with a concurrency sweep. One CSV per workload and protocol in perf/results/perf_analyzer/.
 #
 #   make serve                                   # or the compose stack (docker/), in another terminal
-#   perf/perf_analyzer.sh                        # every workload, both protocols, concurrency 1..8
-#   WORKLOADS=docs-20x400 PROTOCOLS=grpc CONCURRENCY=1:32:2 perf/perf_analyzer.sh
+#   perf/load/perf_analyzer.sh                        # every workload, both protocols, concurrency 1..8
+#   WORKLOADS=docs-20x400 PROTOCOLS=grpc CONCURRENCY=1:32:2 perf/load/perf_analyzer.sh
 #
 # Settings (environment):
 #   TRITON_HOST (127.0.0.1), TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001): the server; the container
@@ -14,15 +14,15 @@
 #   CONCURRENCY (1:8:1): perf_analyzer's --concurrency-range start:end:step
 #   WINDOW_REQUESTS (20): requests per measurement window (count_windows mode; a window also lasts >= 1 s).
 #     perf_analyzer wants 3 windows within 20 % of each other per level. On a CPU server a docs-20x400
-#     request takes a minute or more: use WINDOW_REQUESTS=2 CONCURRENCY=1:2 there, or perf/loadgen.py.
+#     request takes a minute or more: use WINDOW_REQUESTS=2 CONCURRENCY=1:2 there, or perf/load/loadgen.py.
 #   TRITON_RELEASE (24.12, as docker/triton.Dockerfile) or SDK_IMAGE: the SDK container to run
 #
 # Needs a Docker engine (perf_analyzer ships in the SDK container; PyPI's perf-analyzer is a placeholder).
 # This project's build machines have none, so this script is not run there: `make bench` measures the same
-# paths with perf/loadgen.py instead. perf_analyzer asks for every output the model declares, DOC_EMBEDDINGS
-# included (n x 512 floats per request), where the adapter and perf/loadgen.py ask for SCORES and TOKENS only.
+# paths with perf/load/loadgen.py instead. perf_analyzer asks for every output the model declares, DOC_EMBEDDINGS
+# included (n x 512 floats per request), where the adapter and perf/load/loadgen.py ask for SCORES and TOKENS only.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 TRITON_HOST=${TRITON_HOST:-127.0.0.1}
 TRITON_HTTP_PORT=${TRITON_HTTP_PORT:-8000}
@@ -37,7 +37,7 @@ OUT=perf/results/perf_analyzer
 
 if ! docker info >/dev/null 2>&1; then
     echo "perf_analyzer.sh: needs a running Docker engine to start ${SDK_IMAGE}; without one, use" \
-         "python -m perf.loadgen (see perf/README.md)" >&2
+         "python -m perf.load.loadgen (see perf/README.md)" >&2
     exit 2
 fi
 mkdir -p "${OUT}"

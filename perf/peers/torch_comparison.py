@@ -1,12 +1,12 @@
 """The PyTorch CPU peer's comparison: the engine's llama.cpp forward pass against a Qwen3 forward in PyTorch,
-in one process (run by perf/torch_peer.py on its own, and by make bench, perf/bench.py).
+in one process (run by perf/peers/torch_peer.py on its own, and by make bench, perf/load/bench.py).
 
 Both sides compute the same thing from the same weights, on the same token ids, with the same threads:
 
   engine      rerank_engine.llama_runner.LlamaRunner with the CPU Triton config's options: the Q8_0 GGUF,
               outputs only at the ~20 probe positions, final-norm hidden states read in the eval callback
   torch_bf16  transformers' Qwen3Model (SDPA attention), config from the GGUF's metadata, weights the GGUF's
-              own tensors dequantised with the ``gguf`` package, then held in bfloat16 (perf/qwen3_torch.py)
+              own tensors dequantised with the ``gguf`` package, then held in bfloat16 (perf/peers/qwen3_torch.py)
   torch_fp32  the same model in float32
 
 One forward pass per length and round, no LM head on the torch side (llama.cpp computes logits for the 20
@@ -23,7 +23,7 @@ plain one). The knobs are engine options worth trying on a CPU, measured side by
 ones. The tables of the results are perf/tables.py's ``peer_table``.
 
 Nothing here imports torch at module level: the pure parts (grouping, ratios) are tested without it (CI does
-not install torch; ``make bench`` installs perf/peer-requirements.txt).
+not install torch; ``make bench`` installs perf/peers/requirements.txt).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from perf.common import (
     PROFILE_GROUPS,
     WARMUP_TOKENS,
     cosine_rows,
+    ensure_standin,
     probe,
     timed_engine_pass,
     tokens_per_s,
 )
-from perf.qwen3_torch import TorchQwen3
-from perf.standin import ensure_standin
+from perf.peers.qwen3_torch import TorchQwen3
 
 PATHS = ("engine", "torch_bf16", "torch_fp32")
 
