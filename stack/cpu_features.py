@@ -6,7 +6,8 @@ SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicit
 AVX-VNNI, AVX2), its fix of the tiled flash attention's conversions, that attention's products on AVX512-BF16
 dot products where the CPU has them and on AMX-BF16 tiles where the CPU lists them and the kernel permits tiles
 (GGML_AMX_TILE and GGML_AMX_BF16 alone, which leave ggml's AMX matmul out), and qwen3's sliding-window layers
-(stack/patches/).
+(stack/patches/). There the Q8_0 weights also run on AMX-BF16 tiles, expanded to BF16 at load (1.88x their
+memory).
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
 ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
@@ -27,6 +28,9 @@ from pathlib import Path
 
 AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-amx-tile-config.patch"
 Q8_0_REPACK_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-repack-x86.patch"
+# Those weights expanded to BF16 and multiplied on AMX-BF16 tiles where GGML_AMX_BF16 is on (AMX_BF16, below) and
+# the kernel grants the tiles; compiles to nothing elsewhere.
+Q8_0_AMX_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-q8_0-amx-bf16.patch"
 FLASH_ATTN_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-tiled.patch"
 # Q·K^T and P·V of that path on VDPBF16PS where GGML_AVX512_BF16 is on (below); compiles to nothing elsewhere.
 FLASH_ATTN_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-bf16.patch"
@@ -109,10 +113,11 @@ def cmake_args(flags: set[str], amx: bool, tiles_permitted: bool | None = None) 
 
 
 def ggml_patches(amx: bool) -> list[Path]:
-    """The patches to ggml, in order: the Q8_0 repack kernels, the flash-attention fix and its BF16 and AMX-BF16
-    products always (compiled only with GGML_AVX512_BF16, and GGML_AMX_BF16) and its skipping of masked tiles,
-    the AMX fix with AMX (what a build of libggml-cpu alone applies)."""
-    return [Q8_0_REPACK_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH,
+    """The patches to ggml, in order: the Q8_0 repack kernels and their AMX-BF16 GEMM (compiled only with
+    GGML_AMX_BF16), the flash-attention fix and its BF16 and AMX-BF16 products always (compiled only with
+    GGML_AVX512_BF16, and GGML_AMX_BF16) and its skipping of masked tiles, the AMX fix with AMX (what a build of
+    libggml-cpu alone applies)."""
+    return [Q8_0_REPACK_PATCH, Q8_0_AMX_BF16_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH,
             FLASH_ATTN_SKIP_PATCH] + ([AMX_PATCH] if amx else [])
 
 

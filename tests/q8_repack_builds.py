@@ -69,16 +69,21 @@ def compiled_path(system_info: str) -> str | None:
 def build(path: str, without: Sequence[Path] = ()) -> Path:
     """A folder holding a llama_cpp package whose CPU backend compiles ``path``'s kernels and whose extra buffer
     types are the repacking: the installed package, or on an AMX build its AVX-512 variant, where that is the
-    path they compile; otherwise a copy of the installed package with a libggml-cpu built for ``path``. Without
-    some of the project's ggml patches (``without``), always such a copy: the build as it was before them."""
+    path they compile and AMX-BF16 tiles are not usable here; otherwise a copy of the installed package with a
+    libggml-cpu built for ``path``. Without some of the project's ggml patches (``without``), always such a copy:
+    the build as it was before them."""
     import llama_cpp
 
     installed_package = Path(llama_cpp.__file__).parent
     system_info = llama_cpp.llama_print_system_info().decode()
-    if not without and "AMX_INT8 = 1" in system_info:
+    # where AMX-BF16 tiles are usable, this CPU's own builds multiply Q8_0 on them (ggml-cpu-q8_0-amx-bf16.patch):
+    # every VNNI path then gets a build of its own
+    tiles = {"amx_tile", "amx_bf16"} <= cpu_features.cpu_flags() and cpu_features.amx_permitted()
+    shortcut = not without and not tiles
+    if shortcut and "AMX_INT8 = 1" in system_info:
         if path == native_path(cpu_features.cpu_flags()):
             return amx_emulation.variant(amx=False)  # built from this CPU's flags without AMX
-    elif not without and path == compiled_path(system_info):
+    elif shortcut and path == compiled_path(system_info):
         return installed_package.parent
     sdist = amx_emulation.installed_sdist()
     patches = [patch for patch in cpu_features.ggml_patches(amx=False) if patch not in without]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -54,28 +55,13 @@ lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"
 print(json.dumps([kernel_errors(lib, *map(int, shape.split("x"))) for shape in sys.argv[1:]]))
 """
 MODEL = """
-import json, logging, sys
+import json, sys
 from perf.builds.amx_comparison import loaded_llama_libraries
-from perf.common import cosine_rows, probe
-from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
+from perf.common import cosine_rows
+from tests.test_q8_repack import both_paths, repack_log
 
-repacked = []
-class Repacks(logging.Handler):
-    def emit(self, record):
-        text = record.getMessage()
-        if "repack tensor " in text:
-            repacked.append(text.split("repack tensor ", 1)[1])
-logger = logging.getLogger("rerank_engine.llama_runner")
-logger.addHandler(Repacks())
-logger.setLevel(logging.DEBUG)
-states = {}
-for extra in (True, False):
-    runner = LlamaRunner(sys.argv[1], RunnerOptions(n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=False,
-                                                    kv_cache_type="f32", extra_buffers=extra))
-    runner.start()
-    ids, positions = probe(int(sys.argv[2]), runner.n_vocab)
-    [states[extra]] = runner.hidden_states([ids], [positions])
-    runner.close()
+repacked = repack_log()
+_, _, states = both_paths(sys.argv[1], int(sys.argv[2]))
 print(json.dumps({"cosine": float(cosine_rows(states[True].reshape(1, -1), states[False].reshape(1, -1))[0]),
                   "repacked": repacked,
                   "libraries": loaded_llama_libraries()}))
@@ -139,6 +125,40 @@ def kernel_errors(lib: ctypes.CDLL, n: int, k: int, m: int) -> dict[str, float]:
             "gemv": float(np.abs(gemv - expected_row).max() / np.abs(expected_row).max())}
 
 
+def repack_log() -> list[str]:
+    """In a child process: the list that every tensor ggml's repack names in its log is appended to, as the
+    models load (the runner passes ggml's log on at DEBUG)."""
+    repacked: list[str] = []
+
+    class Repacks(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "repack tensor " in text:
+                repacked.append(text.split("repack tensor ", 1)[1])
+
+    logger = logging.getLogger("rerank_engine.llama_runner")
+    logger.addHandler(Repacks())
+    logger.setLevel(logging.DEBUG)
+    return repacked
+
+
+def both_paths(model: str, n_tokens: int) -> tuple[list[int], list[int], dict[bool, np.ndarray]]:
+    """In a child process: the probe's token ids and output positions, and the hidden states there with the extra
+    buffer types on (the repacked weights) and off, attention computed exactly (no flash attention, F32 cache)."""
+    from perf.common import probe
+    from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
+
+    states = {}
+    for extra in (True, False):
+        runner = LlamaRunner(model, RunnerOptions(n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=False,
+                                                  kv_cache_type="f32", extra_buffers=extra))
+        runner.start()
+        ids, positions = probe(n_tokens, runner.n_vocab)
+        [states[extra]] = runner.hidden_states([ids], [positions])
+        runner.close()
+    return ids, positions, states
+
+
 def run_child(script: str, package: Path, *args: str) -> dict | list:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package), str(ROOT),
                                                                     os.environ.get("PYTHONPATH")]))}
@@ -157,8 +177,8 @@ def path_build(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 
 def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
-    always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.FLASH_ATTN_PATCH, cpu_features.FLASH_ATTN_BF16_PATCH,
-              cpu_features.FLASH_ATTN_AMX_PATCH, cpu_features.FLASH_ATTN_SKIP_PATCH]
+    always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.Q8_0_AMX_BF16_PATCH, cpu_features.FLASH_ATTN_PATCH,
+              cpu_features.FLASH_ATTN_BF16_PATCH, cpu_features.FLASH_ATTN_AMX_PATCH, cpu_features.FLASH_ATTN_SKIP_PATCH]
     assert cpu_features.ggml_patches(amx=False) == always
     assert cpu_features.ggml_patches(amx=True) == [*always, cpu_features.AMX_PATCH]
     assert cpu_features.patches(amx=True) == [cpu_features.PACKAGE_PATCH, *always, cpu_features.AMX_PATCH,
