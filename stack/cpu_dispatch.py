@@ -5,11 +5,13 @@ instruction sets as ``make install`` does (stack/cpu_features.py). With ``GGML_B
 backend as loadable modules, one per variant; at start-up the engine loads the best one this CPU supports
 (model_repository/jina_reranker_v3/1/rerank_engine/backends.py) and logs which.
 
-The variants (ggml's names): haswell (AVX2), cascadelake (AVX-512 VNNI: Cascade Lake, Ice Lake) and zen4
-(AVX-512 VBMI, VNNI and BF16: Zen 4, Sapphire Rapids and later). No AMX variant: ggml's AMX-INT8 kernels ran
-slower than the repacked Q8_0 path on the Xeons measured (stack/cpu_features.py, perf/results/cpu-amx.json).
-This project's patches are the native build's (``cpu_features.patches``), plus the one that builds only these
-variants.
+The variants (ggml's names): haswell (AVX2), cascadelake (AVX-512 VNNI: Cascade Lake, Ice Lake), zen4
+(AVX-512 VBMI, VNNI and BF16: Zen 4, and Sapphire Rapids where the kernel grants no AMX tile data) and
+sapphirerapids_bf16 (zen4's plus AMX-TILE and AMX-BF16: Sapphire Rapids and later, for this project's BF16 tile
+products in attention and the Q8_0 GEMMs). Not ggml's own AMX variant: its AMX-INT8 kernels ran slower than the
+repacked Q8_0 path on the Xeons measured (stack/cpu_features.py, perf/results/cpu-amx.json). This project's
+patches are the native build's (``cpu_features.patches``), plus the one that builds only these variants and the
+one that adds the AMX-BF16 variant.
 
     python -m stack.cpu_dispatch cmake-args   # the flags, on one line
     python -m stack.cpu_dispatch patch        # the patches to apply to the sdist, in order, space-separated
@@ -22,8 +24,9 @@ from pathlib import Path
 
 from stack import cpu_features
 
-VARIANTS = ("haswell", "cascadelake", "zen4")
+VARIANTS = ("haswell", "cascadelake", "zen4", "sapphirerapids_bf16")
 VARIANTS_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-variants-subset.patch"
+AMX_BF16_VARIANT_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-variant-amx-bf16.patch"
 
 
 def cmake_args() -> list[str]:
@@ -34,8 +37,9 @@ def cmake_args() -> list[str]:
 
 
 def patches() -> list[Path]:
-    """This project's patches, as the native build applies them without AMX, then the variant subset."""
-    return [*cpu_features.patches(False), VARIANTS_PATCH]
+    """This project's patches, as the native build applies them without AMX, then the variant subset and the
+    AMX-BF16 variant."""
+    return [*cpu_features.patches(False), VARIANTS_PATCH, AMX_BF16_VARIANT_PATCH]
 
 
 def main(argv: list[str]) -> int:

@@ -286,8 +286,27 @@ def test_both_images_build_llama_cpp_with_the_make_install_recipe_and_patches(tr
         copied = {source for _, sources, _ in dockerfile.copies(stage) for source in sources}
         assert {"stack/build_llama_wheel.sh", "stack/cpu_features.py", "stack/cpu_dispatch.py",
                 "stack/patches/"} <= copied
-    assert cpu_dispatch.patches()[:-1] == cpu_features.patches(False), "the native build's patches, then the subset"
+    assert cpu_dispatch.patches() == [*cpu_features.patches(False), cpu_dispatch.VARIANTS_PATCH,
+                                      cpu_dispatch.AMX_BF16_VARIANT_PATCH], "the native build's, then the variants'"
     assert {"-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"} <= set(cpu_dispatch.cmake_args())
+
+
+def test_dispatch_patches_apply_exactly_and_add_the_amx_bf16_variant(tmp_path):
+    """The images' patches in their order on the sdist (as build_llama_wheel.sh applies them, exactly), and the
+    variant that carries this project's AMX-BF16 tile products: scored only on a CPU with AMX-BF16, above ggml's."""
+    from tests import amx_emulation, q8_repack_builds
+
+    source = amx_emulation.unpack_llama_cpp(tmp_path)
+    q8_repack_builds.apply_patches(source, [p for p in cpu_dispatch.patches() if p != cpu_features.PACKAGE_PATCH])
+    ggml = source / "vendor" / "llama.cpp" / "ggml" / "src"
+    variant = re.search(r"ggml_add_cpu_backend_variant\(sapphirerapids_bf16 ([A-Z0-9_ ]+)\)",
+                        (ggml / "CMakeLists.txt").read_text())
+    assert variant
+    assert {"AMX_TILE", "AMX_BF16", "AVX512_BF16"} <= set(variant.group(1).split())
+    assert "AMX_INT8" not in variant.group(1).split()
+    assert "sapphirerapids_bf16" in cpu_dispatch.VARIANTS
+    score = (ggml / "ggml-cpu" / "arch" / "x86" / "cpu-feats.cpp").read_text()
+    assert re.search(r"#ifdef GGML_AMX_BF16\s+if \(!is\.AMX_BF16\(\)\) \{ return 0; \}\s+score \+= 1<<12;", score)
 
 
 def test_cpu_image_pins_the_tested_pytriton():

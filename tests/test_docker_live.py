@@ -214,9 +214,11 @@ def test_the_cpu_image_loads_the_best_variant_and_says_so(stack):
 
 
 def expected_variant() -> str:
-    """ggml's best variant of the image's three for this CPU (stack/cpu_dispatch.py)."""
+    """ggml's best variant of the image's for this CPU (stack/cpu_dispatch.py)."""
     flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("flags")).split())
+    if {"avx512_bf16", "avx512vbmi", "avx512_vnni", "amx_tile", "amx_bf16"} <= flags:
+        return "sapphirerapids_bf16"
     if {"avx512_bf16", "avx512vbmi", "avx512_vnni"} <= flags:
         return "zen4"
     if {"avx512_vnni", "avx512bw"} <= flags:
