@@ -144,6 +144,19 @@ def write_results(out: Path, results: Mapping) -> Path:
     return out
 
 
+class BenchRun:
+    """A bench's run from its start: the command line, the time and the load averages then, so that its results
+    file gets ``envelope``'s head at the end (``write``). Created once the set-up (stand-in, builds) is done."""
+
+    def __init__(self, module: str, argv: Sequence[str] | None) -> None:
+        self.command = command_line(module, argv)
+        self.started, self.load_before = time.time(), os.getloadavg()
+
+    def write(self, out: Path, figures: Mapping) -> Path:
+        """The results file: the envelope, then ``figures`` (the model and what was measured)."""
+        return write_results(out, envelope(self.command, self.started, self.load_before) | dict(figures))
+
+
 def comparison_arguments(description: str, results: Path, argv: Sequence[str] | None,
                          rounds: int | None = None) -> tuple[argparse.Namespace, Path | None]:
     """The comparison benches' command line: ``--mode`` (quick or full), ``--out`` (default: ``results`` in full mode,

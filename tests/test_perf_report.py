@@ -10,7 +10,7 @@ import time
 import pytest
 
 from perf import report, tables
-from perf.common import ENVELOPE_KEYS, MACHINE_KEYS, envelope, write_results
+from perf.common import ENVELOPE_KEYS, MACHINE_KEYS, BenchRun, envelope, write_results
 
 pytestmark = pytest.mark.build
 
@@ -67,3 +67,12 @@ def test_the_envelope_is_what_the_block_says_under_its_figures(tmp_path):
     line = tables.envelope_line(given | {"duration_s": 12.0})
     assert line.startswith(f"Measured by `x` on {head['started'][:10]}, 12 s, commit aaaaaaa; ")
     assert "load average (1 min) 0.50 -> " in tables.envelope_line(head)
+
+
+def test_a_bench_run_writes_its_command_and_figures_under_the_envelope(tmp_path):
+    run = BenchRun("perf.builds.example", ["--mode", "full"])
+    written = json.loads(run.write(tmp_path / "x.json", {"model": "m", "figures": {"1024": 1.5}}).read_text())
+    assert list(written)[:len(ENVELOPE_KEYS)] == list(ENVELOPE_KEYS)
+    assert written["command"] == "python -m perf.builds.example --mode full"
+    assert written["figures"] == {"1024": 1.5}
+    assert len(written["machine"]["load_average_before"]) == 3

@@ -8,15 +8,13 @@ comparison, its table (perf/tables.py) printed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from perf import ROOT
 from perf.builds import amx_comparison
-from perf.common import LENGTHS, PRESET, command_line, engine_config, ensure_standin, envelope, write_results
+from perf.common import LENGTHS, PRESET, BenchRun, engine_config, ensure_standin
 from perf.tables import amx_table
 
 RESULTS = ROOT / "perf" / "results" / "cpu-amx.json"
@@ -33,13 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (RESULTS if args.mode == "full" and not args.lengths else None)
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else list(LENGTHS[args.mode])
     model, projector = ensure_standin()
-    started, load_before = time.time(), os.getloadavg()
+    run = BenchRun(__spec__.name, argv)
     result = amx_comparison.compare(model, engine_config(model, projector).llama, lengths,
                                     amx_comparison.ROUNDS[args.mode])
     print(amx_table(result))
     if out:
-        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
-                      | {"model": PRESET, "amx": result})
+        run.write(out, {"model": PRESET, "amx": result})
     return 0
 
 

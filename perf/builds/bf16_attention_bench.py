@@ -10,8 +10,6 @@ perf/builds/bf16_attention_comparison.py's comparison, its results and table (pe
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 
 from perf import ROOT
@@ -19,12 +17,10 @@ from perf.builds import bf16_attention_comparison
 from perf.common import (
     LENGTHS,
     PRESET,
-    command_line,
+    BenchRun,
     comparison_arguments,
     engine_config,
     ensure_standin,
-    envelope,
-    write_results,
 )
 from perf.tables import bf16_attention_table
 from stack import cpu_features
@@ -40,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, out = comparison_arguments(f"{__doc__}\n{bf16_attention_comparison.__doc__}", RESULTS[products], argv,
                                      ROUNDS)
     model, projector = ensure_standin()
-    started, load_before = time.time(), os.getloadavg()
+    run = BenchRun(__spec__.name, argv)
     reason = bf16_attention_comparison.why_not_here(flags, cpu_features.cpu_model())
     if reason:
         result: dict = {"skipped": reason, "products": products}
@@ -50,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    products=products)
     print(bf16_attention_table(result))
     if out:
-        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
-                      | {"model": PRESET, "bf16_attention": result})
+        run.write(out, {"model": PRESET, "bf16_attention": result})
     return 0
 
 

@@ -7,8 +7,6 @@ perf/builds/q8_repack_comparison.py's comparison, its results and table (perf/ta
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 
 from perf import ROOT
@@ -17,12 +15,10 @@ from perf.common import (
     LENGTHS,
     PRESET,
     ROUNDS,
-    command_line,
+    BenchRun,
     comparison_arguments,
     engine_config,
     ensure_standin,
-    envelope,
-    write_results,
 )
 from perf.tables import q8_repack_table
 
@@ -32,13 +28,12 @@ RESULTS = ROOT / "perf" / "results" / "cpu-q8-repack.json"
 def main(argv: Sequence[str] | None = None) -> int:
     args, out = comparison_arguments(f"{__doc__}\n{q8_repack_comparison.__doc__}", RESULTS, argv)
     model, projector = ensure_standin()
-    started, load_before = time.time(), os.getloadavg()
+    run = BenchRun(__spec__.name, argv)
     result = q8_repack_comparison.compare(model, engine_config(model, projector).llama, LENGTHS[args.mode],
                                           ROUNDS[args.mode], python_path=q8_repack_comparison.repack_build())
     print(q8_repack_table(result))
     if out:
-        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
-                      | {"model": PRESET, "q8_repack": result})
+        run.write(out, {"model": PRESET, "q8_repack": result})
     return 0
 
 

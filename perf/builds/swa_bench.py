@@ -10,9 +10,7 @@ process, passes alternating between them so that both see the same load; the med
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
 from collections.abc import Sequence
 
 from models.generate_test_model import PRESETS
@@ -20,14 +18,12 @@ from perf import ROOT
 from perf.common import (
     LENGTHS,
     PRESET,
-    command_line,
+    BenchRun,
     comparison_arguments,
     engine_config,
     ensure_standin,
-    envelope,
     probe,
     timed_engine_pass,
-    write_results,
 )
 from perf.tables import swa_table
 from rerank_engine.llama_runner import LlamaRunner
@@ -72,12 +68,11 @@ def compare(lengths: Sequence[int], rounds: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, out = comparison_arguments(__doc__, RESULTS, argv)
-    started, load_before = time.time(), os.getloadavg()
+    run = BenchRun(__spec__.name, argv)
     result = compare(LENGTHS[args.mode], ROUNDS[args.mode])
     print(swa_table(result))
     if out:
-        write_results(out, envelope(command_line(__spec__.name, argv), started, load_before)
-                      | {"model": f"{PRESET} / {V35_PRESET}", "swa": result})
+        run.write(out, {"model": f"{PRESET} / {V35_PRESET}", "swa": result})
     return 0
 
 

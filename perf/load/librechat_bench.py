@@ -31,12 +31,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.common import PRESET, command_line, ensure_standin, envelope, write_results
+from perf.common import PRESET, BenchRun, ensure_standin
 from perf.load.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.load.workloads import Entry, from_input_data, load
 from perf.tables import librechat_summary
@@ -255,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     available = searches_of(entries)
     searches = [available[i % len(available)] for i in range(args.searches)]
     agents_dir = ensure_client()
-    started, load_before = time.time(), os.getloadavg()
+    run = BenchRun(__spec__.name, argv)
     with contextlib.ExitStack() as stack:
         if args.url:
             url = args.url
@@ -278,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summary, "calls": calls,
     }
     print(f"\n{librechat_summary(summary)}")
-    write_results(args.out, envelope(command_line(__spec__.name, argv), started, load_before) | results)
+    run.write(args.out, results)
     return 0
 
 

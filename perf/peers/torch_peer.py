@@ -10,9 +10,7 @@ perf/results/cpu-peer-latest.json (under ``cpu_peer``, as make bench writes it i
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,12 +20,10 @@ from perf.common import (
     LENGTHS,
     PRESET,
     ROUNDS,
-    command_line,
+    BenchRun,
     engine_config,
     ensure_standin,
-    envelope,
     shown_path,
-    write_results,
 )
 from perf.peers import torch_comparison
 from perf.peers.qwen3_torch import peer_available
@@ -58,8 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, projector = ensure_standin()
     options = engine_config(model, projector).llama
     model = args.model.resolve() if args.model else model
-    started = time.time()
-    load_before = os.getloadavg()
+    run = BenchRun(__spec__.name, argv)
     peer = torch_comparison.compare(model, options, lengths, rounds, args.profile, knobs)
     results = {"model": {"preset": PRESET if not args.model else None, "path": shown_path(model),
                          "bytes": model.stat().st_size},
@@ -67,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "ratios": {"engine_vs_torch_bf16": peer["ratios"]["engine_vs_torch_bf16"]},
                "cpu_peer": peer}
     print(f"\n{peer_table(peer)}\n\nmeasured in {peer['duration_s']:.0f} s")
-    write_results(args.out, envelope(command_line(__spec__.name, argv), started, load_before) | results)
+    run.write(args.out, results)
     return 0
 
 
