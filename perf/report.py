@@ -44,6 +44,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "librechat-search": ("librechat-search-cpu.json", lambda results: tables.librechat_summary(results["summary"])),
     "librechat-search-before": ("librechat-search-cpu-before.json",
                                 lambda results: tables.librechat_summary(results["summary"])),
+    "librechat-search-swa": ("librechat-search-swa.json",
+                             lambda results: tables.librechat_comparison(results["summaries"])),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
     "docker-cpu": ("docker-cpu.json", tables.docker_cpu_table),
 }

@@ -271,6 +271,19 @@ def librechat_summary(summary: dict) -> str:
             + (f"; {unknown} answers without an X-Rerank-Scored header (not counted)" if unknown else ""))
 
 
+def librechat_comparison(summaries: Mapping[str, dict]) -> str:
+    """The same searches sent to each model in turn (librechat_bench --v35): a row per model."""
+    lines = ["| model | calls | fell back | answered within deadline | latency p50 (ms) | p99 (ms) | "
+             "documents scored by the model | share | tokens per answered call |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, s in summaries.items():
+        share = "" if s["model_scored_share"] is None else f"{s['model_scored_share']:.1%}"
+        lines.append(f"| {label} | {s['calls']} | {s['fallbacks']} | {s['answered_within_deadline']} | "
+                     f"{s['latency_ms']['p50']} | {s['latency_ms']['p99']} | "
+                     f"{s['documents_model_scored']}/{s['documents_of_known_calls']} | {share} | "
+                     f"{s['tokens_per_answered_call']} |")
+    return "\n".join(lines)
+
 
 # -- the GPU check (perf/gpu/gpu_check.py): perf/results/gpu-<gpu>.json ------------------------------------------
 

@@ -186,6 +186,33 @@ def test_librechat_client_records_header_status_and_fallback() -> None:
 
 
 @needs_client
+def test_searches_in_turn_reach_every_target_and_alternate_the_first() -> None:
+    """--v35's order: each search to both targets, the one served first alternating; calls numbered by search."""
+    arrivals: list[int] = []
+
+    class Recording(Scripted):
+        def do_POST(self) -> None:
+            arrivals.append(self.server.server_port)
+            super().do_POST()
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        a, b = (server.server_port for server in servers)
+        search = Search("q", (tuple(f"page 0 chunk {i}" for i in range(7)),))  # Scripted answers page 0
+        calls = librechat_bench.run_in_turn({"a": f"http://127.0.0.1:{a}", "b": f"http://127.0.0.1:{b}"},
+                                            [search] * 3, "key", None, librechat_bench.AGENTS_DIR)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert arrivals == [a, b, b, a, a, b]
+    assert {label: [c["search"] for c in done] for label, done in calls.items()} == {"a": [0, 1, 2], "b": [0, 1, 2]}
+    assert all(scored(c) == 3 for done in calls.values() for c in done)  # Scripted's header
+
+
+@needs_client
 def test_librechat_client_against_the_served_stack(tiny_q8, tmp_path) -> None:
     """The bench's own stack (python -m stack.serve) and LibreChat's reranker: answered, then a timed-out call."""
     pages = tuple(tuple(f"page {p} chunk {i}: " + "text " * (i % 7) for i in range(12 + p)) for p in range(5))

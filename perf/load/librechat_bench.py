@@ -4,6 +4,8 @@
     python -m perf.load.librechat_bench --url http://127.0.0.1:8080    # a running adapter instead
     python -m perf.load.librechat_bench --searches 3 --out /tmp/librechat.json
     python -m perf.load.librechat_bench --client-only                  # only install the client (make librechat-client)
+    python -m perf.load.librechat_bench --v35                          # v3's stand-in and v3.5's, searches in turn
+
 
 The client is npm ``@librechat/agents`` (pinned below), installed under .cache/librechat-agents the first time;
 perf/load/librechat_rerank.mjs loads its Jina reranker and sends each search of the ``librechat-search`` workload
@@ -15,6 +17,11 @@ answered or fell back (and why), its latency, and how many documents the model s
 counted apart, its share unknown). Without --url it starts ``python -m stack.serve`` (what ``make serve``
 runs, with its defaults) on the qwen3-0.6b Q8_0 stand-in.
 Results: perf/results/librechat-search-cpu.json, every call and a summary.
+
+With --v35 it starts two such stacks, one on the stand-in and one on the same weights with jina-reranker-v3.5's
+sliding-window layers (qwen3-0.6b-v35), and sends each search to both in turn, the one served first alternating,
+so that both see the same searches under the same load: perf/results/librechat-search-swa.json, a summary per
+model and every call.
 """
 
 from __future__ import annotations
@@ -31,20 +38,23 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from perf import ROOT
-from perf.common import PRESET, BenchRun, ensure_standin
+from perf.common import PRESET, BenchRun, ensure_standin, shown_path
 from perf.load.loadgen import LIBRECHAT_TOP_N, percentile
 from perf.load.workloads import Entry, from_input_data, load
-from perf.tables import librechat_summary
+from perf.tables import librechat_comparison, librechat_summary
 from stack.processes import free_port
 
 AGENTS_PACKAGE, AGENTS_VERSION = "@librechat/agents", "3.9.2"
 AGENTS_DIR = ROOT / ".cache" / "librechat-agents"
 SCRIPT = ROOT / "perf" / "load" / "librechat_rerank.mjs"
 RESULTS = ROOT / "perf" / "results" / "librechat-search-cpu.json"
+SWA_RESULTS = ROOT / "perf" / "results" / "librechat-search-swa.json"
+# --v35's two stand-ins: same shapes and weights, v3.5's with its sliding-window layers
+STANDINS = {"v3": PRESET, "v3.5": f"{PRESET}-v35"}
 LOGS = ROOT / ".cache" / "perf"
 WORKLOAD = "librechat-search"
 # Every call answered within this (LibreChat's own limit is 10 s) is the goal.
@@ -117,6 +127,22 @@ def run_client(url: str, searches: Sequence[Search], api_key: str = "librechat-b
                           + ", ".join(map(outcome, sorted(done, key=lambda c: c["page"]))), flush=True)
         if node.returncode != 0:
             raise RuntimeError(f"{SCRIPT.name} exited with status {node.returncode}")
+    return calls
+
+
+def run_in_turn(urls: Mapping[str, str], searches: Sequence[Search], api_key: str, timeout_ms: int | None,
+                agents_dir: Path) -> dict[str, list[dict]]:
+    """Every call's record per target (numbered by search): each search sent to every target, one after another,
+    the target served first alternating from search to search."""
+    calls: dict[str, list[dict]] = {label: [] for label in urls}
+    for index, search in enumerate(searches):
+        for label in (list(urls) if index % 2 == 0 else list(reversed(urls))):
+            done = run_client(urls[label], [search], api_key, timeout_ms, agents_dir, report=False)
+            for call in done:
+                call["search"] = index
+            calls[label] += done
+            print(f"search {index + 1}/{len(searches)} on {label}: "
+                  + ", ".join(map(outcome, sorted(done, key=lambda c: c["page"]))), flush=True)
     return calls
 
 
@@ -241,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="sent as JINA_API_KEY (default: $API_KEY, or any key for a service without one)")
     parser.add_argument("--timeout-ms", type=int, help="the client's rerankerTimeout (default: its own, 10 s)")
     parser.add_argument("--label", default="", help="a note stored with the results (what was measured)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--v35", action="store_true",
+                        help="v3's stand-in and v3.5's (sliding-window layers) side by side, searches in turn")
+    parser.add_argument("--out", type=Path, help=f"results JSON (default {shown_path(RESULTS)}, with --v35 "
+                                                 f"{shown_path(SWA_RESULTS)})")
     parser.add_argument("--client-only", action="store_true", help="install LibreChat's client (once), then exit")
     args = parser.parse_args(argv)
     if args.client_only:
@@ -249,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.searches < 1:
         parser.error("--searches must be >= 1")
+    if args.v35 and args.url:
+        parser.error("--v35 starts its own two stacks: it takes no --url")
     entries = (from_input_data(json.loads(args.input_data.read_text(encoding="utf-8"))) if args.input_data
                else load(WORKLOAD))
     available = searches_of(entries)
@@ -257,27 +288,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = BenchRun(__spec__.name, argv)
     with contextlib.ExitStack() as stack:
         if args.url:
-            url = args.url
-            check_ready(url)
+            check_ready(args.url)
+            urls = {"service": args.url}
         else:
-            print("starting python -m stack.serve on the stand-in model (as make serve does) ...", flush=True)
-            url = stack.enter_context(served_stack(*ensure_standin(), LOGS / "librechat-serve.log"))
+            presets = STANDINS if args.v35 else {"v3": PRESET}
+            urls = {}
+            for label, preset in presets.items():
+                print(f"starting python -m stack.serve on the {preset} stand-in (as make serve does) ...", flush=True)
+                urls[label] = stack.enter_context(served_stack(*ensure_standin(preset=preset),
+                                                               LOGS / f"librechat-serve-{preset}.log"))
         print(f"{len(searches)} searches of {len(searches[0].pages)} pages through {AGENTS_PACKAGE} "
-              f"{AGENTS_VERSION}'s Jina reranker at {url}", flush=True)
-        calls = run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
-    summary = summarize(calls)
+              f"{AGENTS_VERSION}'s Jina reranker at {', '.join(urls.values())}", flush=True)
+        if args.v35:
+            calls = run_in_turn(urls, searches, args.api_key, args.timeout_ms, agents_dir)
+        else:
+            calls = {label: run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
+                     for label, url in urls.items()}
     results = {
         "label": args.label,
         "client": {"package": AGENTS_PACKAGE, "version": AGENTS_VERSION, "reranker": "jina",
                    "timeout_ms": args.timeout_ms or "client default (10000)"},
-        "target": {"url": args.url} if args.url else {"started": "python -m stack.serve (make serve's defaults)",
-                                                       "model": f"{PRESET} Q8_0 stand-in"},
         "workload": {"name": args.input_data.stem if args.input_data else WORKLOAD,
                      "searches_in_file": len(available), "pages_per_search": len(searches[0].pages)},
-        "summary": summary, "calls": calls,
     }
-    print(f"\n{librechat_summary(summary)}")
-    run.write(args.out, results)
+    if args.v35:
+        results["target"] = {"started": "python -m stack.serve (make serve's defaults), one per stand-in",
+                             "models": {label: f"{preset} Q8_0 stand-in" for label, preset in STANDINS.items()},
+                             "order": "each search sent to both in turn, the first alternating"}
+        results["summaries"] = {label: summarize(done) for label, done in calls.items()}
+        results["calls"] = calls
+        print(f"\n{librechat_comparison(results['summaries'])}")
+    else:
+        [(label, done)] = calls.items()
+        started = {"started": "python -m stack.serve (make serve's defaults)", "model": f"{PRESET} Q8_0 stand-in"}
+        results["target"] = {"url": args.url} if args.url else started
+        results["summary"], results["calls"] = summarize(done), done
+        print(f"\n{librechat_summary(results['summary'])}")
+    run.write(args.out or (SWA_RESULTS if args.v35 else RESULTS), results)
     return 0
 
 
