@@ -3,14 +3,20 @@
 Where the CPU lists AMX-TILE and AMX-BF16 and the kernel grants the tiles, stack/cpu_features.py builds with
 GGML_AMX_TILE and GGML_AMX_BF16: the repacked Q8_0 weights are then expanded to BF16 at load and multiplied with
 TDPBF16PS. Checked here on libggml-cpu built from this CPU's flags and patches (tests/amx_emulation.py's variant,
-cached): the GEMM against a float64 product of the same BF16 operands, on leftover rows and a last 16-column
-panel; whole models against the NumPy reference's float64 forward of the dequantized weights, where BF16
-activations must do at least as well as the plain path's Q8_0 activations.
+cached; on a CPU without AMX, the same build with the AMX-BF16 flags forced, its tile instructions carried out by
+tests/amx_emulator, which must count them): the GEMM against a float64 product of the same BF16 operands, on
+leftover rows and a last 16-column panel; whole models against the NumPy reference's float64 forward of the
+dequantized weights, where BF16 activations must do at least as well as the plain path's Q8_0 activations.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -24,6 +30,7 @@ pytestmark = pytest.mark.build
 REPACKED_AS = "with q8_0 to bf16 for AMX"
 # the smallest row cosine against float64, 2-layer models (measured 0.999986-0.999989; plain Q8_0: 0.99991-0.99993)
 MIN_COSINE = 0.99997
+T = TypeVar("T")
 KERNELS = """
 import ctypes, json, sys
 from pathlib import Path
@@ -81,16 +88,47 @@ def kernel_error(lib: ctypes.CDLL, n: int, k: int, m: int) -> float:
     return float(np.abs(out - expected).max() / np.abs(expected).max())
 
 
+@dataclasses.dataclass(frozen=True)
+class AmxBf16Build:
+    package: Path  # a folder holding a llama_cpp package whose CPU backend has the AMX-BF16 flags
+    report: Path | None  # the emulator's report where the tiles are emulated (tests/amx_emulator), else None
+
+    def tiles_run_during(self, call: Callable[[], T]) -> T:
+        """``call()``'s result; where the tiles are emulated, TDPBF16PS must have run during it."""
+        before = emulated_tdpbf16ps(self.report)
+        result = call()
+        if self.report is not None:
+            assert emulated_tdpbf16ps(self.report) > before, "no tile product ran under the emulator"
+        return result
+
+
+def emulated_tdpbf16ps(report: Path | None) -> int:
+    if report is None or not report.is_file():
+        return 0
+    return sum(json.loads(line)["tdpbf16ps"] for line in report.read_text().splitlines())
+
+
 @pytest.fixture(scope="module")
-def amx_bf16_build():
+def amx_bf16_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmxBf16Build]:
+    """This CPU's build with GGML_AMX_TILE and GGML_AMX_BF16: on the real tiles where the CPU has AMX-BF16 and the
+    kernel grants them; on a CPU without AMX, the same flags forced and the tile instructions carried out by
+    tests/amx_emulator (children inherit its LD_PRELOAD)."""
     flags = cpu_features.cpu_flags()
-    if not {"amx_tile", "amx_bf16"} <= flags:
-        pytest.skip("this CPU has no AMX-BF16: its builds keep the VNNI repack path (the emulator does not "
-                    "implement TDPBF16PS)")
-    if not cpu_features.amx_permitted():
-        pytest.skip("the kernel does not grant AMX tile data here: the build leaves AMX-BF16 out")
-    assert "-DGGML_AMX_BF16=ON" in cpu_features.cmake_args(flags, amx=False)
-    return amx_emulation.variant(amx=False)
+    if {"amx_tile", "amx_bf16"} <= flags:
+        if not cpu_features.amx_permitted():
+            pytest.skip("the kernel does not grant AMX tile data here: the build leaves AMX-BF16 out")
+        assert "-DGGML_AMX_BF16=ON" in cpu_features.cmake_args(flags, amx=False)
+        yield AmxBf16Build(amx_emulation.variant(amx=False), None)
+        return
+    reason = amx_emulation.why_not_here()
+    if reason:
+        pytest.skip(f"emulated AMX: {reason}")
+    report = tmp_path_factory.mktemp("emulator") / "report.jsonl"
+    emulator, package = amx_emulation.build(), amx_emulation.variant(amx=False, tiles=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in emulator.environment(None, report).items():
+            patch.setenv(name, value)
+        yield AmxBf16Build(package, report)
 
 
 def test_the_amx_bf16_patch_follows_the_repack_patch():
@@ -111,15 +149,17 @@ def test_amx_bf16_only_where_tiles_are_permitted_and_never_amx_int8():
 def test_gemm_matches_float64(amx_bf16_build):
     """N x K x M: a last 16-column panel (N = 48, 80), odd block counts (K = 96, 160), activation rows that leave
     part of a tile (M = 5, 20, 37, 130), and the qwen3-0.6b stand-in's projections."""
-    errors = run_child(KERNELS, amx_bf16_build, "48x96x5", "80x160x20", "64x96x37", "48x64x130", "2048x1024x36",
-                       "1024x3072x20", "3072x1024x8")
+    errors = amx_bf16_build.tiles_run_during(lambda: run_child(
+        KERNELS, amx_bf16_build.package, "48x96x5", "80x160x20", "64x96x37", "48x64x130", "2048x1024x36",
+        "1024x3072x20", "3072x1024x8"))
     assert max(errors) < 1e-5, errors
 
 
 @pytest.mark.parametrize("shapes", ["tiny", "odd"])
 def test_hidden_states_match_the_reference_at_least_as_well_as_plain(amx_bf16_build, make_model, shapes):
     model, _ = make_model("q8_0", **(ODD_SHAPES if shapes == "odd" else {}))
-    result = run_child(REFERENCE, amx_bf16_build, str(model), str(N_TOKENS))
+    result = amx_bf16_build.tiles_run_during(lambda: run_child(REFERENCE, amx_bf16_build.package, str(model),
+                                                               str(N_TOKENS)))
     repacked = {text.split()[0] for text in result["repacked"] if REPACKED_AS in text}
     assert {"blk.0.attn_q.weight", "blk.1.ffn_down.weight"} <= repacked, result["repacked"]
     if shapes == "odd":  # 40 rows: left to the plain path
