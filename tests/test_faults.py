@@ -21,6 +21,7 @@ pytestmark = pytest.mark.system
 
 QUERY = "Which rivers are the longest?"
 DEADLINE_S = 5.0
+IN_FLIGHT_TIMEOUT_S = 30.0
 
 
 @pytest.fixture
@@ -32,18 +33,29 @@ def stack(tiny_q8, tmp_path):
     triton.stop()
 
 
-async def timed_posts(url: str, bodies: list[dict], after_first_s: float, action) -> list[tuple[int, float]]:
-    """Send every body at once, run ``action`` shortly after, and return (status, seconds) per request."""
+async def timed_posts(adapter_url: str, bodies: list[dict], action) -> list[tuple[int, float]]:
+    """Send every body at once to ``/v1/rerank``, run ``action`` once the adapter counts them all in flight (its
+    ``rerank_in_flight`` gauge), and return (status, seconds) per request."""
     async with httpx.AsyncClient(timeout=60) as client:
         async def one(body: dict) -> tuple[int, float]:
             started = time.monotonic()
-            response = await client.post(url, json=body)
+            response = await client.post(f"{adapter_url}/v1/rerank", json=body)
             return response.status_code, time.monotonic() - started
 
         tasks = [asyncio.create_task(one(body)) for body in bodies]
-        await asyncio.sleep(after_first_s)
+        deadline = time.monotonic() + IN_FLIGHT_TIMEOUT_S
+        while in_flight((await client.get(f"{adapter_url}/metrics")).text) < len(bodies):
+            assert not any(task.done() for task in tasks), "a request was answered before all were in flight"
+            assert time.monotonic() < deadline, f"the requests were not all in flight within {IN_FLIGHT_TIMEOUT_S} s"
+            await asyncio.sleep(0.02)  # polling the gauge
         action()
         return await asyncio.gather(*tasks)
+
+
+def in_flight(metrics: str) -> int:
+    """The adapter's ``rerank_in_flight`` gauge in its Prometheus text."""
+    [value] = [line.split()[1] for line in metrics.splitlines() if line.startswith("rerank_in_flight ")]
+    return int(float(value))
 
 
 @pytest.mark.slow
@@ -51,7 +63,7 @@ def test_triton_killed_with_requests_in_flight(stack):
     triton, adapter = stack
     bodies = [{"query": f"{QUERY} {i}", "documents": [f"passage {i}.{d} " * 60 for d in range(60)]}
               for i in range(8)]
-    results = asyncio.run(timed_posts(f"{adapter.url}/v1/rerank", bodies, 0.5, triton.kill))
+    results = asyncio.run(timed_posts(adapter.url, bodies, triton.kill))
     statuses = [status for status, _ in results]
     assert set(statuses) <= {200, 503, 504}
     assert {503, 504} & set(statuses), "some requests should have been in flight when Triton died"
