@@ -48,6 +48,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
                              lambda results: tables.librechat_comparison(results["summaries"])),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
     "docker-cpu": ("docker-cpu.json", tables.docker_cpu_table),
+    "docker-cpu-xeon": ("docker-cpu-xeon.json", tables.docker_cpu_table),
 }
 
 
