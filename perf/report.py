@@ -45,6 +45,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "librechat-search": ("librechat-search-cpu.json", lambda results: tables.librechat_summary(results["summary"])),
     "librechat-search-before": ("librechat-search-cpu-before.json",
                                 lambda results: tables.librechat_summary(results["summary"])),
+    "librechat-search-f32-attention": ("librechat-search-cpu-f32-attention.json",
+                                       lambda results: tables.librechat_summary(results["summary"])),
     "librechat-search-swa": ("librechat-search-swa.json",
                              lambda results: tables.librechat_comparison(results["summaries"])),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
