@@ -210,6 +210,8 @@ def test_containers_run_as_non_root_and_turn_healthy(stack):
 def test_the_cpu_image_loads_the_best_variant_and_says_so(stack):
     container = container_id("triton-cpu")
     assert mapped_cpu_variants(container) == [expected_variant()]
+    logs = docker("logs", container)  # Triton logs to stderr
+    assert f"llama.cpp CPU backend: variant {expected_variant()}" in logs.stdout + logs.stderr
 
 
 def mapped_cpu_variants(container: str) -> list[str]:

@@ -242,6 +242,14 @@ def test_warmup_ran(served):
     assert server.is_ready()
 
 
+def test_start_up_log_says_which_llama_cpp_cpu_backend_runs(served):
+    """make install builds for this CPU alone (the images' dispatch builds name their variant instead:
+    tests/test_docker_live.py)."""
+    server, _, _ = served
+    log = server.log_path.read_text()
+    assert re.search(r"jina_reranker_v3_0_0: serving .* llama\.cpp CPU backend: native build", log)
+
+
 def metric(server, name: str) -> float:
     with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
         text = response.read().decode()

@@ -51,10 +51,12 @@ class TritonPythonModel:
         config = contract.engine_config(json.loads(args["model_config"]).get("parameters", {}),
                                         args["model_instance_kind"], int(args["model_instance_device_id"]))
         self.engine = engine = Reranker(config)
+        variant = engine.runner.cpu_variant
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: serving {config.model_path} as {engine.recipe.name} "
                                  f"(sliding window: {engine.runner.sliding_window or 'none'}, query/document limits "
                                  f"{engine.config.max_query_tokens}/{engine.config.max_doc_tokens}) "
-                                 f"with {config.llama}")
+                                 f"with {config.llama}; llama.cpp CPU backend: "
+                                 + (f"variant {variant}" if variant else "native build"))
 
     def execute(self, requests: list) -> None:
         senders = [request.get_response_sender() for request in requests]

@@ -58,14 +58,14 @@ def _log_to_python(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None
     log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
-def _init_llama_once() -> None:
+@functools.cache
+def _init_llama_once() -> str | None:
     """Process-wide llama.cpp set-up: its logs go to Python logging (debug) instead of stderr, and a dispatch
-    build's best CPU variant is loaded (cpu_backends)."""
-    if not getattr(_init_llama_once, "done", False):
-        llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
-        load_cpu_variant()
-        llama_cpp.llama_backend_init()
-        _init_llama_once.done = True  # type: ignore[attr-defined]
+    build's best CPU variant is loaded (cpu_backends). The variant's name, None for a native build."""
+    llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+    variant = load_cpu_variant()
+    llama_cpp.llama_backend_init()
+    return variant
 
 
 class DecodeAbortedError(Exception):
@@ -84,7 +84,8 @@ class LlamaRunner:
     def __init__(self, model_path: str, options: RunnerOptions, on_node: NodeObserver | None = None) -> None:
         if options.kv_cache_type not in KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type must be one of {sorted(KV_CACHE_TYPES)}, not {options.kv_cache_type!r}")
-        _init_llama_once()
+        # the CPU backend variant a runtime-dispatch build loaded in this process (None: a native build)
+        self.cpu_variant = _init_llama_once()
         self.model_path = model_path
         self.options = options
         mparams = llama_cpp.llama_model_default_params()
