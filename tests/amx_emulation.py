@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +44,11 @@ class EmulatedBuilds:
         if report is not None:
             env["AMX_EMULATOR_REPORT"] = str(report)
         return env
+
+
+def reports(path: Path) -> list[dict]:
+    """The emulator's report (AMX_EMULATOR_REPORT): a dict of counts per process that used the tiles."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def why_not_here() -> str | None:

@@ -55,10 +55,6 @@ def emulated(builds: amx_emulation.EmulatedBuilds, argv: list[str], package: Pat
     return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=600)
 
 
-def reports(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_the_probe_needs_the_emulator_here(builds):
     """Without the emulator this CPU refuses the tile instructions: everything below really is emulated."""
     result = subprocess.run([str(builds.probe)], capture_output=True, timeout=60)
@@ -78,7 +74,7 @@ def test_emulated_tiles_multiply_like_numpy(builds, tmp_path):
     np.testing.assert_array_equal(c, np.einsum("mki,kni->mn", a4, b4))
     unsigned_a4 = a.view(np.uint8).reshape(16, 16, 4).astype(np.int64)
     np.testing.assert_array_equal(d, 2 * np.einsum("mki,kni->mn", unsigned_a4, b4))  # TDPBUSD twice
-    [report] = reports(tmp_path / "report")
+    [report] = amx_emulation.reports(tmp_path / "report")
     assert (report["ldtilecfg"], report["tileloadd"], report["tdpb"], report["tilestored"]) == (1, 2, 3, 2)
 
 
@@ -135,7 +131,7 @@ def test_engine_on_the_patched_amx_build_checks_it_and_scores_on_tiles(builds, t
     # random model's scores spread over 0.02. A wrong tile layout moves them by far more.
     np.testing.assert_allclose(run["scores"], installed_scores, atol=0.005)
     assert np.argmax(run["scores"]) == np.argmax(installed_scores)
-    check, engine = reports(tmp_path / "report")  # the self-check's child, then the engine's process
+    check, engine = amx_emulation.reports(tmp_path / "report")  # the self-check's child, then the engine's process
     for report in (check, engine):
         assert report["xtiledata_grants"] >= 1
         assert report["tdpb"] > 0
@@ -151,5 +147,5 @@ def test_engine_on_the_released_amx_build_falls_back_and_scores(builds, tiny_q8,
     assert "AMX self-check failed (the check died with SIGILL)" in log
     assert not run["extra_buffers"]
     np.testing.assert_allclose(run["scores"], installed_scores, atol=0.005)
-    [serving] = reports(tmp_path / "report")  # the self-check's child died before it could report
+    [serving] = amx_emulation.reports(tmp_path / "report")  # the self-check's child died before it could report
     assert serving["threads"] == 0, "no tile instruction ran in the serving process"

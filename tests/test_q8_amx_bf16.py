@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -103,9 +102,7 @@ class AmxBf16Build:
 
 
 def emulated_tdpbf16ps(report: Path | None) -> int:
-    if report is None or not report.is_file():
-        return 0
-    return sum(json.loads(line)["tdpbf16ps"] for line in report.read_text().splitlines())
+    return 0 if report is None else sum(process["tdpbf16ps"] for process in amx_emulation.reports(report))
 
 
 @pytest.fixture(scope="module")
