@@ -28,6 +28,12 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def prometheus_sample(text: str, name: str) -> float | None:
+    """The first sample of a Prometheus metric in an exposition text, labels ignored."""
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    return None if match is None else float(match[1])
+
+
 def triton_settings(paths: tuple[Path, Path]) -> Settings:
     return Settings(model=str(paths[0]), projector=str(paths[1]), triton_http_port=free_port(),
                     triton_grpc_port=free_port(), triton_metrics_port=free_port())

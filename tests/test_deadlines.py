@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from stack.triton_server import MODEL_NAME
-from tests.servers import repository_copy, start_adapter, start_triton, wait_for
+from tests.servers import prometheus_sample, repository_copy, start_adapter, start_triton, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -156,9 +156,8 @@ def raw_post(port: int, body: bytes) -> socket.socket:
 
 
 def metric(url: str, name: str) -> float | None:
-    """The first sample of a Prometheus metric, labels ignored."""
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", httpx.get(url, timeout=5).text, re.M)
-    return None if match is None else float(match[1])
+    """The first sample of a Prometheus metric at ``url``, labels ignored."""
+    return prometheus_sample(httpx.get(url, timeout=5).text, name)
 
 
 def test_a_client_that_leaves_stops_costing(tiny_q8, tmp_path):

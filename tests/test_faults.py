@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from stack.stub_watchdog import alive, live_stubs
 from stack.triton_server import MODEL_NAME
-from tests.servers import start_adapter, start_serve, start_triton
+from tests.servers import prometheus_sample, start_adapter, start_serve, start_triton
 
 pytestmark = pytest.mark.system
 
@@ -44,7 +44,7 @@ async def timed_posts(adapter_url: str, bodies: list[dict], action) -> list[tupl
 
         tasks = [asyncio.create_task(one(body)) for body in bodies]
         deadline = time.monotonic() + IN_FLIGHT_TIMEOUT_S
-        while in_flight((await client.get(f"{adapter_url}/metrics")).text) < len(bodies):
+        while in_flight(await client.get(f"{adapter_url}/metrics")) < len(bodies):
             assert not any(task.done() for task in tasks), "a request was answered before all were in flight"
             assert time.monotonic() < deadline, f"the requests were not all in flight within {IN_FLIGHT_TIMEOUT_S} s"
             await asyncio.sleep(0.02)  # polling the gauge
@@ -52,10 +52,11 @@ async def timed_posts(adapter_url: str, bodies: list[dict], action) -> list[tupl
         return await asyncio.gather(*tasks)
 
 
-def in_flight(metrics: str) -> int:
-    """The adapter's ``rerank_in_flight`` gauge in its Prometheus text."""
-    [value] = [line.split()[1] for line in metrics.splitlines() if line.startswith("rerank_in_flight ")]
-    return int(float(value))
+def in_flight(metrics: httpx.Response) -> float:
+    """The adapter's ``rerank_in_flight`` gauge in its /metrics answer."""
+    value = prometheus_sample(metrics.text, "rerank_in_flight")
+    assert value is not None, "the adapter's /metrics has no rerank_in_flight gauge"
+    return value
 
 
 @pytest.mark.slow
