@@ -6,7 +6,6 @@
     python -m perf.load.librechat_bench --client-only                  # only install the client (make librechat-client)
     python -m perf.load.librechat_bench --v35                          # v3's stand-in and v3.5's, searches in turn
 
-
 The client is npm ``@librechat/agents`` (pinned below), installed under .cache/librechat-agents the first time;
 perf/load/librechat_rerank.mjs loads its Jina reranker and sends each search of the ``librechat-search`` workload
 as LibreChat does: one rerank call per page, the five at once, the next search when all five are back
@@ -300,10 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(searches)} searches of {len(searches[0].pages)} pages through {AGENTS_PACKAGE} "
               f"{AGENTS_VERSION}'s Jina reranker at {', '.join(urls.values())}", flush=True)
         if args.v35:
-            calls = run_in_turn(urls, searches, args.api_key, args.timeout_ms, agents_dir)
+            calls_of = run_in_turn(urls, searches, args.api_key, args.timeout_ms, agents_dir)
         else:
-            calls = {label: run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
-                     for label, url in urls.items()}
+            [url] = urls.values()
+            calls = run_client(url, searches, args.api_key, args.timeout_ms, agents_dir)
     results = {
         "label": args.label,
         "client": {"package": AGENTS_PACKAGE, "version": AGENTS_VERSION, "reranker": "jina",
@@ -315,14 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["target"] = {"started": "python -m stack.serve (make serve's defaults), one per stand-in",
                              "models": {label: f"{preset} Q8_0 stand-in" for label, preset in STANDINS.items()},
                              "order": "each search sent to both in turn, the first alternating"}
-        results["summaries"] = {label: summarize(done) for label, done in calls.items()}
-        results["calls"] = calls
+        results["summaries"] = {label: summarize(done) for label, done in calls_of.items()}
+        results["calls"] = calls_of
         print(f"\n{librechat_comparison(results['summaries'])}")
     else:
-        [(label, done)] = calls.items()
         started = {"started": "python -m stack.serve (make serve's defaults)", "model": f"{PRESET} Q8_0 stand-in"}
         results["target"] = {"url": args.url} if args.url else started
-        results["summary"], results["calls"] = summarize(done), done
+        results["summary"], results["calls"] = summarize(calls), calls
         print(f"\n{librechat_summary(results['summary'])}")
     run.write(args.out or (SWA_RESULTS if args.v35 else RESULTS), results)
     return 0
