@@ -97,10 +97,10 @@ def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, sc
     return np.einsum("hqk,hkd->qhd", p / p.sum(-1, keepdims=True), v)
 
 
-def case(lib_dir: Path, spec: str) -> dict:
-    """One case (``spec``, see the module's docstring) on the build in ``lib_dir``: the largest error against
-    both references, relative to the largest |V|, the largest score's magnitude (for the error bound) and a
-    digest of the output's bytes."""
+def case(lib_dir: Path, spec: str, threads: int = THREADS) -> dict:
+    """One case (``spec``, see the module's docstring) on the build in ``lib_dir``, on ``threads``: the largest
+    error against both references, relative to the largest |V|, the largest score's magnitude (for the error
+    bound) and a digest of the output's bytes."""
     n_q, n_kv, n_head, n_head_kv, dk, dv, cache_type = spec.split("x")
     n_q, n_kv, n_head, n_head_kv, dk, dv = map(int, (n_q, n_kv, n_head, n_head_kv, dk, dv))
     rng = np.random.default_rng(int(hashlib.sha256(spec.encode()).hexdigest()[:8], 16))
@@ -128,7 +128,7 @@ def case(lib_dir: Path, spec: str) -> dict:
         out = base.ggml_flash_attn_ext(ctx, *tensors, None, scale, 0.0, 0.0)
         graph = base.ggml_new_graph(ctx)
         base.ggml_build_forward_expand(graph, out)
-        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, THREADS) == 0
+        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, threads) == 0
         result = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float)),
                                        (n_q, n_head, dv)).copy()
     finally:

@@ -1,15 +1,16 @@
 """The served attention (flash attention, ggml's tiled path) against the NumPy reference, on prompts long enough
 for several Q and KV tiles.
 
-The CPU config serves flash attention; for ubatches of 64 tokens or more ggml computes it in
-64x64 tiles (``ggml_compute_forward_flash_attn_ext_tiled``), which stack/patches/ggml-cpu-flash-attn-tiled.patch
-changes: each thread converts K and V once per KV head and reuses them for every later Q tile of that head. A
-stale or wrong head, tile or padding shows up here as hidden states far from the reference. The shapes cover
-GQA (Q heads sharing a KV head, with several heads per thread's chunk), the real head size 128, lengths that are
-not multiples of the tile, one ubatch and several (the second attends to a longer, padded cache), and a prompt
-too short for the tiled path. Flash attention rounds K and V through F16, so agreement is to F16 rounding, not
-to 1e-5; where the build has AVX512-BF16, stack/patches/ggml-cpu-flash-attn-bf16.patch also rounds Q, K, V and
-the softmax weights P to BF16 for the two products, and MIN_COSINE holds for those too.
+The CPU config serves flash attention; for ubatches of 64 tokens or more ggml computes it in 64x64 tiles
+(``ggml_compute_forward_flash_attn_ext_tiled``; 128x128 where AMX tiles take its products), which
+stack/patches/ggml-cpu-flash-attn-tiled.patch changes: each thread converts K and V once per KV head and reuses
+them for every later Q tile of that head. A stale or wrong head, tile or padding shows up here as hidden states far
+from the reference. The shapes cover GQA (Q heads sharing a KV head, with several heads per thread's chunk), the
+real head size 128, lengths that are not multiples of the tile, one ubatch and several (the second attends to a
+longer, padded cache), and a prompt too short for the tiled path. Flash attention rounds K and V through F16, so
+agreement is to F16 rounding, not to 1e-5; where the build has AVX512-BF16,
+stack/patches/ggml-cpu-flash-attn-bf16.patch also rounds Q, K, V and the softmax weights P to BF16 for the two
+products, and MIN_COSINE holds for those too.
 
 Below, the kernel itself (one GGML_OP_FLASH_ATTN_EXT call through ggml's C API, tests/flash_attention_kernel.py)
 against float64, with the BF16 products' error model; the builds without AVX512-BF16 (the AVX2 build) bit for
@@ -83,9 +84,12 @@ specs = sys.argv[1:]
 if specs[0] == "refuse-tiles":
     refuse_amx_tiles()
     specs = specs[1:]
+threads = 2
+if specs[0].startswith("threads="):
+    threads = int(specs.pop(0).removeprefix("threads="))
 lib = Path(llama_cpp.__file__).parent / "lib"
 print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(),
-                  "cases": {spec: case(lib, spec) for spec in specs}}))
+                  "cases": {spec: case(lib, spec, threads) for spec in specs}}))
 """
 # n_q x n_kv x n_head x n_head_kv x DK x DV x cache: Q rows and KV length off the 64-row tiles, GQA 1 to 4, head
 # sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on whole tiles, every cache type;
@@ -98,7 +102,8 @@ F32_PATH_ERROR = 1e-5  # F32 products over at most 333 terms, relative to max |V
 
 
 def kernel_results(package: Path, *options: str) -> dict:
-    """Every kernel case on the build in ``package``; ``refuse-tiles``: with AMX tile data refused by the kernel."""
+    """Every kernel case on the build in ``package``; ``refuse-tiles``: with AMX tile data refused by the kernel;
+    ``threads=N``: on N threads (2 otherwise)."""
     return run_child(KERNEL, package, *options, *KERNEL_CASES)  # type: ignore[return-value]
 
 
@@ -288,6 +293,19 @@ def test_skipping_masked_tiles_early_keeps_every_bit(make_model, preset):
         skipped, kept = kernel_results(installed), kernel_results(before)
         for spec in KERNEL_CASES:
             assert skipped["cases"][spec]["digest"] == kept["cases"][spec]["digest"], spec
+
+
+def test_kernel_bits_do_not_depend_on_the_thread_count():
+    """stack/patches/ggml-cpu-flash-attn-skip-masked.patch has the threads classify the mask's tiles once per op,
+    into a table every head reads, except for Q tiles that do not start a tile of their head (ggml cuts the rows of
+    all heads into 4 chunks per thread, so with 3 or 5 threads chunks end inside heads), which classify their own.
+    Both must decide alike: the installed build gives the same bits on 1, 2, 3 and 5 threads."""
+    import llama_cpp
+
+    package = Path(llama_cpp.__file__).parent.parent
+    runs = [kernel_results(package, f"threads={threads}")["cases"] for threads in (1, 2, 3, 5)]
+    digests = [{spec: errors["digest"] for spec, errors in cases.items()} for cases in runs]
+    assert all(d == digests[0] for d in digests[1:]), digests
 
 
 def test_q8_scores_with_the_served_attention_match_reference(tiny_q8):
