@@ -91,8 +91,9 @@ lib = Path(llama_cpp.__file__).parent / "lib"
 print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(),
                   "cases": {spec: case(lib, spec, threads) for spec in specs}}))
 """
-# n_q x n_kv x n_head x n_head_kv x DK x DV x cache: Q rows and KV length off the 64-row tiles, GQA 1 to 4, head
-# sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on whole tiles, every cache type;
+# n_q x n_kv x n_head x n_head_kv x DK x DV x cache: Q rows and KV length off the 64-row tiles (and the AMX path's
+# 128-row ones), GQA 1 to 4, head sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on
+# whole 64-row tiles (half a 128-row one), every cache type;
 # DK 96 with DV 32 (three AMX tiles deep, one 32-column block wide). AMX tiles take the shapes whose DK and DV are
 # multiples of 32 (tiles_fill); the others keep the VDPBF16PS products in an AMX build.
 KERNEL_CASES = ["200x333x4x2x128x128xf16", "130x130x6x2x64x64xf16", "96x160x8x2x128x128xf32",
