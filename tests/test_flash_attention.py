@@ -79,12 +79,12 @@ KERNEL = """
 import json, sys
 from pathlib import Path
 import llama_cpp
-from tests.flash_attention_kernel import case, refuse_amx_tiles
+from tests.flash_attention_kernel import THREADS, case, refuse_amx_tiles
 specs = sys.argv[1:]
 if specs[0] == "refuse-tiles":
     refuse_amx_tiles()
     specs = specs[1:]
-threads = 2
+threads = THREADS
 if specs[0].startswith("threads="):
     threads = int(specs.pop(0).removeprefix("threads="))
 lib = Path(llama_cpp.__file__).parent / "lib"
