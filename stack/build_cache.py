@@ -10,6 +10,8 @@ build ~40 MB). ``prune`` removes a build whose key no longer matches its own inp
     llama-builds/NAME                      (perf/builds/amx_comparison.py) unpacked from wheels/NAME: stale with it
     amx-emulation/[NAME-]KEY               (tests/amx_emulation.py) and
     q8-repack-builds/NAME-KEY              (tests/q8_repack_builds.py): their KEY_INPUTS.json (``record_inputs``)
+    ggml-cpu-build/llama_cpp_python-VERSION  (tests/ggml_cpu_build.py) the trees those two build in: kept for the
+                                           same versions as the sdists
     sdist/llama_cpp_python-VERSION.tar.gz  kept for the pinned version and every kept wheel's
 
 A build is judged by the inputs it recorded, as absolute paths, not by this checkout's: one .cache shared by
@@ -129,6 +131,8 @@ def stale(cache: Path, version: str) -> list[Path]:
     versions = {version} | {name[len(WHEEL_PREFIX):].rsplit("-", 1)[0] for name in kept_wheels}
     found += [path for path in sorted((cache / "sdist").glob("llama_cpp_python-*.tar.gz"))
               if path.name.removeprefix("llama_cpp_python-").removesuffix(".tar.gz") not in versions]
+    found += [tree for tree in _builds(cache / "ggml-cpu-build")
+              if tree.name.removeprefix("llama_cpp_python-") not in versions]
     return sorted(found)
 
 

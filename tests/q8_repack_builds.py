@@ -4,23 +4,23 @@ stack/patches/ggml-cpu-q8_0-repack-x86.patch gives ggml's repacked Q8_0 path an 
 AVX2 kernel, chosen at compile time. The installed build compiles one of them (and on an AMX machine its extra
 buffer types are AMX's, not the repacking), so each path gets a build of its own: libggml-cpu from the installed
 version's sdist with the project's patches and that path's instruction sets, without AMX, beside a copy of the
-installed package (a child process puts the copy first on PYTHONPATH). Only the paths this CPU runs are built;
-about a minute each (only libggml-cpu is compiled), cached under .cache/q8-repack-builds/, keyed on everything
-that goes into them. The path the CPU's own flags compile needs no build of its own: it is the installed
-package, or on an AMX build its AVX-512 variant, which tests/test_cpu_build.py builds anyway.
+installed package (a child process puts the copy first on PYTHONPATH). Only the paths this CPU runs are built
+(only libggml-cpu: tests/ggml_cpu_build.py), cached under .cache/q8-repack-builds/, keyed on everything that goes
+into them. The path the CPU's own flags compile needs no build of its own: it is the installed package, or where
+AMX is built or AMX-BF16 tiles are usable here, the AVX-512 variant without them (tests/amx_emulation.py), which
+other tests build anyway.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
 from stack.build_cache import build_key, record_inputs
-from tests import amx_emulation
+from tests import amx_emulation, ggml_cpu_build
 
 CACHE = amx_emulation.ROOT / ".cache" / "q8-repack-builds"
 # ggml options of the AVX2 build, the CPU flags they need; each path adds its own.
@@ -49,13 +49,6 @@ def cmake_args(path: str) -> list[str]:
     return ["-DGGML_NATIVE=OFF"] + [f"-D{name}=ON" for name in PATHS[path][0]]
 
 
-def apply_patches(source: Path, patches: list[Path]) -> None:
-    """``patches`` applied in order to an unpacked sdist, each exactly (as stack/build_llama_wheel.sh does)."""
-    for patch in patches:
-        subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch"],
-                       input=patch.read_bytes(), check=True, capture_output=True)
-
-
 def native_path(flags: set[str]) -> str | None:
     """The path that a build with these CPU flags compiles (the widest its flags allow), or None."""
     return next((path for path, (_, needed) in PATHS.items() if needed <= flags), None)
@@ -68,24 +61,21 @@ def compiled_path(system_info: str) -> str | None:
 
 def build(path: str, without: Sequence[Path] = ()) -> Path:
     """A folder holding a llama_cpp package whose CPU backend compiles ``path``'s kernels and whose extra buffer
-    types are the repacking: the installed package, or on an AMX build its AVX-512 variant, where that is the
-    path they compile and AMX-BF16 tiles are not usable here; otherwise a copy of the installed package with a
-    libggml-cpu built for ``path``. Without some of the project's ggml patches (``without``), always such a copy:
-    the build as it was before them."""
+    types are the repacking: where ``path`` is the one this CPU's flags compile, the installed package, or on an
+    AMX build or where AMX-BF16 tiles are usable its AVX-512 variant without them; otherwise a copy of the
+    installed package with a libggml-cpu built for ``path``. Without some of the project's ggml patches
+    (``without``), always such a copy: the build as it was before them."""
     import llama_cpp
 
     installed_package = Path(llama_cpp.__file__).parent
     system_info = llama_cpp.llama_print_system_info().decode()
-    # where AMX-BF16 tiles are usable, this CPU's own builds multiply Q8_0 on them (ggml-cpu-q8_0-amx-bf16.patch):
-    # every VNNI path then gets a build of its own
+    # where AMX-BF16 tiles are usable, this CPU's own builds multiply Q8_0 on them (ggml-cpu-q8_0-amx-bf16.patch)
     tiles = {"amx_tile", "amx_bf16"} <= cpu_features.cpu_flags() and cpu_features.amx_permitted()
-    shortcut = not without and not tiles
-    if shortcut and "AMX_INT8 = 1" in system_info:
-        if path == native_path(cpu_features.cpu_flags()):
-            return amx_emulation.variant(amx=False)  # built from this CPU's flags without AMX
-    elif shortcut and path == compiled_path(system_info):
+    if not without and path == native_path(cpu_features.cpu_flags()) and (tiles or "AMX_INT8 = 1" in system_info):
+        return amx_emulation.variant(amx=False, tiles=False if tiles else None)  # this CPU's flags, neither
+    if not without and not tiles and path == compiled_path(system_info):
         return installed_package.parent
-    sdist = amx_emulation.installed_sdist()
+    sdist = ggml_cpu_build.installed_sdist()
     patches = [patch for patch in cpu_features.ggml_patches(amx=False) if patch not in without]
     text = "\n".join([sdist.name, " ".join(cmake_args(path))])
     inputs = [*patches, *sorted((installed_package / "lib").iterdir())]
@@ -96,10 +86,7 @@ def build(path: str, without: Sequence[Path] = ()) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
         work = Path(scratch)
-        source = amx_emulation.unpack_llama_cpp(work / "src")
-        apply_patches(source, patches)
-        amx_emulation._configure(source, work / "build", cmake_args(path))
-        amx_emulation._package(installed_package, amx_emulation._build_cpu_backend(work / "build"), work / "out")
+        ggml_cpu_build.package(installed_package, cmake_args(path), patches, work / "out")
         record_inputs(work / "out", text, inputs)
         if target.exists():
             shutil.rmtree(target)

@@ -82,6 +82,9 @@ def test_prune_removes_what_is_stale_and_keeps_the_rest(tmp_path):
     for sdist in (f"llama_cpp_python-{VERSION}.tar.gz", "llama_cpp_python-0.3.1.tar.gz"):
         (cache / "sdist").mkdir(exist_ok=True)
         (cache / "sdist" / sdist).write_bytes(b"sdist")
+    trees = [cache / "ggml-cpu-build" / f"llama_cpp_python-{v}" for v in (VERSION, "0.3.1")]
+    for tree in trees:
+        (tree / "src").mkdir(parents=True)
     untouched = [cache / "models" / "qwen3-0.6b-q8_0" / "model.gguf", cache / "triton" / "server.log"]
     for path in untouched:
         path.parent.mkdir(parents=True)
@@ -96,14 +99,14 @@ def test_prune_removes_what_is_stale_and_keeps_the_rest(tmp_path):
             stale_wheel, other_version, lost_patch, leftover,
             *(cache / "wheels" / f"{folder.name}.lock" for folder in (stale_wheel, other_version, lost_patch)),
             unpacked / stale_wheel.name, q8_stale, q8_unrecorded, emulation_variant,
-            cache / "sdist" / "llama_cpp_python-0.3.1.tar.gz"])
+            cache / "sdist" / "llama_cpp_python-0.3.1.tar.gz", trees[1]])
         assert sorted(build_cache.stale(cache, VERSION)) == expected
         assert build_cache.main(["prune", "--cache", str(cache), "--version", VERSION, "--dry-run"]) == 0
         assert all(path.exists() for path in expected)
         assert sorted(build_cache.prune(cache, VERSION)) == expected
     assert not any(path.exists() for path in expected)
     kept = [current, other_flags, no_patches, building, lock, unpacked / current.name, unpacked / "tmp1234",
-            q8_current, emulation, cache / "sdist" / f"llama_cpp_python-{VERSION}.tar.gz", *untouched]
+            q8_current, emulation, cache / "sdist" / f"llama_cpp_python-{VERSION}.tar.gz", trees[0], *untouched]
     assert all(path.exists() for path in kept)
     assert build_cache.stale(cache, VERSION) == [lock, building]  # the build stopped: its leftovers are stale now
 

@@ -17,7 +17,7 @@ from perf import tables
 from perf.builds import amx_comparison
 from rerank_engine import EngineConfig, amx_check
 from stack import cpu_features
-from tests import amx_emulation
+from tests import amx_emulation, ggml_cpu_build
 from tests.conftest import open_engine
 
 pytestmark = pytest.mark.build
@@ -88,8 +88,8 @@ def test_install_is_idempotent_for_this_cpu():
 
 
 def test_the_amx_patch_applies_exactly(tmp_path):
-    mmq_source = amx_emulation.unpack_llama_cpp(tmp_path)
-    amx_emulation.apply_patch(mmq_source)
+    mmq_source = ggml_cpu_build.unpack_llama_cpp(tmp_path)
+    ggml_cpu_build.apply_patches(mmq_source, [cpu_features.AMX_PATCH])
     patched = (mmq_source / "vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp").read_text()
     assert "alignas(64) static const tile_config_t ggml_tile_config" in patched
     assert "_tile_loadconfig(&ggml_tile_config);" in patched

@@ -294,10 +294,10 @@ def test_both_images_build_llama_cpp_with_the_make_install_recipe_and_patches(tr
 def test_dispatch_patches_apply_exactly_and_add_the_amx_bf16_variant(tmp_path):
     """The images' patches in their order on the sdist (as build_llama_wheel.sh applies them, exactly), and the
     variant that carries this project's AMX-BF16 tile products: scored only on a CPU with AMX-BF16, above ggml's."""
-    from tests import amx_emulation, q8_repack_builds
+    from tests import ggml_cpu_build
 
-    source = amx_emulation.unpack_llama_cpp(tmp_path)
-    q8_repack_builds.apply_patches(source, [p for p in cpu_dispatch.patches() if p != cpu_features.PACKAGE_PATCH])
+    source = ggml_cpu_build.unpack_llama_cpp(tmp_path)
+    ggml_cpu_build.apply_patches(source, [p for p in cpu_dispatch.patches() if p != cpu_features.PACKAGE_PATCH])
     ggml = source / "vendor" / "llama.cpp" / "ggml" / "src"
     variant = re.search(r"ggml_add_cpu_backend_variant\(sapphirerapids_bf16 ([A-Z0-9_ ]+)\)",
                         (ggml / "CMakeLists.txt").read_text())

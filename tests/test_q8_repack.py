@@ -30,7 +30,7 @@ from perf.builds import q8_repack_comparison
 from perf.common import ensure_standin
 from rerank_engine import EngineConfig
 from stack import cpu_features
-from tests import amx_emulation, q8_repack_builds
+from tests import amx_emulation, ggml_cpu_build, q8_repack_builds
 
 pytestmark = pytest.mark.build  # builds libggml-cpu once per instruction-set path (cached)
 
@@ -186,8 +186,8 @@ def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
 
 
 def test_the_patches_apply_exactly_in_order(tmp_path):
-    source = amx_emulation.unpack_llama_cpp(tmp_path)
-    q8_repack_builds.apply_patches(source, cpu_features.ggml_patches(amx=True))
+    source = ggml_cpu_build.unpack_llama_cpp(tmp_path)
+    ggml_cpu_build.apply_patches(source, cpu_features.ggml_patches(amx=True))
     repack = (source / "vendor/llama.cpp/ggml/src/ggml-cpu/repack.cpp").read_text()
     assert "return &q8_0_16x4_q8_0;" in repack  # registered in the repack type selection
 

@@ -172,12 +172,12 @@ def test_a_v35_name_without_the_keys_is_refused(make_model):
 def test_the_patch_applies_exactly_after_the_ggml_patches(tmp_path):
     """stack/build_llama_wheel.sh's order: the package's patch, ggml's (AMX's too), then qwen3's."""
     from stack import cpu_features
-    from tests import amx_emulation, q8_repack_builds
+    from tests import ggml_cpu_build
 
-    source = amx_emulation.unpack_llama_cpp(tmp_path)
+    source = ggml_cpu_build.unpack_llama_cpp(tmp_path)
     patches = cpu_features.patches(amx=True)
     assert patches[-1] == cpu_features.QWEN3_SWA_PATCH
-    q8_repack_builds.apply_patches(source, [p for p in patches if p != cpu_features.PACKAGE_PATCH])
+    ggml_cpu_build.apply_patches(source, [p for p in patches if p != cpu_features.PACKAGE_PATCH])
     qwen3 = (source / "vendor/llama.cpp/src/models/qwen3.cpp").read_text()
     assert "build_attn_inp_kv_iswa()" in qwen3
     assert "LLM_KV_ATTENTION_SLIDING_WINDOW_PATTERN" in qwen3
