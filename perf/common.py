@@ -32,6 +32,7 @@ import numpy as np
 
 from perf import MODEL_VERSION_DIR, ROOT
 from stack import cpu_features
+from stack.build_cache import locked
 
 if TYPE_CHECKING:
     from rerank_engine import EngineConfig
@@ -241,16 +242,17 @@ def ensure_standin(directory: Path = STANDIN_DIR, dtype: str = DTYPE, preset: st
     if (dtype, preset) != (DTYPE, PRESET) and directory == STANDIN_DIR:
         directory = STANDIN_DIR.with_name(f"{preset}-{dtype}")
     model, projector = standin_paths(directory)
-    if model.is_file() and projector.is_file():
-        return model, projector
-    from models.generate_test_model import PRESETS, generate
+    # one process generates it, another asking meanwhile waits and finds it made (make test runs two)
+    with locked(directory.with_name(f".{directory.name}.lock")):
+        if model.is_file() and projector.is_file():
+            return model, projector
+        from models.generate_test_model import PRESETS, generate
 
-    print(f"generating the {preset} {dtype} stand-in model into {directory} (once)", flush=True)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so an interrupted run never leaves a truncated model behind.
-    with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
-        generate(PRESETS[preset], dtype, Path(scratch) / "out")
-        if directory.exists():
-            shutil.rmtree(directory)
-        (Path(scratch) / "out").rename(directory)
+        print(f"generating the {preset} {dtype} stand-in model into {directory} (once)", flush=True)
+        # Written beside the target and renamed, so an interrupted run never leaves a truncated model behind.
+        with tempfile.TemporaryDirectory(dir=directory.parent) as scratch:
+            generate(PRESETS[preset], dtype, Path(scratch) / "out")
+            if directory.exists():
+                shutil.rmtree(directory)
+            (Path(scratch) / "out").rename(directory)
     return standin_paths(directory)

@@ -35,7 +35,8 @@ import hashlib
 import json
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,25 @@ def record_inputs(folder: Path, text: str, files: Sequence[Path]) -> None:
     path = folder / KEY_INPUTS
     if not path.is_file() or path.read_text() != record:
         path.write_text(record)
+
+
+def made_once(target: Path, text: str, inputs: Sequence[Path], marker: str, make: Callable[[Path], None]) -> Path:
+    """``target``, a keyed build folder: as found where its ``marker`` file shows it complete, else made by
+    ``make`` into a scratch folder beside it, then renamed into place (an interrupted build leaves no half of one).
+    One process at a time, under the lock of the folder that holds it; records its inputs either way."""
+    with locked(target.parent / ".lock"):
+        if (target / marker).is_file():
+            record_inputs(target, text, inputs)
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            staged = Path(scratch) / "out"
+            staged.mkdir()
+            make(staged)
+            record_inputs(staged, text, inputs)
+            if target.exists():
+                shutil.rmtree(target)
+            staged.rename(target)
+    return target
 
 
 def _key_of(name: str) -> str:
@@ -93,6 +113,16 @@ def _recorded_current(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return _current(record["text"], record["files"], _key_of(folder.name))
+
+
+@contextlib.contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """Holds ``lock`` (a file, made if missing) exclusively: one process at a time makes a cached build, and a
+    second one waiting for it finds it made (make test runs its test files in two processes)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager

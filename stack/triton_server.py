@@ -45,7 +45,10 @@ def backend_directory(cache: Path = Path(".cache/triton")) -> Path:
     for path in [*(source / "backends" / "python").glob("*.*"), stub / "triton_python_backend_stub"]:
         dest = target / path.name
         if not dest.exists() or dest.stat().st_size != path.stat().st_size:
-            shutil.copy2(path, dest)
+            # copied beside it and renamed: a Triton starting in another process never runs a half-written stub
+            partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+            shutil.copy2(path, partial)
+            os.replace(partial, dest)
     return target.parent
 
 

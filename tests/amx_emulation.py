@@ -15,12 +15,11 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
-from stack.build_cache import build_key, record_inputs
+from stack.build_cache import build_key, made_once
 from tests import ggml_cpu_build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,14 +72,8 @@ def build() -> EmulatedBuilds:
     inputs = [cpu_features.AMX_PATCH, *sorted(SOURCES.glob("*.c")), *sorted((installed_package / "lib").iterdir())]
     target = CACHE / build_key(text, inputs)
     builds = EmulatedBuilds(target / "libamx_emulator.so", target / "probe", target / "patched", target / "unpatched")
-    if (target / "complete").is_file():
-        record_inputs(target, text, inputs)
-        return builds
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
-        work = Path(scratch)
-        staged = work / "out"
-        staged.mkdir()
+
+    def make(staged: Path) -> None:
         subprocess.run(["gcc", "-std=gnu11", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o",
                         staged / "libamx_emulator.so", SOURCES / "emulator.c"], check=True)
         subprocess.run(["gcc", "-O2", "-mamx-tile", "-mamx-int8", "-o", staged / "probe", SOURCES / "probe.c"],
@@ -88,10 +81,8 @@ def build() -> EmulatedBuilds:
         ggml_cpu_build.package(installed_package, cmake_args, [cpu_features.AMX_PATCH], staged / "patched")
         ggml_cpu_build.package(installed_package, cmake_args, [], staged / "unpatched")
         (staged / "complete").write_text(" ".join(cmake_args) + "\n")
-        record_inputs(staged, text, inputs)
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
+
+    made_once(target, text, inputs, "complete", make)
     return builds
 
 
@@ -118,16 +109,9 @@ def variant(amx: bool, without: Sequence[Path] = (), tiles: bool | None = None) 
     text = "\n".join([name, sdist.name, " ".join(cmake_args)])
     inputs = [*patches, *sorted((installed_package / "lib").iterdir())]
     target = CACHE / f"{name}-{build_key(text, inputs)}"
-    if (target / "complete").is_file():
-        record_inputs(target, text, inputs)
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
-        work = Path(scratch)
-        ggml_cpu_build.package(installed_package, cmake_args, patches, work / "out")
-        (work / "out" / "complete").write_text(" ".join(cmake_args) + "\n")
-        record_inputs(work / "out", text, inputs)
-        if target.exists():
-            shutil.rmtree(target)
-        (work / "out").rename(target)
-    return target
+
+    def make(staged: Path) -> None:
+        ggml_cpu_build.package(installed_package, cmake_args, patches, staged)
+        (staged / "complete").write_text(" ".join(cmake_args) + "\n")
+
+    return made_once(target, text, inputs, "complete", make)

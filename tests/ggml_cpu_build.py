@@ -12,18 +12,16 @@ own libggml-base, the one it runs beside. A lock keeps two processes out of the 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.metadata
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from stack.build_cache import build_key
+from stack.build_cache import build_key, locked
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "ggml-cpu-build"
@@ -61,18 +59,11 @@ def package(installed_package: Path, cmake_args: Sequence[str], patches: Sequenc
     ``cmake_args`` from the sdist with ``patches`` applied in order."""
     tree = CACHE / installed_sdist().name.removesuffix(".tar.gz")
     tree.mkdir(parents=True, exist_ok=True)
-    with _locked(tree / ".lock"):
+    with locked(tree / ".lock"):
         source = _sources(tree, patches)
         build = tree / f"build-{build_key(' '.join(cmake_args), [])}"
         _configure(source, build, cmake_args)
         _copy_package(installed_package, _build_cpu_backend(build, installed_package / "lib"), into)
-
-
-@contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def _touched(patch: Path) -> set[str]:

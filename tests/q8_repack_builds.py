@@ -14,12 +14,11 @@ other tests build anyway.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from stack import cpu_features
-from stack.build_cache import build_key, record_inputs
+from stack.build_cache import build_key, made_once
 from tests import amx_emulation, ggml_cpu_build
 
 CACHE = amx_emulation.ROOT / ".cache" / "q8-repack-builds"
@@ -80,15 +79,5 @@ def build(path: str, without: Sequence[Path] = ()) -> Path:
     text = "\n".join([sdist.name, " ".join(cmake_args(path))])
     inputs = [*patches, *sorted((installed_package / "lib").iterdir())]
     target = CACHE / (path + "".join(f"-without-{patch.stem}" for patch in without) + f"-{build_key(text, inputs)}")
-    if (target / "llama_cpp" / "__init__.py").is_file():
-        record_inputs(target, text, inputs)
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
-        work = Path(scratch)
-        ggml_cpu_build.package(installed_package, cmake_args(path), patches, work / "out")
-        record_inputs(work / "out", text, inputs)
-        if target.exists():
-            shutil.rmtree(target)
-        (work / "out").rename(target)
-    return target
+    return made_once(target, text, inputs, "llama_cpp/__init__.py",
+                     lambda staged: ggml_cpu_build.package(installed_package, cmake_args(path), patches, staged))

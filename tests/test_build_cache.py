@@ -120,3 +120,23 @@ def test_a_build_found_in_the_cache_records_its_inputs(tmp_path):
     assert build_cache.stale(tmp_path / "cache", VERSION) == [folder]
     record_inputs(folder, "text", [source])
     assert build_cache.stale(tmp_path / "cache", VERSION) == []
+
+
+def test_made_once_makes_a_build_once_and_records_its_inputs(tmp_path):
+    """made_once makes a missing build in a scratch folder renamed into place, and finds a complete one after."""
+    source = tmp_path / "input"
+    source.write_text("x")
+    target = tmp_path / "cache" / "q8-repack-builds" / f"avx2-{build_key('text', [source])}"
+    made: list[Path] = []
+
+    def make(staged: Path) -> None:
+        made.append(staged)
+        (staged / "complete").write_text("done")
+
+    for _ in range(2):
+        assert build_cache.made_once(target, "text", [source], "complete", make) == target
+    assert len(made) == 1
+    assert made[0] != target
+    assert (target / "complete").read_text() == "done"
+    assert build_cache.stale(tmp_path / "cache", VERSION) == []  # its inputs recorded: current
+    assert sorted(p.name for p in target.parent.iterdir()) == [".lock", target.name]  # no scratch left
