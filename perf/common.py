@@ -242,7 +242,7 @@ def ensure_standin(directory: Path = STANDIN_DIR, dtype: str = DTYPE, preset: st
     if (dtype, preset) != (DTYPE, PRESET) and directory == STANDIN_DIR:
         directory = STANDIN_DIR.with_name(f"{preset}-{dtype}")
     model, projector = standin_paths(directory)
-    # one process generates it, another asking meanwhile waits and finds it made (make test runs two)
+    # one process generates it, another asking meanwhile waits and finds it made (make bench beside make test)
     with locked(directory.with_name(f".{directory.name}.lock")):
         if model.is_file() and projector.is_file():
             return model, projector

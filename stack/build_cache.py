@@ -118,7 +118,8 @@ def _recorded_current(folder: Path) -> bool:
 @contextlib.contextmanager
 def locked(lock: Path) -> Iterator[None]:
     """Holds ``lock`` (a file, made if missing) exclusively: one process at a time makes a cached build, and a
-    second one waiting for it finds it made (make test runs its test files in two processes)."""
+    second one waiting for it finds it made (make test beside make bench, or two
+    checkouts sharing .cache)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
