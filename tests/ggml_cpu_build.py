@@ -45,12 +45,10 @@ def unpack_llama_cpp(into: Path, only: Sequence[str] | None = None) -> Path:
     return into / members[0].name.split("/", 1)[0]
 
 
-def apply_patches(source: Path, patches: Sequence[Path], reverse: bool = False) -> None:
-    """``patches`` applied in order to (or, with ``reverse``, taken back from) an unpacked sdist, each exactly, as
-    stack/build_llama_wheel.sh applies them."""
+def apply_patches(source: Path, patches: Sequence[Path]) -> None:
+    """``patches`` applied in order to an unpacked sdist, each exactly, as stack/build_llama_wheel.sh applies them."""
     for patch in patches:
-        subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch",
-                        *(["--reverse"] if reverse else [])],
+        subprocess.run(["patch", "-d", str(source), "-p1", "--forward", "--fuzz=0", "--batch"],
                        input=patch.read_bytes(), check=True, capture_output=True)
 
 
@@ -58,8 +56,7 @@ def package(installed_package: Path, cmake_args: Sequence[str], patches: Sequenc
     """A copy of ``installed_package`` (the llama_cpp folder) in ``into``/llama_cpp whose libggml-cpu is built with
     ``cmake_args`` from the sdist with ``patches`` applied in order."""
     tree = CACHE / installed_sdist().name.removesuffix(".tar.gz")
-    tree.mkdir(parents=True, exist_ok=True)
-    with locked(tree / ".lock"):
+    with locked(tree / ".lock"):  # made with its folder
         source = _sources(tree, patches)
         build = tree / f"build-{build_key(' '.join(cmake_args), [])}"
         _configure(source, build, cmake_args)
