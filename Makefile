@@ -69,10 +69,16 @@ lint: install
 # librechat-client: LibreChat's own reranker client (npm, pinned, cached under .cache/) for the tests that
 # drive the stack through it. On a fresh clone the wheel build (CPU-bound, minutes) runs beside checkov's and
 # LibreChat's installs (network-bound): three jobs, each one's output kept together.
+#
+# pytest in two passes: first every test but the timed ones, in PYTEST_WORKERS processes (pytest-xdist, a whole
+# module per worker, so that a module's servers start once); then the timed ones (wall-clock bounds: deadlines,
+# budgets, fault timings), in one process with the CPU to themselves. Each pass fails on no tests (exit code 5).
+PYTEST_WORKERS ?= 2
 test:
 	$(MAKE) --jobs=3 --output-sync=target install librechat-client browser
 	$(MAKE) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m 'not docker and not timed'
+	$(PY) -m pytest -m 'timed and not docker'
 
 serve: install
 	$(PY) -m stack.serve

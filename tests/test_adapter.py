@@ -173,6 +173,7 @@ def test_body_over_the_limit_is_413_over_the_wire(live_stack):
     assert httpx.get(f"{adapter.url}/health", timeout=5).status_code == 200
 
 
+@pytest.mark.timed
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_unreachable_triton_is_503(protocol, tmp_path):
     adapter = start_adapter(f"127.0.0.1:{free_port()}", tmp_path / "adapter.log", protocol=protocol, wait_ready=False)
@@ -219,6 +220,7 @@ def test_past_the_deadline_in_exact_mode_is_504(triton, tmp_path):
         adapter.stop()
 
 
+@pytest.mark.timed
 def test_triton_restart_is_survived(tiny_q8, tmp_path):
     triton = start_triton(tiny_q8, tmp_path / "triton.log")
     adapter = start_adapter(triton.grpc_url, tmp_path / "adapter.log")

@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from stack.triton_server import MODEL_NAME
 from tests.servers import prometheus_sample, repository_copy, start_adapter, start_triton, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timed]
 
 QUERY = "which rivers flow into the sea"
 WORDS = ("river", "sea", "mountain", "bread", "flows", "lake", "city", "music", "delta", "rain", "stone", "north")

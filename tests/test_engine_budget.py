@@ -17,7 +17,7 @@ from rerank_engine.engine import ANSWER_RESERVE_S, PLAN_FRACTION
 from rerank_engine.lexical import lexical_order
 from tests.conftest import open_engine
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timed]
 
 QUERY = "which rivers flow into the sea"
 WORDS = ("river", "sea", "mountain", "bread", "flows", "lake", "city", "music", "delta", "rain", "stone", "north")

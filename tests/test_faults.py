@@ -17,7 +17,7 @@ from stack.stub_watchdog import alive, live_stubs
 from stack.triton_server import MODEL_NAME
 from tests.servers import prometheus_sample, start_adapter, start_serve, start_triton
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timed]
 
 QUERY = "Which rivers are the longest?"
 DEADLINE_S = 5.0
