@@ -3,11 +3,11 @@
 ``-march=native`` is not used: on some virtual machines it compiles ggml's AMX kernels, which then die with
 SIGILL at the first Q8_0 matrix multiply. Each instruction set is named explicitly instead, from
 /proc/cpuinfo. Every build gets this project's x86 kernels for ggml's repacked Q8_0 path (AVX-512 VNNI,
-AVX-VNNI, AVX2), its fix of the tiled flash attention's conversions, that attention's products on AVX512-BF16
-dot products where the CPU has them and on AMX-BF16 tiles where the CPU lists them and the kernel permits tiles
-(GGML_AMX_TILE and GGML_AMX_BF16 alone, which leave ggml's AMX matmul out), and qwen3's sliding-window layers
-(stack/patches/). There the Q8_0 weights also run on AMX-BF16 tiles, expanded to BF16 at load (1.88x their
-memory).
+AVX-VNNI, AVX2), rms_norm's sum of squares vectorized, its fix of the tiled flash attention's conversions, that
+attention's products on AVX512-BF16 dot products where the CPU has them and on AMX-BF16 tiles where the CPU lists
+them and the kernel permits tiles (GGML_AMX_TILE and GGML_AMX_BF16 alone, which leave ggml's AMX matmul out), and
+qwen3's sliding-window layers (stack/patches/). Where the tiles are permitted the Q8_0 weights also run on
+AMX-BF16 tiles, expanded to BF16 at load (1.88x their memory).
 
 AMX is opt-in (``--amx``, ``make install LLAMA_AMX=1``): measured side by side on a Sapphire Rapids-class Xeon,
 ggml's AMX kernels ran the stand-in's whole forward pass at 0.82 / 0.88 / 0.94 of the AVX-512 build's repacked
@@ -38,6 +38,8 @@ FLASH_ATTN_BF16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-
 FLASH_ATTN_AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-amx.patch"
 # That path's fully masked KV tiles skipped before their mask is converted or their K and V packed (bit-identical).
 FLASH_ATTN_SKIP_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-skip-masked.patch"
+# rms_norm's sum of squares in partial sums the compiler vectorizes (was one latency-bound chain of additions).
+RMS_NORM_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-rms-norm-sum-sq.patch"
 # The BF16 patch and those that apply only on top of it: what a build "without the BF16 products" leaves out.
 FLASH_ATTN_BF16_AND_LATER = (FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH, FLASH_ATTN_SKIP_PATCH)
 # qwen3 with sliding-window layers (jina-reranker-v3.5): the GGUF's window and per-layer pattern, the iSWA graph.
@@ -115,10 +117,10 @@ def cmake_args(flags: set[str], amx: bool, tiles_permitted: bool | None = None) 
 def ggml_patches(amx: bool) -> list[Path]:
     """The patches to ggml, in order: the Q8_0 repack kernels and their AMX-BF16 GEMM (compiled only with
     GGML_AMX_BF16), the flash-attention fix and its BF16 and AMX-BF16 products always (compiled only with
-    GGML_AVX512_BF16, and GGML_AMX_BF16) and its skipping of masked tiles, the AMX fix with AMX (what a build of
-    libggml-cpu alone applies)."""
+    GGML_AVX512_BF16, and GGML_AMX_BF16) and its skipping of masked tiles, rms_norm's vectorized sum of squares,
+    the AMX fix with AMX (what a build of libggml-cpu alone applies)."""
     return [Q8_0_REPACK_PATCH, Q8_0_AMX_BF16_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH,
-            FLASH_ATTN_SKIP_PATCH] + ([AMX_PATCH] if amx else [])
+            FLASH_ATTN_SKIP_PATCH, RMS_NORM_PATCH] + ([AMX_PATCH] if amx else [])
 
 
 def patches(amx: bool) -> list[Path]:

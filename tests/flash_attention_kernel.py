@@ -1,4 +1,5 @@
-"""ggml's CPU flash attention (GGML_OP_FLASH_ATTN_EXT) on one case, called through ggml's C API, against float64
+"""ggml's CPU flash attention (GGML_OP_FLASH_ATTN_EXT) on one case, called through ggml's C API
+(tests/ggml_c_api.py), against float64
 (test support; run in a child process whose PYTHONPATH puts the build to test first).
 
 A case is "n_q x n_kv x n_head x n_head_kv x DK x DV x cache type": Q (F32), K and V (in the cache type) and a
@@ -17,12 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-GGML_TYPES = {"f32": 0, "f16": 1, "bf16": 30}
+from tests import ggml_c_api
+
 THREADS = 2
-
-
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
@@ -30,26 +28,6 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).astype(np.uint32)
     return rounded.view(np.float32)
-
-
-def _libraries(lib_dir: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-    base.ggml_init.restype = ctypes.c_void_p
-    base.ggml_init.argtypes = [_InitParams]
-    base.ggml_new_tensor_4d.restype = ctypes.c_void_p
-    base.ggml_new_tensor_4d.argtypes = [ctypes.c_void_p, ctypes.c_int, *[ctypes.c_int64] * 4]
-    base.ggml_flash_attn_ext.restype = ctypes.c_void_p
-    base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_float] * 3
-    base.ggml_new_graph.restype = ctypes.c_void_p
-    base.ggml_new_graph.argtypes = [ctypes.c_void_p]
-    base.ggml_build_forward_expand.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    base.ggml_get_data.restype = ctypes.c_void_p
-    base.ggml_get_data.argtypes = [ctypes.c_void_p]
-    base.ggml_free.argtypes = [ctypes.c_void_p]
-    cpu.ggml_graph_compute_with_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    cpu.ggml_cpu_init()
-    return base, cpu
 
 
 def refuse_amx_tiles() -> None:
@@ -114,25 +92,15 @@ def case(lib_dir: Path, spec: str, threads: int = THREADS) -> dict:
     mask = np.where(causal, -np.inf, 0).astype(np.float16)
     scale = 1 / np.sqrt(dk)
 
-    base, cpu = _libraries(lib_dir)
     size = sum(x.nbytes for x in (q, k_stored, v_stored, mask)) + n_q * n_head * dv * 4
-    ctx = base.ggml_init(_InitParams(size + 256 * 2**20, None, False))
-    try:
-        tensors = []
-        for array, type_name, shape in ((q, "f32", (dk, n_q, n_head)), (k_stored, cache_type, (dk, n_kv, n_head_kv)),
-                                        (v_stored, cache_type, (dv, n_kv, n_head_kv)), (mask, "f16", (n_kv, n_q, 1))):
-            tensor = base.ggml_new_tensor_4d(ctx, GGML_TYPES[type_name], *shape, 1)
-            data = np.ascontiguousarray(array)
-            ctypes.memmove(base.ggml_get_data(tensor), data.ctypes.data, data.nbytes)
-            tensors.append(tensor)
-        out = base.ggml_flash_attn_ext(ctx, *tensors, None, scale, 0.0, 0.0)
-        graph = base.ggml_new_graph(ctx)
-        base.ggml_build_forward_expand(graph, out)
-        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, threads) == 0
-        result = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float)),
-                                       (n_q, n_head, dv)).copy()
-    finally:
-        base.ggml_free(ctx)
+    with ggml_c_api.graph(lib_dir, size + 256 * 2**20) as graph:
+        graph.base.ggml_flash_attn_ext.restype = ctypes.c_void_p
+        graph.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_float] * 3
+        tensors = [graph.tensor(array, type_name, shape) for array, type_name, shape in (
+            (q, "f32", (dk, n_q, n_head)), (k_stored, cache_type, (dk, n_kv, n_head_kv)),
+            (v_stored, cache_type, (dv, n_kv, n_head_kv)), (mask, "f16", (n_kv, n_q, 1)))]
+        out = graph.base.ggml_flash_attn_ext(graph.context, *tensors, None, scale, 0.0, 0.0)
+        result = graph.compute(out, (n_q, n_head, dv), threads)
     v_max = float(np.abs(v).max())
     group = n_head // n_head_kv
     magnitudes = np.einsum("hqd,hkd->hqk", np.abs(q).astype(np.float64), np.repeat(np.abs(k), group, axis=0))

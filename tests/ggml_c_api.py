@@ -1,0 +1,70 @@
+"""One ggml graph on a build's CPU backend, through ggml's C API (test support: the kernel tests,
+tests/flash_attention_kernel.py and tests/rms_norm_kernel.py, each run in a child process whose PYTHONPATH puts the
+build to test first, so that this process loads that build's libraries and no other).
+
+The tensors live in one ggml context that owns their memory; the graph is computed with
+``ggml_graph_compute_with_ctx`` on the threads asked for, and its output copied out as float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+GGML_TYPES = {"f32": 0, "f16": 1, "bf16": 30}
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+class Graph:
+    """Tensors made in one context (``tensor``), an op's result computed from them (``compute``); ``base`` is
+    libggml-base, whose op constructors (ggml_rms_norm, ggml_flash_attn_ext, ...) a caller declares and calls
+    with ``context``."""
+
+    def __init__(self, base: ctypes.CDLL, cpu: ctypes.CDLL, context: int) -> None:
+        self.base, self._cpu, self.context = base, cpu, context
+
+    def tensor(self, array: np.ndarray, type_name: str, shape: Sequence[int]) -> int:
+        """A new tensor of ``type_name`` and ``shape`` (ggml's order, innermost first) holding ``array``'s bytes."""
+        tensor = self.base.ggml_new_tensor_4d(self.context, GGML_TYPES[type_name], *shape, *[1] * (4 - len(shape)))
+        data = np.ascontiguousarray(array)
+        ctypes.memmove(self.base.ggml_get_data(tensor), data.ctypes.data, data.nbytes)
+        return tensor
+
+    def compute(self, out: int, shape: Sequence[int], threads: int) -> np.ndarray:
+        """The F32 tensor ``out`` computed on ``threads``, as an array of ``shape`` (NumPy's order)."""
+        graph = self.base.ggml_new_graph(self.context)
+        self.base.ggml_build_forward_expand(graph, out)
+        assert self._cpu.ggml_graph_compute_with_ctx(self.context, graph, threads) == 0
+        data = ctypes.cast(self.base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float))
+        return np.ctypeslib.as_array(data, tuple(shape)).copy()
+
+
+@contextmanager
+def graph(lib_dir: Path, size: int) -> Iterator[Graph]:
+    """A context of ``size`` bytes on the libraries in ``lib_dir`` (libggml-base, libggml-cpu), freed on exit."""
+    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    base.ggml_init.restype = ctypes.c_void_p
+    base.ggml_init.argtypes = [_InitParams]
+    base.ggml_new_tensor_4d.restype = ctypes.c_void_p
+    base.ggml_new_tensor_4d.argtypes = [ctypes.c_void_p, ctypes.c_int, *[ctypes.c_int64] * 4]
+    base.ggml_new_graph.restype = ctypes.c_void_p
+    base.ggml_new_graph.argtypes = [ctypes.c_void_p]
+    base.ggml_build_forward_expand.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    base.ggml_get_data.restype = ctypes.c_void_p
+    base.ggml_get_data.argtypes = [ctypes.c_void_p]
+    base.ggml_free.argtypes = [ctypes.c_void_p]
+    cpu.ggml_graph_compute_with_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    cpu.ggml_cpu_init()
+    context = base.ggml_init(_InitParams(size, None, False))
+    try:
+        yield Graph(base, cpu, context)
+    finally:
+        base.ggml_free(context)
