@@ -136,7 +136,7 @@ def child_main(argv: Sequence[str]) -> None:
         vocab = runner.n_vocab
     finally:
         runner.close()
-    attention = {str(n): round(engine_profile(Path(model), options, *probe(n, vocab))[0]["attention"], 3)
+    attention = {str(n): round(engine_profile(Path(model), options, *probe(n, vocab))[0]["attention"], 6)
                  for n in lengths} if mode == "profile" else {}
     report = {"libraries": amx_comparison.loaded_llama_libraries(),
               "system_info": llama_cpp.llama_print_system_info().decode().strip(), "seconds": seconds,
