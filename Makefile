@@ -57,25 +57,32 @@ $(VENV)/.checkov-stamp: $(CHECKOV_REQUIREMENTS) | $(PY)
 	$(VENV)/checkov/bin/python -m pip install --quiet -r $(CHECKOV_REQUIREMENTS)
 	touch $@
 
-# Keyed on version and flags: changing either rebuilds; nothing changed rebuilds nothing.
-$(VENV)/.llama-$(LLAMA_KEY): stack/build_llama_wheel.sh | $(VENV)/.deps-stamp
-	PYTHON=$(PY) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) LLAMA_CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' \
-		LLAMA_PATCH='$(LLAMA_PATCH)' stack/build_llama_wheel.sh
+# Keyed on version and flags: changing either rebuilds; nothing changed rebuilds nothing. The wheel is built (or
+# found under .cache/wheels) with nothing but the virtualenv's interpreter, beside the dependencies' install, and
+# installed after it: llama-cpp-python's own numpy requirement must find the pinned numpy there.
+LLAMA_WHEEL_ENV = PYTHON=$(PY) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) \
+	LLAMA_CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' LLAMA_PATCH='$(LLAMA_PATCH)'
+$(VENV)/.wheel-$(LLAMA_KEY): stack/build_llama_wheel.sh | $(PY)
+	$(LLAMA_WHEEL_ENV) LLAMA_BUILD_ONLY=1 stack/build_llama_wheel.sh
+	rm -f $(VENV)/.wheel-* && touch $@
+
+$(VENV)/.llama-$(LLAMA_KEY): $(VENV)/.wheel-$(LLAMA_KEY) | $(VENV)/.deps-stamp
+	$(LLAMA_WHEEL_ENV) stack/build_llama_wheel.sh
 	rm -f $(VENV)/.llama-* && touch $@
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 # librechat-client: LibreChat's own reranker client (npm, pinned, cached under .cache/) for the tests that
-# drive the stack through it. On a fresh clone the wheel build (CPU-bound, minutes) runs beside checkov's and
-# LibreChat's installs (network-bound): three jobs, each one's output kept together.
+# drive the stack through it. On a fresh clone the wheel build (CPU-bound, minutes) runs beside the dependencies',
+# checkov's and LibreChat's installs (network-bound): four jobs, each one's output kept together.
 #
 # pytest in two passes: first every test but the timed ones, in PYTEST_WORKERS processes (pytest-xdist, a whole
 # module per worker, so that a module's servers start once); then the timed ones (wall-clock bounds: deadlines,
 # budgets, fault timings), in one process with the CPU to themselves. Each pass fails on no tests (exit code 5).
 PYTEST_WORKERS ?= 2
 test:
-	$(MAKE) --jobs=3 --output-sync=target install librechat-client browser
+	$(MAKE) --jobs=4 --output-sync=target install librechat-client browser
 	$(MAKE) lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m 'not docker and not timed'
 	$(PY) -m pytest -m 'timed and not docker'
