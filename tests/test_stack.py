@@ -130,4 +130,7 @@ def test_serve_killed_by_sigkill_mid_request_leaves_no_process_and_no_port(tiny_
         # A killed process's leader shows as a zombie while its other threads still exit (a stub unmapping its
         # model's gigabytes, say); its sockets close when the last one has: wait for that, not a moment.
         wait_for(lambda: all(port_free(port) for port in serve.ports.values()), timeout=30)
-        assert isinstance(request.exception(timeout=30), httpx.TransportError)
+        # The request fails: its connection drops, or, where the reaper's SIGKILL reached Triton's group first, the
+        # adapter answered it as Triton's loss (502/503) in the moment before its own group's.
+        outcome = request.exception(timeout=30) or request.result()
+        assert isinstance(outcome, httpx.TransportError) or outcome.status_code in (502, 503), outcome
