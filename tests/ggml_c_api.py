@@ -39,9 +39,9 @@ class Graph:
 
     def compute(self, out: int, shape: Sequence[int], threads: int) -> np.ndarray:
         """The F32 tensor ``out`` computed on ``threads``, as an array of ``shape`` (NumPy's order)."""
-        graph = self.base.ggml_new_graph(self.context)
-        self.base.ggml_build_forward_expand(graph, out)
-        assert self._cpu.ggml_graph_compute_with_ctx(self.context, graph, threads) == 0
+        cgraph = self.base.ggml_new_graph(self.context)
+        self.base.ggml_build_forward_expand(cgraph, out)
+        assert self._cpu.ggml_graph_compute_with_ctx(self.context, cgraph, threads) == 0
         data = ctypes.cast(self.base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float))
         return np.ctypeslib.as_array(data, tuple(shape)).copy()
 
