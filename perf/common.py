@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,14 +158,18 @@ class BenchRun:
         return write_results(out, envelope(self.command, self.started, self.load_before) | dict(figures))
 
 
-def comparison_arguments(description: str, results: Path, argv: Sequence[str] | None,
-                         rounds: int | None = None) -> tuple[argparse.Namespace, Path | None]:
+def comparison_arguments(description: str, results: Path, argv: Sequence[str] | None, rounds: int | None = None,
+                         more: Callable[[argparse.ArgumentParser], object] | None = None
+                         ) -> tuple[argparse.Namespace, Path | None]:
     """The comparison benches' command line: ``--mode`` (quick or full), ``--out`` (default: ``results`` in full mode,
-    none in quick mode) and, given a default, ``--rounds``; returns the arguments and the results file, if any."""
+    none in quick mode), given a default, ``--rounds``, and what ``more`` adds; returns the arguments and the
+    results file, if any."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(LENGTHS), default="quick")
     if rounds is not None:
         parser.add_argument("--rounds", type=int, default=rounds)
+    if more is not None:
+        more(parser)
     parser.add_argument("--out", type=Path, help=f"results JSON (default: {shown_path(results)} in full mode, "
                                                  "none in quick mode)")
     args = parser.parse_args(argv)

@@ -33,6 +33,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-peer": ("cpu-peer-latest.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-q8-repack": ("cpu-q8-repack.json", lambda results: tables.q8_repack_table(results["q8_repack"])),
     "cpu-amx": ("cpu-amx.json", lambda results: tables.amx_table(results["amx"])),
+    "cpu-patch-revision": ("cpu-patch-revision.json",
+                           lambda results: tables.patch_revision_table(results["patch_revision"])),
     "cpu-bf16-attention": ("cpu-bf16-attention.json",
                            lambda results: tables.bf16_attention_table(results["bf16_attention"])),
     "cpu-amx-attention": ("cpu-amx-attention.json",

@@ -160,6 +160,28 @@ def q8_repack_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
+# -- the working tree's llama.cpp patches vs the same patches at a revision (perf/builds/patch_revision_comparison.py):
+# cpu-patch-revision.json -------------------------------------------------------------------------------------
+
+
+def patch_revision_table(result: Mapping) -> str:
+    """Tokens/s of the base revision's patches and the working tree's per length, their ratio, the rounds the
+    tree won, and whether the hidden states are the same bits (else their smallest row cosine)."""
+    base = result["base"]
+    absent = f"; not at the base: {', '.join(base['absent_at_base'])}" if base["absent_at_base"] else ""
+    lines = [f"The working tree's patches against those of {base['revision'][:12]} (changed: "
+             f"{', '.join(base['changed'])}{absent}). Same version and flags, builds taking turns, "
+             f"{result['rounds']} rounds:", "",
+             "| tokens | base (tokens/s) | tree (tokens/s) | tree / base | rounds won by the tree | hidden states |",
+             "|---:|---:|---:|---:|---:|---|"]
+    builds = result["builds"]
+    for n, ratio in result["tree_vs_base"].items():
+        same = "identical" if result["identical"][n] else f"cosine (min) {result['cosine_min'][n]:.6f}"
+        lines.append(f"| {n} | {builds['base']['tokens_per_s'][n]:.1f} | {builds['tree']['tokens_per_s'][n]:.1f} | "
+                     f"{ratio:.2f} | {result['rounds_won_by_tree'][n]} of {result['rounds']} | {same} |")
+    return "\n".join(lines)
+
+
 # -- the tiled flash attention's BF16 products vs its F32 products (perf/builds/bf16_attention_comparison.py):
 # cpu-bf16-attention.json --------------------------------------------------------------------------------
 

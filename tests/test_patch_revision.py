@@ -1,0 +1,97 @@
+"""The patch revision comparison (perf/builds/patch_revision_comparison.py): the base's patch chain read from git,
+and both builds' passes side by side in child processes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perf import tables
+from perf.builds import amx_comparison, patch_revision_bench, patch_revision_comparison
+from rerank_engine import EngineConfig, amx_check
+from stack import cpu_features
+
+pytestmark = pytest.mark.build
+
+
+def git(repository: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repository, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, str, list[Path]]:
+    """A repository whose first commit has patches a and b; the working tree has since changed a and added c."""
+    repository = tmp_path / "repo"
+    patches = repository / "stack" / "patches"
+    patches.mkdir(parents=True)
+    git(repository, "init", "-q")
+    (patches / "a.patch").write_text("a, as it was\n")
+    (patches / "b.patch").write_text("b\n")
+    git(repository, "add", ".")
+    git(repository, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "first patches")
+    (patches / "a.patch").write_text("a, rewritten\n")
+    (patches / "c.patch").write_text("c\n")
+    return repository, git(repository, "rev-parse", "HEAD"), [patches / n for n in ("a.patch", "b.patch", "c.patch")]
+
+
+def test_the_base_chain_is_each_patch_as_the_revision_had_it(history, tmp_path):
+    repository, commit, chain = history
+    files, absent = patch_revision_comparison.chain_at(commit, chain, tmp_path / "base", repository)
+    assert [f.name for f in files] == ["a.patch", "b.patch"]
+    assert files[0].read_text() == "a, as it was\n"
+    assert files[1].read_text() == "b\n"
+    assert absent == ["c.patch"]
+    assert patch_revision_comparison.changed(chain, files) == ["a.patch", "c.patch"]
+    assert patch_revision_comparison.changed(chain[1:2], files) == []
+
+
+def test_a_revision_git_does_not_know_is_refused(history):
+    repository, commit, _ = history
+    assert patch_revision_comparison.resolve("HEAD", repository) == (commit, "first patches")
+    with pytest.raises(ValueError, match="no-such-revision"):
+        patch_revision_comparison.resolve("no-such-revision", repository)
+
+
+def test_the_bench_stops_with_git_s_reason_before_building(capsys):
+    with pytest.raises(SystemExit, match="patch_revision_bench: git does not know the revision 'no-such-revision'"):
+        patch_revision_bench.main(["--base", "no-such-revision"])
+
+
+def test_rounds_and_agreement():
+    assert patch_revision_comparison.rounds_won([1.0, 2.0, 3.0], [1.5, 1.5, 3.0]) == 1
+    a = np.arange(12, dtype=np.float32).reshape(3, 4) + 1
+    b = a.copy()
+    b[1, 2] += 0.5
+    assert patch_revision_comparison.agreement({5: a}, {5: a.copy()}) == {"identical": {"5": True},
+                                                                          "cosine_min": {"5": 1.0}}
+    result = patch_revision_comparison.agreement({5: a}, {5: b})
+    assert result["identical"] == {"5": False}
+    assert 0.999 < result["cosine_min"]["5"] < 1.0
+
+
+def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, tmp_path):
+    """The comparison as the bench runs it, with the installed build's own wheel (cached, nothing built) unpacked as
+    both builds: each child must load its own copy, and the same build must give the same bits."""
+    amx = amx_check.amx_in_play()
+    wheel = amx_comparison.build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx),
+                                       cpu_features.patches(amx), say=lambda _: None)
+    paths = {build: amx_comparison.unpack(wheel, tmp_path / build) for build in patch_revision_comparison.BUILDS}
+    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
+    result = patch_revision_comparison.compare(tiny_q8[0], options, [300], 2, paths, say=lambda _: None)
+    for build, path in paths.items():
+        libraries = result["builds"][build]["libraries"]
+        assert libraries
+        assert all(Path(lib).is_relative_to(path) for lib in libraries)
+        assert len(result["builds"][build]["seconds"]["300"]) == 2
+    assert result["identical"] == {"300": True}
+    assert 0 <= result["rounds_won_by_tree"]["300"] <= 2
+    tree, base = (result["builds"][b]["tokens_per_s"]["300"] for b in ("tree", "base"))
+    assert result["tree_vs_base"]["300"] == round(tree / base, 3)
+    described = {"revision": "0123456789abcdef", "subject": "before", "absent_at_base": [], "changed": ["x.patch"]}
+    table = tables.patch_revision_table({"base": described, **result})
+    assert "against those of 0123456789ab (changed: x.patch)." in table
+    assert "| 300 | " in table
+    assert "| identical |" in table
