@@ -179,6 +179,22 @@ def patch_revision_table(result: Mapping) -> str:
         same = "identical" if result["identical"][n] else f"cosine (min) {result['cosine_min'][n]:.6f}"
         lines.append(f"| {n} | {builds['base']['tokens_per_s'][n]:.1f} | {builds['tree']['tokens_per_s'][n]:.1f} | "
                      f"{ratio:.2f} | {result['rounds_won_by_tree'][n]} of {result['rounds']} | {same} |")
+    if "searches" in result:
+        lines += ["", searches_table(result["searches"])]
+    return "\n".join(lines)
+
+
+def searches_table(searches: Mapping) -> str:
+    """Documents model-scored and tokens decoded per round by each build on LibreChat's searches (engine alone)."""
+    lines = [f"LibreChat's searches through the engine alone ({searches['workload']}: {searches['searches']} searches, "
+             f"{searches['documents']} documents per round, each search's calls due {searches['deadline_s']:g} s after "
+             f"they arrive), builds taking turns:", "",
+             "| build | model-scored documents per round | tokens per round |", "|---|---|---|"]
+    for build in ("base", "tree"):
+        lines.append(f"| {build} | {', '.join(map(str, searches['model_scored'][build]))} | "
+                     f"{', '.join(map(str, searches['tokens'][build]))} |")
+    lines += ["", f"Model-scored documents, tree / base: {searches['tree_vs_base']:.2f}, the tree ahead in "
+                  f"{searches['rounds_won_by_tree']} of {searches['rounds']} rounds."]
     return "\n".join(lines)
 
 

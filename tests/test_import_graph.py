@@ -27,8 +27,8 @@ SOURCES = {ROOT: ("adapter", "stack", "perf", "models", "tests"),
 # the tables they print (perf/tables.py) are library modules, which make bench (perf.load.bench) and perf.report
 # import instead.
 BENCHES = {"perf.load.bench", "perf.peers.torch_peer", "perf.builds.amx_bench", "perf.builds.q8_repack_bench",
-           "perf.builds.bf16_attention_bench", "perf.builds.swa_bench", "perf.gpu.gpu_check",
-           "perf.load.librechat_bench", "perf.aiperf.aiperf_bench"}
+           "perf.builds.bf16_attention_bench", "perf.builds.patch_revision_bench", "perf.builds.swa_bench",
+           "perf.gpu.gpu_check", "perf.load.librechat_bench", "perf.aiperf.aiperf_bench"}
 SYS_PATH_ALLOWED = {ROOT / "tests" / "conftest.py"}
 
 

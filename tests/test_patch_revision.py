@@ -95,3 +95,23 @@ def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, tmp_pa
     assert "against those of 0123456789ab (changed: x.patch)." in table
     assert "| 300 | " in table
     assert "| identical |" in table
+
+
+def test_both_builds_answer_librechat_s_searches_in_turn(tiny_q8, tmp_path):
+    """The searches as the bench runs them, on the test model: each build in its own child answers the first search's
+    five calls with the engine, which has the time to score every document of them."""
+    amx = amx_check.amx_in_play()
+    wheel = amx_comparison.build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx),
+                                       cpu_features.patches(amx), say=lambda _: None)
+    paths = {build: amx_comparison.unpack(wheel, tmp_path / build) for build in patch_revision_comparison.BUILDS}
+    result = patch_revision_comparison.compare_searches(*tiny_q8, 1, paths, searches=1, say=lambda _: None)
+    assert result["searches"] == 1
+    assert result["deadline_s"] == 9.0
+    assert 5 * 256 <= result["documents"] <= 5 * 494  # one search: five pages of the workload
+    assert result["model_scored"] == {"base": [result["documents"]], "tree": [result["documents"]]}
+    assert result["tokens"]["base"] == result["tokens"]["tree"]
+    assert result["tokens"]["tree"][0] > result["documents"]
+    assert result["tree_vs_base"] == 1.0
+    table = tables.searches_table(result)
+    assert "| tree | " in table
+    assert f"tree / base: {result['tree_vs_base']:.2f}" in table

@@ -4,10 +4,12 @@ perf/builds/patch_revision_comparison.py's comparison, its results and table (pe
     python -m perf.builds.patch_revision_bench --base HEAD~1               # quick: 1,024 tokens, 4 rounds
     python -m perf.builds.patch_revision_bench --base 94bd3ca~1 --mode full  # 1,024, 3,072 and 8,192 tokens:
                                                                           # perf/results/cpu-patch-revision.json
+    python -m perf.builds.patch_revision_bench --base HEAD~1 --searches    # and LibreChat's searches, engine alone
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from perf import ROOT
@@ -19,12 +21,16 @@ RESULTS = ROOT / "perf" / "results" / "cpu-patch-revision.json"
 ROUNDS = 4  # taking turns: a kernel change worth keeping wins every round, on a noisy VM too
 
 
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True,
+                        help="the git revision whose patches the working tree's are measured against, e.g. HEAD~1")
+    parser.add_argument("--searches", action="store_true",
+                        help="also LibreChat's searches through the engine alone, builds taking turns")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args, out = comparison_arguments(
-        f"{__doc__}\n{patch_revision_comparison.__doc__}", RESULTS, argv, ROUNDS,
-        lambda parser: parser.add_argument("--base", required=True,
-                                           help="the git revision whose patches the working tree's are measured "
-                                                "against, e.g. HEAD~1"))
+    description = f"{__doc__}\n{patch_revision_comparison.__doc__}"
+    args, out = comparison_arguments(description, RESULTS, argv, ROUNDS, arguments)
     try:
         base, paths = patch_revision_comparison.builds(args.base)
     except ValueError as exc:
@@ -33,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = BenchRun(__spec__.name, argv)
     result = {"base": base, **patch_revision_comparison.compare(model, engine_config(model, projector).llama,
                                                                 LENGTHS[args.mode], args.rounds, paths)}
+    if args.searches:
+        result["searches"] = patch_revision_comparison.compare_searches(model, projector, args.rounds, paths)
     print(patch_revision_table(result))
     if out:
         run.write(out, {"model": PRESET, "patch_revision": result})

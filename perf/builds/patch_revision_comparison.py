@@ -14,11 +14,20 @@ after its AMX self-check, one timed pass per length on the PyTorch peer's token 
 which patches differ, each build's tokens/s, how many rounds the working tree's build won, and whether the hidden
 states are bit for bit the same (a change meant to keep the arithmetic, as a reordered kernel loop) or how far
 apart they are (the smallest row cosine).
+
+With ``searches`` the builds also take turns on what the change buys LibreChat: the engine alone (the CPU
+config's, no Triton), in child processes, answers the ``librechat-search`` workload's searches as LibreChat sends
+them (each search's five calls at once, the adapter's deadline, top_n 5), and the results count the documents
+the model scored, and the tokens it decoded, in each build's time.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,10 +35,15 @@ import numpy as np
 
 from perf import ROOT
 from perf.builds import amx_comparison
-from perf.common import cosine_rows, tokens_per_s
+from perf.common import cosine_rows, engine_config, tokens_per_s
 from stack import cpu_features
 
 BUILDS = ("base", "tree")  # the patches at the base revision, the working tree's
+SEARCH_WORKLOAD = "librechat-search"
+PAGES_PER_SEARCH = 5  # the workload's entries 5k to 5k+4 are search k's pages
+# A child's program (python -c) for the searches, run from the repository root: the unpacked build first on its
+# PYTHONPATH.
+SEARCH_CHILD = "import sys; from perf.builds.patch_revision_comparison import search_child; search_child(sys.argv[1:])"
 
 
 def resolve(revision: str, repository: Path = ROOT) -> tuple[str, str]:
@@ -123,3 +137,59 @@ def agreement(tree: dict[int, np.ndarray], base: dict[int, np.ndarray]) -> dict[
     """Per length: whether the hidden states are bit for bit the same, and their smallest row cosine."""
     return {"identical": {str(n): bool(np.array_equal(tree[n], base[n])) for n in tree},
             "cosine_min": {str(n): round(float(cosine_rows(tree[n], base[n]).min()), 6) for n in tree}}
+
+
+def compare_searches(model: Path, projector: Path, rounds: int, paths: dict[str, Path], searches: int | None = None,
+                     say: Callable[[str], None] = print, timeout_s: float = 3600) -> dict:
+    """Both builds (``paths``) on the workload's first ``searches`` searches (None: all), taking turns per round:
+    the documents the model scored and the tokens it decoded, per build and round, their ratio, and the rounds the
+    tree won."""
+    scored: dict[str, list[int]] = {b: [] for b in BUILDS}
+    tokens: dict[str, list[int]] = {b: [] for b in BUILDS}
+    for r in range(rounds):
+        for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
+            with tempfile.TemporaryDirectory() as scratch:
+                out = Path(scratch) / "searches.json"
+                argv = [sys.executable, "-c", SEARCH_CHILD, str(out), str(model), str(projector), str(searches or 0)]
+                result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+                                        env=amx_comparison.child_environment(paths[build]))
+                if result.returncode != 0:
+                    raise RuntimeError(f"searches failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+                report = json.loads(out.read_text())
+            scored[build].append(sum(s["scored"] for s in report["searches"]))
+            tokens[build].append(sum(s["tokens"] for s in report["searches"]))
+            say(f"{build} build, round {r + 1}/{rounds}: {scored[build][-1]} of {report['documents']} documents "
+                f"model-scored, {tokens[build][-1]} tokens")
+    return {"workload": SEARCH_WORKLOAD, "searches": len(report["searches"]), "documents": report["documents"],
+            "deadline_s": report["deadline_s"], "rounds": rounds, "model_scored": scored, "tokens": tokens,
+            "tree_vs_base": round(sum(scored["tree"]) / max(1, sum(scored["base"])), 3),
+            "rounds_won_by_tree": sum(t > b for t, b in zip(scored["tree"], scored["base"], strict=True))}
+
+
+def search_child(argv: Sequence[str]) -> None:
+    """In the child: the engine with the CPU config's options, on whichever llama_cpp comes first on the path,
+    answering each search's calls together by the adapter's deadline. ``argv``: the file to write the counts to, the
+    model, the projector, and how many searches (0: all)."""
+    from adapter.settings import AdapterSettings
+    from perf.load.loadgen import LIBRECHAT_TOP_N
+    from perf.load.workloads import load
+    from rerank_engine import Reranker, RerankRequest
+
+    out, model, projector, count = argv
+    deadline_s = AdapterSettings.model_fields["request_timeout_s"].default
+    entries = load(SEARCH_WORKLOAD)[:int(count) * PAGES_PER_SEARCH or None]
+    engine = Reranker(engine_config(Path(model), Path(projector)))
+    searches = []
+    for first in range(0, len(entries), PAGES_PER_SEARCH):
+        pages = entries[first:first + PAGES_PER_SEARCH]
+        due = time.monotonic() + deadline_s
+        requests = [RerankRequest(e.query, e.documents, deadline=due, min_scored=LIBRECHAT_TOP_N) for e in pages]
+        scored = tokens = 0
+        for _, result in engine.rerank_stream(requests):
+            if isinstance(result, Exception):
+                raise result
+            scored += result.n_scored
+            tokens += result.tokens
+        searches.append({"scored": scored, "tokens": tokens})
+    Path(out).write_text(json.dumps({"deadline_s": deadline_s, "documents": sum(len(e.documents) for e in entries),
+                                         "searches": searches}))
