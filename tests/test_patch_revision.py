@@ -53,6 +53,8 @@ def test_a_revision_git_does_not_know_is_refused(history):
     assert patch_revision_comparison.resolve("HEAD", repository) == (commit, "first patches")
     with pytest.raises(ValueError, match="no-such-revision"):
         patch_revision_comparison.resolve("no-such-revision", repository)
+    with pytest.raises(ValueError, match="would be read as an option"):
+        patch_revision_comparison.resolve("--all", repository)
 
 
 def test_the_bench_stops_with_git_s_reason_before_building(capsys):

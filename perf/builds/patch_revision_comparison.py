@@ -48,6 +48,8 @@ SEARCH_CHILD = "import sys; from perf.builds.patch_revision_comparison import se
 
 def resolve(revision: str, repository: Path = ROOT) -> tuple[str, str]:
     """The full commit id and subject line of ``revision``; ValueError when git does not know it."""
+    if revision.startswith("-"):
+        raise ValueError(f"{revision!r} is not a revision: it would be read as an option of git")
     result = subprocess.run(["git", "log", "-1", "--format=%H%n%s", revision, "--"], cwd=repository,
                             capture_output=True, text=True)
     if result.returncode != 0:
