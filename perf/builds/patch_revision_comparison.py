@@ -142,17 +142,21 @@ def agreement(tree: dict[int, np.ndarray], base: dict[int, np.ndarray]) -> dict[
 
 
 def compare_searches(model: Path, projector: Path, rounds: int, paths: dict[str, Path], searches: int | None = None,
-                     say: Callable[[str], None] = print, timeout_s: float = 3600) -> dict:
-    """Both builds (``paths``) on the workload's first ``searches`` searches (None: all), taking turns per round:
-    the documents the model scored and the tokens it decoded, per build and round, their ratio, and the rounds the
-    tree won."""
+                     deadline_s: float | None = None, say: Callable[[str], None] = print, timeout_s: float = 3600
+                     ) -> dict:
+    """Both builds (``paths``) on the workload's first ``searches`` searches (None: all), each search's calls due
+    ``deadline_s`` after they arrive (None: the adapter's default), taking turns per round: the documents the model
+    scored and the tokens it decoded, per build and round, their ratio, and the rounds the tree won."""
+    if deadline_s is None:
+        deadline_s = adapter_deadline_s()
     scored: dict[str, list[int]] = {b: [] for b in BUILDS}
     tokens: dict[str, list[int]] = {b: [] for b in BUILDS}
     for r in range(rounds):
         for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
             with tempfile.TemporaryDirectory() as scratch:
                 out = Path(scratch) / "searches.json"
-                argv = [sys.executable, "-c", SEARCH_CHILD, str(out), str(model), str(projector), str(searches or 0)]
+                argv = [sys.executable, "-c", SEARCH_CHILD, str(out), str(model), str(projector), str(searches or 0),
+                        str(deadline_s)]
                 result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
                                         env=amx_comparison.child_environment(paths[build]))
                 if result.returncode != 0:
@@ -168,17 +172,23 @@ def compare_searches(model: Path, projector: Path, rounds: int, paths: dict[str,
             "rounds_won_by_tree": sum(t > b for t, b in zip(scored["tree"], scored["base"], strict=True))}
 
 
+def adapter_deadline_s() -> float:
+    """The adapter's default request_timeout_s: the time it gives the model for each of LibreChat's calls."""
+    from adapter.settings import AdapterSettings
+
+    return AdapterSettings.model_fields["request_timeout_s"].default
+
+
 def search_child(argv: Sequence[str]) -> None:
     """In the child: the engine with the CPU config's options, on whichever llama_cpp comes first on the path,
-    answering each search's calls together by the adapter's deadline. ``argv``: the file to write the counts to, the
-    model, the projector, and how many searches (0: all)."""
-    from adapter.settings import AdapterSettings
+    answering each search's calls together by their deadline. ``argv``: the file to write the counts to, the model,
+    the projector, how many searches (0: all) and the seconds from a search's arrival to its deadline."""
     from perf.load.loadgen import LIBRECHAT_TOP_N
     from perf.load.workloads import load
     from rerank_engine import Reranker, RerankRequest
 
-    out, model, projector, count = argv
-    deadline_s = AdapterSettings.model_fields["request_timeout_s"].default
+    out, model, projector, count, seconds = argv
+    deadline_s = float(seconds)
     entries = load(SEARCH_WORKLOAD)[:int(count) * PAGES_PER_SEARCH or None]
     engine = Reranker(engine_config(Path(model), Path(projector)))
     searches = []
