@@ -24,15 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from perf import MODEL_VERSION_DIR, ROOT
 from stack import cpu_features
 from stack.build_cache import locked
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from rerank_engine import EngineConfig
@@ -220,6 +222,13 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two [rows, width] arrays (float64)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def turns(sides: Sequence[T], rounds: int) -> Iterator[tuple[int, Sequence[T]]]:
+    """Each round with the order its sides run in: as given in the first round, reversed in the next, and so on,
+    so that neither side always runs first on a machine whose speed drifts."""
+    for r in range(rounds):
+        yield r, (sides if r % 2 == 0 else sides[::-1])
 
 
 def tokens_per_s(tokens: int, seconds: Sequence[float]) -> float:

@@ -37,6 +37,16 @@ def history(tmp_path: Path) -> tuple[Path, str, list[Path]]:
     return repository, git(repository, "rev-parse", "HEAD"), [patches / n for n in ("a.patch", "b.patch", "c.patch")]
 
 
+@pytest.fixture(scope="module")
+def installed_twice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The installed build's own wheel (cached, nothing built) unpacked once for each seat of the comparison."""
+    amx = amx_check.amx_in_play()
+    wheel = amx_comparison.build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx),
+                                       cpu_features.patches(amx), say=lambda _: None)
+    return {build: amx_comparison.unpack(wheel, tmp_path_factory.mktemp(build))
+            for build in patch_revision_comparison.BUILDS}
+
+
 def test_the_base_chain_is_each_patch_as_the_revision_had_it(history, tmp_path):
     repository, commit, chain = history
     files, absent = patch_revision_comparison.chain_at(commit, chain, tmp_path / "base", repository)
@@ -80,13 +90,10 @@ def test_rounds_and_agreement():
     assert 0.999 < result["cosine_min"]["5"] < 1.0
 
 
-def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, tmp_path):
+def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, installed_twice):
     """The comparison as the bench runs it, with the installed build's own wheel (cached, nothing built) unpacked as
     both builds: each child must load its own copy, and the same build must give the same bits."""
-    amx = amx_check.amx_in_play()
-    wheel = amx_comparison.build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx),
-                                       cpu_features.patches(amx), say=lambda _: None)
-    paths = {build: amx_comparison.unpack(wheel, tmp_path / build) for build in patch_revision_comparison.BUILDS}
+    paths = installed_twice
     options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
     result = patch_revision_comparison.compare(tiny_q8[0], options, [300], 2, paths, say=lambda _: None)
     for build, path in paths.items():
@@ -105,13 +112,10 @@ def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, tmp_pa
     assert "| identical |" in table
 
 
-def test_both_builds_answer_librechat_s_searches_in_turn(tiny_q8, tmp_path):
+def test_both_builds_answer_librechat_s_searches_in_turn(tiny_q8, installed_twice):
     """The searches as the bench runs them, on the test model: each build in its own child answers the first search's
     five calls with the engine. With a deadline far enough away every document is scored, in both seats alike."""
-    amx = amx_check.amx_in_play()
-    wheel = amx_comparison.build_wheel(cpu_features.cmake_args(cpu_features.cpu_flags(), amx),
-                                       cpu_features.patches(amx), say=lambda _: None)
-    paths = {build: amx_comparison.unpack(wheel, tmp_path / build) for build in patch_revision_comparison.BUILDS}
+    paths = installed_twice
     result = patch_revision_comparison.compare_searches(*tiny_q8, 1, paths, searches=1, deadline_s=600,
                                                         say=lambda _: None)
     assert result["searches"] == 1

@@ -23,6 +23,7 @@ from perf.common import (
     engine_config,
     probe,
     tokens_per_s,
+    turns,
 )
 from perf.load.bench import cpu_ratios, ratios
 from perf.load.loadgen import Level, Sample, Target, format_line, percentile, plot, run_level, summarize, write_csv
@@ -50,6 +51,11 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([7.0], 99) == 7.0
     assert percentile([1, 2, 3], 50) == 2
     assert percentile([], 50) is None
+
+
+def test_sides_take_turns_at_going_first() -> None:
+    assert list(turns(("a", "b"), 3)) == [(0, ("a", "b")), (1, ("b", "a")), (2, ("a", "b"))]
+    assert list(turns(["x"], 0)) == []
 
 
 def test_summary_counts_answered_requests_over_wall_time() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import ROOT
-from perf.common import cosine_rows, timed_passes, tokens_per_s
+from perf.common import cosine_rows, timed_passes, tokens_per_s, turns
 from stack import cpu_features
 
 BUILDS_DIR = ROOT / ".cache" / "llama-builds"
@@ -176,16 +176,7 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
 def side_by_side(model: Path, options: object, lengths: Sequence[int], rounds: int,
                  paths: Mapping[str, Path | None], say: Callable[[str], None] = print) -> dict:
     """Both builds (``paths``: where each is unpacked; None for the installed one) at each length, taking turns."""
-    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in BUILDS}
-    reports: dict[str, dict] = {}
-    hidden: dict[str, dict[int, np.ndarray]] = {}
-    for r in range(rounds):
-        for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
-            reports[build], hidden[build] = run_child(model, options, lengths, paths[build])
-            for n in lengths:
-                seconds[build][n].append(reports[build]["seconds"][str(n)])
-            say(f"{build} build, round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
+    seconds, reports, hidden = children_in_turns(model, options, lengths, rounds, {b: paths[b] for b in BUILDS}, say)
     measured = {build: {"llama_cpp_file": reports[build]["llama_cpp_file"], "libraries": reports[build]["libraries"],
                         "system_info": reports[build]["system_info"],
                         "extra_buffers": reports[build]["extra_buffers"],
@@ -196,6 +187,25 @@ def side_by_side(model: Path, options: object, lengths: Sequence[int], rounds: i
             "cosine_amx_vs_avx512": {str(n): round(float(cosine_rows(hidden["amx"][n], hidden["avx512"][n]).min()), 5)
                                      for n in lengths},
             "amx_vs_avx512": ratios(measured)}
+
+
+def children_in_turns(model: Path, options: object, lengths: Sequence[int], rounds: int,
+                      paths: Mapping[str, Path | None], say: Callable[[str], None] = print
+                      ) -> tuple[dict[str, dict[int, list[float]]], dict[str, dict], dict[str, dict[int, np.ndarray]]]:
+    """Each build of ``paths`` (where it is unpacked; None for the installed one) in a child process per round
+    (run_child), taking turns in ``paths``' order: the seconds per build and length over the rounds, and each
+    build's last report and hidden states."""
+    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in paths}
+    reports: dict[str, dict] = {}
+    hidden: dict[str, dict[int, np.ndarray]] = {}
+    for r, order in turns(list(paths), rounds):
+        for build in order:
+            reports[build], hidden[build] = run_child(model, options, lengths, paths[build])
+            for n in lengths:
+                seconds[build][n].append(reports[build]["seconds"][str(n)])
+            say(f"{build} build, round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
+    return seconds, reports, hidden
 
 
 def ratios(measured: Mapping[str, Mapping]) -> dict[str, float]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from perf import ROOT
 from perf.builds import amx_comparison
-from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s
+from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s, turns
 from stack import cpu_features
 
 # the comparisons: (the build with the products compared, the build without them)
@@ -80,8 +80,8 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, p
     reports: dict[str, dict] = {}
     hidden: dict[str, dict[int, np.ndarray]] = {}
     attention: dict[str, dict[str, float]] = {}
-    for r in range(rounds):
-        for build in (pair if r % 2 == 0 else pair[::-1]):
+    for r, order in turns(pair, rounds):
+        for build in order:
             reports[build], hidden[build] = run_child(model, options, lengths, paths[build], profile=r == 0)
             attention.setdefault(build, reports[build]["attention_s"])
             for n in lengths:

@@ -35,7 +35,7 @@ import numpy as np
 
 from perf import ROOT
 from perf.builds import amx_comparison
-from perf.common import cosine_rows, engine_config, tokens_per_s
+from perf.common import cosine_rows, engine_config, tokens_per_s, turns
 from stack import cpu_features
 
 BUILDS = ("base", "tree")  # the patches at the base revision, the working tree's
@@ -109,16 +109,8 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, p
             say: Callable[[str], None] = print) -> dict:
     """Tokens/s of both builds (``paths``: where each is unpacked) at each length, taking turns per round, their
     ratio, the rounds the working tree's build won, and the hidden states' agreement."""
-    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in BUILDS}
-    reports: dict[str, dict] = {}
-    hidden: dict[str, dict[int, np.ndarray]] = {}
-    for r in range(rounds):
-        for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
-            reports[build], hidden[build] = amx_comparison.run_child(model, options, lengths, paths[build])
-            for n in lengths:
-                seconds[build][n].append(reports[build]["seconds"][str(n)])
-            say(f"{build} build, round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
+    seconds, reports, hidden = amx_comparison.children_in_turns(model, options, lengths, rounds,
+                                                                {b: paths[b] for b in BUILDS}, say)
     measured = {build: {"libraries": reports[build]["libraries"], "system_info": reports[build]["system_info"],
                         "seconds": {str(n): [round(s, 3) for s in seconds[build][n]] for n in lengths},
                         "tokens_per_s": {str(n): tokens_per_s(n, seconds[build][n]) for n in lengths}}
@@ -151,8 +143,8 @@ def compare_searches(model: Path, projector: Path, rounds: int, paths: dict[str,
         deadline_s = adapter_deadline_s()
     scored: dict[str, list[int]] = {b: [] for b in BUILDS}
     tokens: dict[str, list[int]] = {b: [] for b in BUILDS}
-    for r in range(rounds):
-        for build in (BUILDS if r % 2 == 0 else BUILDS[::-1]):
+    for r, order in turns(BUILDS, rounds):
+        for build in order:
             with tempfile.TemporaryDirectory() as scratch:
                 out = Path(scratch) / "searches.json"
                 argv = [sys.executable, "-c", SEARCH_CHILD, str(out), str(model), str(projector), str(searches or 0),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from perf.builds import amx_comparison
-from perf.common import WARMUP_TOKENS, cosine_rows, probe, shown_path, timed_engine_pass, tokens_per_s
+from perf.common import WARMUP_TOKENS, cosine_rows, probe, shown_path, timed_engine_pass, tokens_per_s, turns
 
 
 def repack_build(say: Callable[[str], None] = print) -> Path | None:
@@ -55,8 +55,8 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
         for n in lengths:
             ids, positions = probe(n, runners[True].n_vocab)
             hidden = {}
-            for r in range(rounds):
-                for repacked in ((True, False) if r % 2 == 0 else (False, True)):
+            for _, order in turns((True, False), rounds):
+                for repacked in order:
                     hidden[repacked], elapsed = timed_engine_pass(runners[repacked], ids, positions)
                     seconds[repacked][n].append(elapsed)
             cosine[str(n)] = round(float(cosine_rows(hidden[True], hidden[False]).min()), 5)
@@ -73,8 +73,8 @@ def _in_children(model: Path, options: object, lengths: Sequence[int], rounds: i
     seconds: dict[bool, dict[int, list[float]]] = {repacked: {n: [] for n in lengths} for repacked in (True, False)}
     hidden: dict[bool, dict[int, np.ndarray]] = {}
     reports: dict[bool, dict] = {}
-    for r in range(rounds):
-        for repacked in ((True, False) if r % 2 == 0 else (False, True)):
+    for r, order in turns((True, False), rounds):
+        for repacked in order:
             reports[repacked], hidden[repacked] = amx_comparison.run_child(
                 model, dataclasses.replace(options, extra_buffers=repacked), lengths, python_path)  # type: ignore[type-var]
             for n in lengths:

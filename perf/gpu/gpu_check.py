@@ -49,6 +49,7 @@ from perf.common import (
     envelope,
     probe,
     timed_engine_pass,
+    turns,
     write_results,
 )
 from perf.peers.qwen3_torch import TorchQwen3, peer_available
@@ -229,8 +230,8 @@ def forward(model: Path, options: object, lengths: Sequence[int], rounds: int, d
             hidden: dict[str, np.ndarray] = {}
             for run_path in paths.values():  # one untimed pass per length: what is chosen by shape is set up
                 run_path(ids, positions)
-            for r in range(rounds):
-                for path in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
+            for _, order in turns(list(paths), rounds):
+                for path in order:
                     hidden[path], spent = paths[path](ids, positions)
                     seconds[path].append(spent)
             measured: dict = {p: {"tokens_per_s": round(n / float(np.median(s)), 1),
