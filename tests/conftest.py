@@ -30,6 +30,19 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules holding a slow test first, then the others by test count, most first.
+
+    make test hands whole modules to its workers in collection order (--no-loadscope-reorder): pytest-xdist's own
+    order (most tests first) left the minute-long soak, one test, to start last and run alone at the end."""
+    modules: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+    order = sorted(modules.values(), key=lambda tests: (not any(t.get_closest_marker("slow") for t in tests),
+                                                         -len(tests)))
+    items[:] = [item for tests in order for item in tests]
+
+
 @pytest.fixture(scope="session")
 def make_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFactory:
     """Generate (once per session and spec) a model; returns (gguf path, projector path)."""
