@@ -82,7 +82,7 @@ lint: install
 # the soak first); then the timed ones (wall-clock bounds: deadlines, budgets, fault timings), in one process with
 # the CPU to themselves. Each pass fails on no tests (exit code 5).
 # One worker more than CPUs: a third of the first pass's CPU time was idle with one per CPU, the workers waiting on
-# servers (Triton's python backend sleeps a second per instance it stops). On 2 cores: 256 s with 2, 218 s with 3.
+# servers (Triton's python backend sleeps a second per instance it stops). On 2 cores: 252 s with 2, 218 s with 3.
 PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test:
 	$(MAKE) --jobs=4 --output-sync=target install librechat-client browser
