@@ -7,7 +7,6 @@ import contextlib
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from rerank_engine import Reranker
 from stack.triton_server import MODEL_NAME, REPOSITORY
 from tests.conftest import smallest_context
-from tests.servers import repository_copy, start_triton
+from tests.servers import repository_copy, start_triton, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +57,25 @@ def client(server, protocol: str):
         yield connection
     finally:
         connection.close()
+
+
+def statistics(server) -> dict:
+    with client(server, "http") as connection:
+        return connection.get_inference_statistics(MODEL_NAME)["model_stats"][0]
+
+
+def executions_for(server, before: dict, requests: int) -> int:
+    """How many execute() calls ran ``requests`` requests sent after ``before`` (the model's statistics then).
+    Triton counts an execution when execute() returns, which is after the response sender has sent its
+    answers: a client holding every answer can still read the statistics from before, so wait for them."""
+    counts: dict = {}
+
+    def counted() -> bool:
+        counts.update(statistics(server))
+        return counts["inference_count"] - before["inference_count"] >= requests
+
+    wait_for(counted)
+    return counts["execution_count"] - before["execution_count"]
 
 
 def infer(server, protocol: str, query: str | bytes, docs: list, outputs=("SCORES", "TOKENS"),
@@ -195,15 +213,16 @@ def test_malformed_request_in_a_dynamic_batch_fails_alone(make_model, tmp_path):
                 connection.infer(MODEL_NAME, [bytes_input(n, a) for n, a in tensors])
             return str(info.value)
 
+        before = statistics(server)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             good_futures = [pool.submit(infer, server, "http", q, d) for q, d in good]
             bad_futures = [pool.submit(send_bad, t) for t in bad]
             answers = [f.result() for f in good_futures]
             errors = [f.result() for f in bad_futures]
+        assert executions_for(server, before, len(good) + len(bad)) < len(good) + len(bad), \
+            "requests should have been batched"
         with client(server, "http") as connection:
-            stats = connection.get_inference_statistics(MODEL_NAME)["model_stats"][0]
             parameters = connection.get_model_config(MODEL_NAME)["parameters"]
-        assert stats["execution_count"] < stats["inference_count"], "requests should have been batched"
         assert "not valid UTF-8" in errors[0]
         assert "DOCUMENTS is empty" in errors[1]
         engine = Reranker(triton_contract.engine_config(
@@ -264,9 +283,7 @@ def test_metrics_count_inferences(served):
     for protocol in ("http", "grpc", "http"):
         infer(server, protocol, QUERY, DOCS)
     # Triton publishes counters on its own schedule: wait for the count, then check it is exact.
-    deadline = time.monotonic() + 15
-    while metric(server, "nv_inference_request_success") < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: metric(server, "nv_inference_request_success") >= before + 3)
     assert metric(server, "nv_inference_request_success") == before + 3
 
 
@@ -317,14 +334,14 @@ def test_a_query_and_instruction_at_their_limits_are_scored_in_a_batch(make_mode
         long_text = " ".join(["rivers and seas"] * 60)
         requests = [(f"query {i}", [f"document {i}.{d}" for d in range(2)], None) for i in range(3)]
         requests.append((long_text, [long_text, "bread"], long_text))
+        before = statistics(server)
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             futures = [pool.submit(infer, server, "http", q, d, ("SCORES", "SCORED"), instruction=i)
                        for q, d, i in requests]
             answers = [f.result() for f in futures]
+        assert executions_for(server, before, len(requests)) < len(requests), "requests should have been batched"
         with client(server, "http") as connection:
-            stats = connection.get_inference_statistics(MODEL_NAME)["model_stats"][0]
             parameters = connection.get_model_config(MODEL_NAME)["parameters"]
-        assert stats["execution_count"] < stats["inference_count"], "requests should have been batched"
         engine = Reranker(triton_contract.engine_config(
             parameters, "KIND_CPU", 0, {"RERANKER_MODEL": str(paths[0]), "RERANKER_PROJECTOR": str(paths[1])}))
         for (q, d, i), response in zip(requests, answers, strict=True):
