@@ -231,6 +231,27 @@ def turns(sides: Sequence[T], rounds: int) -> Iterator[tuple[int, Sequence[T]]]:
         yield r, (sides if r % 2 == 0 else sides[::-1])
 
 
+def passes_in_turns(sides: Sequence[T], rounds: int, lengths: Sequence[int],
+                    run: Callable[[T, int], tuple[dict, dict[int, np.ndarray]]], label: Callable[[T], str] = str,
+                    say: Callable[[str], None] = print
+                    ) -> tuple[dict[T, dict[int, list[float]]], dict[T, list[dict]], dict[T, dict[int, np.ndarray]]]:
+    """Each side's passes, ``run(side, round)`` (a report holding its seconds per length, and the hidden states per
+    length), taking turns over the rounds: the seconds per side and length, every round's report per side, and
+    each side's last hidden states."""
+    seconds: dict[T, dict[int, list[float]]] = {side: {n: [] for n in lengths} for side in sides}
+    reports: dict[T, list[dict]] = {side: [] for side in sides}
+    hidden: dict[T, dict[int, np.ndarray]] = {}
+    for r, order in turns(sides, rounds):
+        for side in order:
+            report, hidden[side] = run(side, r)
+            reports[side].append(report)
+            for n in lengths:
+                seconds[side][n].append(report["seconds"][str(n)])
+            say(f"{label(side)}, round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} tokens {n / seconds[side][n][-1]:.1f} tokens/s" for n in lengths))
+    return seconds, reports, hidden
+
+
 def tokens_per_s(tokens: int, seconds: Sequence[float]) -> float:
     """Throughput over every round: tokens of all rounds over their summed time."""
     return round(tokens * len(seconds) / sum(seconds), 1)

@@ -21,6 +21,7 @@ from perf.common import (
     PROFILE_GROUPS,
     config_parameters,
     engine_config,
+    passes_in_turns,
     probe,
     tokens_per_s,
     turns,
@@ -56,6 +57,22 @@ def test_percentile_is_nearest_rank() -> None:
 def test_sides_take_turns_at_going_first() -> None:
     assert list(turns(("a", "b"), 3)) == [(0, ("a", "b")), (1, ("b", "a")), (2, ("a", "b"))]
     assert list(turns(["x"], 0)) == []
+
+
+def test_passes_in_turns_keeps_each_sides_rounds_in_order() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def run(side: str, r: int) -> tuple[dict, dict[int, np.ndarray]]:
+        calls.append((side, r))
+        return {"seconds": {"10": 1.0 + r + (side == "b"), "20": 2.0}, "round": r}, {10: np.full(2, r)}
+
+    said: list[str] = []
+    seconds, reports, hidden = passes_in_turns(("a", "b"), 3, (10, 20), run, lambda s: f"{s} build", said.append)
+    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
+    assert seconds == {"a": {10: [1.0, 2.0, 3.0], 20: [2.0] * 3}, "b": {10: [2.0, 3.0, 4.0], 20: [2.0] * 3}}
+    assert [report["round"] for report in reports["b"]] == [0, 1, 2]
+    np.testing.assert_array_equal(hidden["a"][10], [2, 2])  # the last round's
+    assert said[2] == "b build, round 2/3: 10 tokens 3.3 tokens/s, 20 tokens 10.0 tokens/s"
 
 
 def test_summary_counts_answered_requests_over_wall_time() -> None:

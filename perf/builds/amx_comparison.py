@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import ROOT
-from perf.common import cosine_rows, timed_passes, tokens_per_s, turns
+from perf.common import cosine_rows, passes_in_turns, probe, timed_passes, tokens_per_s
 from stack import cpu_features
 
 BUILDS_DIR = ROOT / ".cache" / "llama-builds"
@@ -92,17 +92,18 @@ def unpack(wheel: Path, into: Path = BUILDS_DIR) -> Path:
 
 
 def run_child(model: Path, options: object, lengths: Sequence[int], python_path: Path | None = None,
-              timeout_s: float = 3600) -> tuple[dict, dict[int, np.ndarray]]:
-    """One child process: the build on ``python_path`` (or the installed one), each length's pass timed once.
+              profile: bool = False, timeout_s: float = 3600) -> tuple[dict, dict[int, np.ndarray]]:
+    """One child process: the build on ``python_path`` (or the installed one), each length's pass timed once,
+    and with ``profile`` one more per length with every graph node timed.
 
     Returns what the child reports (its llama_cpp file, system info, the options after the self-check,
-    seconds per length) and the hidden states per length."""
+    seconds per length, and profiled, the attention's seconds per length) and the hidden states per length."""
     env = child_environment(python_path)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "pass.npz"
         argv = [sys.executable, "-c", CHILD, str(model),
                 json.dumps(dataclasses.asdict(options)),  # type: ignore[call-overload]
-                ",".join(map(str, lengths)), str(out)]
+                ",".join(map(str, lengths)), str(out), "profile" if profile else "time"]
         result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
         if result.returncode != 0:
             raise RuntimeError(f"engine pass failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
@@ -122,16 +123,19 @@ def child_environment(python_path: Path | None) -> dict[str, str]:
 
 def child_main(argv: Sequence[str]) -> None:
     """The child's command line, as run_child writes it: the model, the options as JSON, the lengths
-    (comma-separated) and the file to write."""
-    model, options_json, lengths, out = argv
-    child(Path(model), options_json, [int(n) for n in lengths.split(",")], Path(out))
+    (comma-separated), the file to write and ``profile`` or ``time``."""
+    model, options_json, lengths, out, mode = argv
+    child(Path(model), options_json, [int(n) for n in lengths.split(",")], Path(out), mode == "profile")
 
 
-def child(model: Path, options_json: str, lengths: Sequence[int], out: Path) -> None:
+def child(model: Path, options_json: str, lengths: Sequence[int], out: Path, profile: bool) -> None:
     """In the child: the engine's runner on whichever llama_cpp comes first on the path, after the engine's AMX
-    self-check; each length's pass timed once; the report and hidden states written to ``out`` (npz)."""
+    self-check; each length's pass timed once, and with ``profile`` the attention's seconds (ggml's FLASH_ATTN_EXT
+    nodes) in one more pass per length with every node timed; the report and hidden states written to ``out``
+    (npz)."""
     import llama_cpp
 
+    from perf.peers.torch_comparison import engine_profile
     from rerank_engine.amx_check import checked_options
     from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
 
@@ -140,11 +144,15 @@ def child(model: Path, options_json: str, lengths: Sequence[int], out: Path) -> 
     runner.start()
     try:
         hidden, seconds = timed_passes(runner, lengths)
+        vocab = runner.n_vocab
     finally:
         runner.close()
     report = {"llama_cpp_file": llama_cpp.__file__, "libraries": loaded_llama_libraries(),
               "system_info": llama_cpp.llama_print_system_info().decode().strip(),
               "extra_buffers": options.extra_buffers, "seconds": seconds}
+    if profile:
+        report["attention_s"] = {str(n): round(engine_profile(model, options, *probe(n, vocab))[0]["attention"], 6)
+                                 for n in lengths}
     np.savez(out, report=np.array(json.dumps(report)), **hidden)
 
 
@@ -195,17 +203,10 @@ def children_in_turns(model: Path, options: object, lengths: Sequence[int], roun
     """Each build of ``paths`` (where it is unpacked; None for the installed one) in a child process per round
     (run_child), taking turns in ``paths``' order: the seconds per build and length over the rounds, and each
     build's last report and hidden states."""
-    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in paths}
-    reports: dict[str, dict] = {}
-    hidden: dict[str, dict[int, np.ndarray]] = {}
-    for r, order in turns(list(paths), rounds):
-        for build in order:
-            reports[build], hidden[build] = run_child(model, options, lengths, paths[build])
-            for n in lengths:
-                seconds[build][n].append(reports[build]["seconds"][str(n)])
-            say(f"{build} build, round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
-    return seconds, reports, hidden
+    seconds, reports, hidden = passes_in_turns(
+        list(paths), rounds, lengths, lambda build, _: run_child(model, options, lengths, paths[build]),
+        lambda build: f"{build} build", say)
+    return seconds, {build: runs[-1] for build, runs in reports.items()}, hidden
 
 
 def ratios(measured: Mapping[str, Mapping]) -> dict[str, float]:

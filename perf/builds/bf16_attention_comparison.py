@@ -6,11 +6,11 @@ stack/patches/ggml-cpu-flash-attn-bf16.patch computes Q·K^T and P·V of ggml's 
 VDPBF16PS where the build targets AVX512-BF16. The two builds compared are the same version, CMake flags (this
 CPU's) and patches, except that one: both built by stack/build_llama_wheel.sh (build only, cached by its key; the
 one with every patch is the installed build's wheel) and unpacked under ``.cache/llama-builds/``. Each build runs
-in child processes, the unpacked one first on ``PYTHONPATH``, taking turns per round: the engine's runner with the
-CPU config's options, one timed forward pass per length on the PyTorch peer's token ids and outputs, and in the
-first round one more pass per length with every graph node timed, for the attention's share (ggml's
-FLASH_ATTN_EXT nodes). Where the CPU has no AVX512-BF16 nothing is built or timed: the patch compiles to nothing
-there, and the results say so.
+in child processes (perf/builds/amx_comparison.py's), the unpacked one first on ``PYTHONPATH``, taking turns per
+round: the engine's runner with the CPU config's options after the engine's AMX self-check, one timed forward pass
+per length on the PyTorch peer's token ids and outputs, and in the first round one more pass per length with every
+graph node timed, for the attention's share (ggml's FLASH_ATTN_EXT nodes). Where the CPU has no AVX512-BF16
+nothing is built or timed: the patch compiles to nothing there, and the results say so.
 
 stack/patches/ggml-cpu-flash-attn-amx.patch moves the same products onto AMX tiles where the build has
 GGML_AMX_TILE and GGML_AMX_BF16 and the kernel grants tiles. Its two builds have the same version and patches and
@@ -19,25 +19,15 @@ differ only in those two flags (the build without them takes the VDPBF16PS produ
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from perf import ROOT
 from perf.builds import amx_comparison
-from perf.common import cosine_rows, probe, shown_path, timed_passes, tokens_per_s, turns
+from perf.common import cosine_rows, passes_in_turns, shown_path, tokens_per_s
 from stack import cpu_features
 
 # the comparisons: (the build with the products compared, the build without them)
 PAIRS = {"bf16": ("bf16", "f32"), "amx": ("amx", "bf16")}
-# A child's program (python -c), run from the repository root: the unpacked build first on its PYTHONPATH.
-CHILD = "import sys; from perf.builds.bf16_attention_comparison import child_main; child_main(sys.argv[1:])"
 
 
 def products_here(flags: set[str], tiles_permitted: bool) -> str:
@@ -76,19 +66,12 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, p
     ratio, the attention's seconds in a profiled pass, and the hidden states' agreement (the smallest row
     cosine)."""
     new, old = pair = PAIRS[products]
-    seconds: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in pair}
-    reports: dict[str, dict] = {}
-    hidden: dict[str, dict[int, np.ndarray]] = {}
-    attention: dict[str, dict[str, float]] = {}
-    for r, order in turns(pair, rounds):
-        for build in order:
-            reports[build], hidden[build] = run_child(model, options, lengths, paths[build], profile=r == 0)
-            attention.setdefault(build, reports[build]["attention_s"])
-            for n in lengths:
-                seconds[build][n].append(reports[build]["seconds"][str(n)])
-            say(f"{build} build, round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} tokens {n / seconds[build][n][-1]:.1f} tokens/s" for n in lengths))
-    measured = {build: {"build": shown_path(paths[build]), "system_info": reports[build]["system_info"],
+    seconds, reports, hidden = passes_in_turns(
+        pair, rounds, lengths,
+        lambda build, r: amx_comparison.run_child(model, options, lengths, paths[build], profile=r == 0),
+        lambda build: f"{build} build", say)
+    attention = {build: reports[build][0]["attention_s"] for build in pair}  # the first round's, profiled
+    measured = {build: {"build": shown_path(paths[build]), "system_info": reports[build][-1]["system_info"],
                         "tokens_per_s": {str(n): tokens_per_s(n, seconds[build][n]) for n in lengths},
                         "attention_s": attention[build]} for build in pair}
     return {"builds": measured, "rounds": rounds, "flash_attn": options.flash_attn,  # type: ignore[attr-defined]
@@ -101,44 +84,3 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int, p
             "attention_speedup": {str(n): round(attention[old][str(n)] / attention[new][str(n)], 3)
                                   for n in lengths}}
 
-
-def run_child(model: Path, options: object, lengths: Sequence[int], python_path: Path, profile: bool,
-              timeout_s: float = 3600) -> tuple[dict, dict[int, np.ndarray]]:
-    """One child process on the build unpacked at ``python_path``: each length's pass timed once, and with
-    ``profile`` one more with every node timed. Returns its report and the hidden states per length."""
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "pass.npz"
-        argv = [sys.executable, "-c", CHILD, str(model), json.dumps(dataclasses.asdict(options)),  # type: ignore[call-overload]
-                ",".join(map(str, lengths)), str(out), "profile" if profile else "time"]
-        result = subprocess.run(argv, env=amx_comparison.child_environment(python_path), cwd=ROOT,
-                                capture_output=True, text=True, timeout=timeout_s)
-        if result.returncode != 0:
-            raise RuntimeError(f"engine pass failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
-        with np.load(out) as data:
-            return json.loads(str(data["report"])), {n: data[f"hidden_{n}"] for n in lengths}
-
-
-def child_main(argv: Sequence[str]) -> None:
-    """The child's command line, as run_child writes it: the model, the options as JSON, the lengths
-    (comma-separated), the file to write and ``profile`` or ``time``."""
-    import llama_cpp
-
-    from perf.peers.torch_comparison import engine_profile
-    from rerank_engine.llama_runner import LlamaRunner, RunnerOptions
-
-    model, options_json, lengths_text, out, mode = argv
-    options = RunnerOptions(**json.loads(options_json))
-    lengths = [int(n) for n in lengths_text.split(",")]
-    runner = LlamaRunner(model, options)
-    runner.start()
-    try:
-        hidden, seconds = timed_passes(runner, lengths)
-        vocab = runner.n_vocab
-    finally:
-        runner.close()
-    attention = {str(n): round(engine_profile(Path(model), options, *probe(n, vocab))[0]["attention"], 6)
-                 for n in lengths} if mode == "profile" else {}
-    report = {"libraries": amx_comparison.loaded_llama_libraries(),
-              "system_info": llama_cpp.llama_print_system_info().decode().strip(), "seconds": seconds,
-              "attention_s": attention}
-    np.savez(out, report=np.array(json.dumps(report)), **hidden)

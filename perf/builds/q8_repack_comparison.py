@@ -17,10 +17,17 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from perf.builds import amx_comparison
-from perf.common import WARMUP_TOKENS, cosine_rows, probe, shown_path, timed_engine_pass, tokens_per_s, turns
+from perf.common import (
+    WARMUP_TOKENS,
+    cosine_rows,
+    passes_in_turns,
+    probe,
+    shown_path,
+    timed_engine_pass,
+    tokens_per_s,
+    turns,
+)
 
 
 def repack_build(say: Callable[[str], None] = print) -> Path | None:
@@ -70,23 +77,16 @@ def compare(model: Path, options: object, lengths: Sequence[int], rounds: int,
 
 def _in_children(model: Path, options: object, lengths: Sequence[int], rounds: int, python_path: Path,
                  say: Callable[[str], None]) -> dict:
-    seconds: dict[bool, dict[int, list[float]]] = {repacked: {n: [] for n in lengths} for repacked in (True, False)}
-    hidden: dict[bool, dict[int, np.ndarray]] = {}
-    reports: dict[bool, dict] = {}
-    for r, order in turns((True, False), rounds):
-        for repacked in order:
-            reports[repacked], hidden[repacked] = amx_comparison.run_child(
-                model, dataclasses.replace(options, extra_buffers=repacked), lengths, python_path)  # type: ignore[type-var]
-            for n in lengths:
-                seconds[repacked][n].append(reports[repacked]["seconds"][str(n)])
-        say(f"round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} tokens repacked {n / seconds[True][n][-1]:.1f}, plain {n / seconds[False][n][-1]:.1f} tokens/s"
-            for n in lengths))
-    if "AMX_INT8 = 1" in reports[True]["system_info"]:
+    seconds, reports, hidden = passes_in_turns(
+        (True, False), rounds, lengths,
+        lambda repacked, _: amx_comparison.run_child(
+            model, dataclasses.replace(options, extra_buffers=repacked), lengths, python_path),  # type: ignore[type-var]
+        lambda repacked: "repacked" if repacked else "plain", say)
+    if "AMX_INT8 = 1" in reports[True][-1]["system_info"]:
         raise RuntimeError(f"{python_path} holds an AMX build: its extra buffer types are not the repacking")
     cosine = {str(n): round(float(cosine_rows(hidden[True][n], hidden[False][n]).min()), 5) for n in lengths}
     return _result("Q8_0 repack", shown_path(python_path), lengths, rounds, seconds, cosine) | {
-        "system_info": reports[True]["system_info"]}
+        "system_info": reports[True][-1]["system_info"]}
 
 
 def _result(extra_buffer_types: str, build: str, lengths: Sequence[int], rounds: int,
