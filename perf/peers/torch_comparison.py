@@ -240,7 +240,7 @@ def compare(model_path: Path, options: object, lengths: Sequence[int] = LENGTHS[
         results["ratios"] = length_ratios(results["lengths"])
         if knobs:
             engine.close()
-            results["knobs"] = _knobs(model_path, options, references, knobs, say)
+            results["knobs"] = _knobs(model_path, options, references, knobs, rounds, say)
     finally:
         engine.close()
     results["duration_s"] = round(time.perf_counter() - started, 1)
@@ -255,30 +255,37 @@ def _profiles(model_path: Path, options: object, peer: TorchQwen3, ids: list[int
 
 
 def _knobs(model_path: Path, options: object, references: Mapping[int, tuple],
-           knobs: Mapping[str, Mapping[str, object]], say: Callable[[str], None]) -> dict:
-    """Each option set's tokens/s per length, and its hidden states' cosine to torch fp32 on the same weights
-    (the BF16 stand-in has other random weights: no cosine). Per length the sets take turns, order rotated."""
+           knobs: Mapping[str, Mapping[str, object]], rounds: int, say: Callable[[str], None]) -> dict:
+    """Each option set's tokens/s per length over ``rounds`` passes, and its hidden states' cosine to torch fp32 on
+    the same weights (the BF16 stand-in has other random weights: no cosine). Per length and round the sets take
+    turns, the order rotated, each pass on a runner of its own (loaded, warmed up, closed)."""
     from rerank_engine.llama_runner import LlamaRunner
 
     measured: dict[str, dict] = {label: {"changes": dict(changes), "tokens_per_s": {}, "cosine_vs_torch_fp32": {}}
                                  for label, changes in knobs.items()}
     labels = list(knobs)
     for i, (n, (ids, positions, reference)) in enumerate(references.items()):
-        for label in labels[i % len(labels):] + labels[:i % len(labels)]:
-            changes = dict(knobs[label])
-            weights = changes.pop("weights", None)
-            path = ensure_standin(dtype=str(weights))[0] if weights else model_path
-            runner = LlamaRunner(str(path), dataclasses.replace(options, **changes))  # type: ignore[type-var]
-            try:
-                runner.start()
-                timed_engine_pass(runner, *probe(WARMUP_TOKENS, 1000))  # pages in, as the comparison's warm-up
-                hidden, seconds = timed_engine_pass(runner, ids, positions)
-            finally:
-                runner.close()
-            measured[label]["tokens_per_s"][str(n)] = round(n / seconds, 1)
-            if not weights:
-                measured[label]["cosine_vs_torch_fp32"][str(n)] = round(float(cosine_rows(hidden, reference).min()), 5)
-            say(f"knob {label!r} at {n} tokens: {n / seconds:.1f} tokens/s")
+        seconds: dict[str, list[float]] = {label: [] for label in labels}
+        for r in range(rounds):
+            shift = (i + r) % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                changes = dict(knobs[label])
+                weights = changes.pop("weights", None)
+                path = ensure_standin(dtype=str(weights))[0] if weights else model_path
+                runner = LlamaRunner(str(path), dataclasses.replace(options, **changes))  # type: ignore[type-var]
+                try:
+                    runner.start()
+                    timed_engine_pass(runner, *probe(WARMUP_TOKENS, 1000))  # pages in, as the comparison's warm-up
+                    hidden, spent = timed_engine_pass(runner, ids, positions)
+                finally:
+                    runner.close()
+                seconds[label].append(spent)
+                if not weights:
+                    measured[label]["cosine_vs_torch_fp32"][str(n)] = round(
+                        float(cosine_rows(hidden, reference).min()), 5)
+                say(f"knob {label!r} at {n} tokens, round {r + 1}/{rounds}: {n / spent:.1f} tokens/s")
+        for label in labels:
+            measured[label]["tokens_per_s"][str(n)] = tokens_per_s(n, seconds[label])
     base = measured.get("configured")
     for entry in measured.values():
         if base:

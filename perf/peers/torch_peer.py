@@ -5,6 +5,7 @@ perf/results/cpu-peer-latest.json (under ``cpu_peer``, as make bench writes it i
     python -m perf.peers.torch_peer                      # quick: 1,024 tokens, per-op profiles (about a minute)
     python -m perf.peers.torch_peer --mode full          # 1,024, 3,072 and 8,192 tokens, profiles and the knobs
     python -m perf.peers.torch_peer --lengths 3072 --knobs --out /tmp/peer.json
+    python -m perf.peers.torch_peer --lengths 8192 --rounds 3 --knob configured --knob 'n_ubatch 2048'
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="passes per path and length (default: quick 2, full 1)")
     parser.add_argument("--knobs", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the engine's CPU knobs (default: in full mode)")
+    parser.add_argument("--knob", action="append", choices=list(torch_comparison.KNOBS), metavar="LABEL",
+                        help="time only this knob (repeat for several; implies --knobs): "
+                             + "; ".join(torch_comparison.KNOBS))
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-op profiles")
     parser.add_argument("--model", type=Path, help="another qwen3 GGUF for both sides (default: the Q8_0 stand-in), "
                                                    "e.g. .cache/models/qwen3-0.6b-bf16/model.gguf")
@@ -51,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else list(LENGTHS[args.mode])
     rounds = args.rounds or ROUNDS[args.mode]
     knobs = torch_comparison.KNOBS if (args.knobs if args.knobs is not None else args.mode == "full") else None
+    if args.knob:
+        knobs = {label: torch_comparison.KNOBS[label] for label in args.knob}
     model, projector = ensure_standin()
     options = engine_config(model, projector).llama
     model = args.model.resolve() if args.model else model
