@@ -68,6 +68,21 @@ def _init_llama_once() -> str | None:
     return variant
 
 
+def load_mode(options: RunnerOptions) -> int:
+    """How llama.cpp reads the GGUF: into its own buffers when the weights are copied anyway, else its default.
+
+    On the CPU with extra buffer types every weight matrix is repacked into a buffer of its own, so a mapped
+    file would stay resident beside the copies: with the 0.6B Q8_0 model, 600 MB of file pages in every
+    instance's RSS (shared between instances, reclaimable, but charged to the container and never read again).
+    Read instead, only the tensors used as stored (embeddings, norms: ~160 MB) are copied. Without the repacking
+    the weights are used where they lie, and llama.cpp's default maps the file once for every instance; with
+    layers on a GPU the default (mapping) is also kept.
+    """
+    if options.extra_buffers and options.n_gpu_layers == 0:
+        return llama_cpp.LLAMA_LOAD_MODE_NONE
+    return llama_cpp.LLAMA_LOAD_MODE_AUTO
+
+
 class DecodeAbortedError(Exception):
     """llama_decode stopped early because every sequence of the decode was cancelled."""
 
@@ -93,6 +108,7 @@ class LlamaRunner:
         mparams.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE  # the whole model on main_gpu
         mparams.main_gpu = options.main_gpu
         mparams.use_extra_bufts = options.extra_buffers
+        mparams.load_mode = load_mode(options)
         self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"{model_path}: llama.cpp could not load this file as a GGUF model "

@@ -1,0 +1,36 @@
+"""How the runner has llama.cpp load a model (rerank_engine.llama_runner.load_mode)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from rerank_engine.config import RunnerOptions
+from rerank_engine.llama_runner import LlamaRunner, load_mode
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(("options", "mode"), [
+    (RunnerOptions(), llama_cpp.LLAMA_LOAD_MODE_NONE),
+    (RunnerOptions(extra_buffers=False), llama_cpp.LLAMA_LOAD_MODE_AUTO),
+    (RunnerOptions(n_gpu_layers=-1), llama_cpp.LLAMA_LOAD_MODE_AUTO),
+])
+def test_the_file_is_read_only_where_the_weights_are_copied(options, mode) -> None:
+    assert load_mode(options) == mode
+
+
+@pytest.mark.parametrize(("extra_buffers", "mapped"), [(True, False), (False, True)])
+def test_a_repacked_model_leaves_no_mapping_of_its_file(tiny_q8, tmp_path, extra_buffers, mapped) -> None:
+    model = tmp_path / "model.gguf"  # a path of its own: no other runner in this process maps it
+    shutil.copyfile(tiny_q8[0], model)
+    runner = LlamaRunner(str(model), RunnerOptions(n_ctx=512, extra_buffers=extra_buffers))
+    try:
+        runner.start()
+        assert (str(model) in Path("/proc/self/maps").read_text()) == mapped
+        assert runner.hidden_states([[10, 11, 12]], [[2]])[0].shape == (1, runner.n_embd)
+    finally:
+        runner.close()
