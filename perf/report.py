@@ -35,6 +35,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-amx": ("cpu-amx.json", lambda results: tables.amx_table(results["amx"])),
     "cpu-patch-revision": ("cpu-patch-revision.json",
                            lambda results: tables.patch_revision_table(results["patch_revision"])),
+    "cpu-softmax-base2": ("cpu-softmax-base2.json",
+                          lambda results: tables.patch_revision_table(results["patch_revision"])),
     "cpu-bf16-attention": ("cpu-bf16-attention.json",
                            lambda results: tables.bf16_attention_table(results["bf16_attention"])),
     "cpu-amx-attention": ("cpu-amx-attention.json",

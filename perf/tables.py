@@ -228,7 +228,7 @@ def bf16_attention_table(result: Mapping) -> str:
 PRODUCTS_TITLE = {"bf16": "BF16 vs F32 attention products", "amx": "AMX vs BF16 attention products"}
 PRODUCTS_BUILDS = {
     "bf16": "Same sources and flags, with and without stack/patches/ggml-cpu-flash-attn-bf16.patch and the attention "
-            "patches after it (-amx, -skip-masked)",
+            "patches that apply on top of it",
     "amx": "Same sources and patches, flags with and without GGML_AMX_TILE/GGML_AMX_BF16 "
            "(stack/patches/ggml-cpu-flash-attn-amx.patch's tiles, or VDPBF16PS)",
 }
