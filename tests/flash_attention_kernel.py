@@ -2,12 +2,15 @@
 (tests/ggml_c_api.py), against float64
 (test support; run in a child process whose PYTHONPATH puts the build to test first).
 
-A case is "n_q x n_kv x n_head x n_head_kv x DK x DV x cache type": Q (F32), K and V (in the cache type) and a
-causal F16 mask (the last query row sees every key) from a fixed seed, computed with 2 threads. 64 query rows
-or more take the tiled path (stack/patches/ggml-cpu-flash-attn-tiled.patch and, where the build has
-AVX512-BF16, ggml-cpu-flash-attn-bf16.patch). The reference is computed twice in float64: from the operands as
-given, and from the operands rounded to BF16 as that patch rounds Q, K and V, so that its one remaining
-rounding (of P) can be bounded tightly.
+A case is "n_q x n_kv x n_head x n_head_kv x DK x DV x cache type", then optionally ":" and options separated by
+",": Q (F32), K and V (in the cache type) and a causal F16 mask (the last query row sees every key) from a fixed
+seed, computed with 2 threads. 64 query rows or more take the tiled path (stack/patches/ggml-cpu-flash-attn-tiled.patch
+and, where the build has AVX512-BF16, ggml-cpu-flash-attn-bf16.patch). The options are the op's others, which
+qwen3 does not use: ``softcap=C`` (scores C*tanh(s/C), as gemma 2), ``alibi=B`` (max_bias B: the mask also holds
+minus each key's distance from the query, which ggml scales by each head's ALiBi slope) and ``sinks`` (one more
+logit per head in every softmax's denominator, as gpt-oss; ggml_flash_attn_ext_add_sinks). The reference is
+computed twice in float64: from the operands as given, and from the operands rounded to BF16 as that patch rounds
+Q, K and V, so that its one remaining rounding (of P) can be bounded tightly.
 """
 
 from __future__ import annotations
@@ -66,20 +69,39 @@ def _stored(x: np.ndarray, cache_type: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
-    """softmax(Q·K^T·scale + mask)·V in float64, [n_q, n_head, DV] like ggml's output; GQA by head groups."""
+def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float, softcap: float = 0.0,
+               slopes: np.ndarray | None = None, sinks: np.ndarray | None = None) -> np.ndarray:
+    """softmax(Q·K^T·scale + mask)·V in float64, [n_q, n_head, DV] like ggml's output; GQA by head groups. With
+    ``softcap`` the scores are softcap*tanh(Q·K^T·scale/softcap), ``slopes`` scale the mask per head, and each
+    head's ``sinks`` logit joins the softmax's denominator only."""
     group = q.shape[0] // k.shape[0]
     k, v = np.repeat(k, group, axis=0).astype(np.float64), np.repeat(v, group, axis=0).astype(np.float64)
-    scores = np.einsum("hqd,hkd->hqk", q.astype(np.float64), k) * scale + mask.astype(np.float64)
-    p = np.exp(scores - scores.max(-1, keepdims=True))
-    return np.einsum("hqk,hkd->qhd", p / p.sum(-1, keepdims=True), v)
+    scores = np.einsum("hqd,hkd->hqk", q.astype(np.float64), k) * scale
+    if softcap:
+        scores = softcap * np.tanh(scores / softcap)
+    slope = np.ones(q.shape[0]) if slopes is None else slopes
+    with np.errstate(invalid="ignore"):  # -inf * slope
+        scores = scores + slope[:, None, None] * mask.astype(np.float64)
+    sink = np.full(q.shape[0], -np.inf) if sinks is None else sinks.astype(np.float64)
+    top = np.maximum(scores.max(-1, keepdims=True), sink[:, None, None])
+    p = np.exp(scores - top)
+    return np.einsum("hqk,hkd->qhd", p / (p.sum(-1, keepdims=True) + np.exp(sink[:, None, None] - top)), v)
+
+
+def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
+    """Each head's ALiBi slope, as ggml computes it from max_bias."""
+    n_log2 = 2 ** int(np.floor(np.log2(n_head)))
+    m0, m1 = 2.0 ** (-max_bias / n_log2), 2.0 ** (-(max_bias / 2) / n_log2)
+    return np.array([m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1) for h in range(n_head)])
 
 
 def case(lib_dir: Path, spec: str, threads: int = THREADS) -> dict:
     """One case (``spec``, see the module's docstring) on the build in ``lib_dir``, on ``threads``: the largest
     error against both references, relative to the largest |V|, the largest score's magnitude (for the error
     bound) and a digest of the output's bytes."""
-    n_q, n_kv, n_head, n_head_kv, dk, dv, cache_type = spec.split("x")
+    shape, _, option_text = spec.partition(":")
+    options = dict(option.partition("=")[::2] for option in option_text.split(",") if option)
+    n_q, n_kv, n_head, n_head_kv, dk, dv, cache_type = shape.split("x")
     n_q, n_kv, n_head, n_head_kv, dk, dv = map(int, (n_q, n_kv, n_head, n_head_kv, dk, dv))
     rng = np.random.default_rng(int(hashlib.sha256(spec.encode()).hexdigest()[:8], 16))
     q = (rng.standard_normal((n_head, n_q, dk)) * 2).astype(np.float32)
@@ -89,23 +111,31 @@ def case(lib_dir: Path, spec: str, threads: int = THREADS) -> dict:
     if cache_type != "f32":  # what the kernel reads
         k, v = (to_bf16(x) if cache_type == "bf16" else x.astype(np.float16).astype(np.float32) for x in (k, v))
     causal = np.arange(n_kv)[None, :] > np.arange(n_q)[:, None] + (n_kv - n_q)
-    mask = np.where(causal, -np.inf, 0).astype(np.float16)
+    softcap, max_bias = float(options.get("softcap", 0)), float(options.get("alibi", 0))
+    distance = (np.arange(n_q)[:, None] + (n_kv - n_q) - np.arange(n_kv)[None, :]) if max_bias else 0
+    mask = np.where(causal, -np.inf, -distance).astype(np.float16)  # integers up to n_kv: exact in F16
+    # sinks near a row's largest scores (about 10 here), where they weigh in the softmax
+    sinks = (rng.standard_normal(n_head) * 4 + 8).astype(np.float32) if "sinks" in options else None
+    slopes = alibi_slopes(n_head, max_bias) if max_bias else None
     scale = 1 / np.sqrt(dk)
 
     size = sum(x.nbytes for x in (q, k_stored, v_stored, mask)) + n_q * n_head * dv * 4
     with ggml_c_api.graph(lib_dir, size + 256 * 2**20) as graph:
         graph.base.ggml_flash_attn_ext.restype = ctypes.c_void_p
-        graph.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_float] * 3
+        graph.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float] * 3
+        graph.base.ggml_flash_attn_ext_add_sinks.argtypes = [ctypes.c_void_p] * 2
         tensors = [graph.tensor(array, type_name, shape) for array, type_name, shape in (
             (q, "f32", (dk, n_q, n_head)), (k_stored, cache_type, (dk, n_kv, n_head_kv)),
             (v_stored, cache_type, (dv, n_kv, n_head_kv)), (mask, "f16", (n_kv, n_q, 1)))]
-        out = graph.base.ggml_flash_attn_ext(graph.context, *tensors, None, scale, 0.0, 0.0)
+        out = graph.base.ggml_flash_attn_ext(graph.context, *tensors, scale, max_bias, softcap)
+        if sinks is not None:
+            graph.base.ggml_flash_attn_ext_add_sinks(out, graph.tensor(sinks, "f32", (n_head,)))
         result = graph.compute(out, (n_q, n_head, dv), threads)
     v_max = float(np.abs(v).max())
     group = n_head // n_head_kv
     magnitudes = np.einsum("hqd,hkd->hqk", np.abs(q).astype(np.float64), np.repeat(np.abs(k), group, axis=0))
-    exact = _reference(q, k, v, mask, scale)
-    bf16_operands = _reference(to_bf16(q), to_bf16(k), to_bf16(v), mask, scale)
+    exact = _reference(q, k, v, mask, scale, softcap, slopes, sinks)
+    bf16_operands = _reference(to_bf16(q), to_bf16(k), to_bf16(v), mask, scale, softcap, slopes, sinks)
     return {"error": float(np.abs(result - exact).max() / v_max),
             "error_bf16_operands": float(np.abs(result - bf16_operands).max() / v_max),
             "score_magnitude": float(magnitudes.max() * scale),  # max over scores of scale * sum |q_d k_d|

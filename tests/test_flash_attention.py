@@ -94,10 +94,14 @@ print(json.dumps({"system_info": llama_cpp.llama_print_system_info().decode(),
 # n_q x n_kv x n_head x n_head_kv x DK x DV x cache: Q rows and KV length off the 64-row tiles (and the AMX path's
 # 128-row ones), GQA 1 to 4, head sizes 128 and 64, an odd DK with a DV off the 16 lanes, the qwen3-0.6b shape on
 # whole 64-row tiles (half a 128-row one), every cache type;
-# DK 96 with DV 32 (three AMX tiles deep, one 32-column block wide). AMX tiles take the shapes whose DK and DV are
-# multiples of 32 (tiles_fill); the others keep the VDPBF16PS products in an AMX build.
+# DK 96 with DV 32 (three AMX tiles deep, one 32-column block wide); and the op's options qwen3 does not use, which
+# the BF16 path's softmax must still honour (soft-capped scores, ALiBi slopes on a mask of distances, attention
+# sinks). AMX tiles take the shapes whose DK and DV are multiples of 32 (tiles_fill); the others keep the VDPBF16PS
+# products in an AMX build.
 KERNEL_CASES = ["200x333x4x2x128x128xf16", "130x130x6x2x64x64xf16", "96x160x8x2x128x128xf32",
-                "77x77x2x1x65x24xf16", "100x150x3x3x72x40xbf16", "64x64x16x8x128x128xf16", "70x100x2x2x96x32xbf16"]
+                "77x77x2x1x65x24xf16", "100x150x3x3x72x40xbf16", "64x64x16x8x128x128xf16", "70x100x2x2x96x32xbf16",
+                "150x200x4x2x128x128xf16:softcap=20", "130x260x6x2x64x64xf16:alibi=8,sinks",
+                "100x150x3x3x72x40xf16:sinks"]
 BF16_UNIT = 2.0 ** -8  # BF16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of it
 F32_PATH_ERROR = 1e-5  # F32 products over at most 333 terms, relative to max |V|
 
@@ -111,7 +115,7 @@ def kernel_results(package: Path, *options: str) -> dict:
 def tiles_fill(spec: str) -> bool:
     """Whether stack/patches/ggml-cpu-flash-attn-amx.patch puts a case's products on AMX tiles (where built and
     permitted): DK and DV multiples of 32."""
-    dk, dv = map(int, spec.split("x")[4:6])
+    dk, dv = map(int, spec.partition(":")[0].split("x")[4:6])
     return dk % 32 == 0 and dv % 32 == 0
 
 
