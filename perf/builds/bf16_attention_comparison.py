@@ -47,8 +47,8 @@ def why_not_here(flags: set[str], cpu_model: str | None) -> str | None:
 def builds(products: str = "bf16", say: Callable[[str], None] = print) -> dict[str, Path]:
     """Both builds of a comparison (PAIRS), unpacked for a child's PYTHONPATH, from this CPU's flags and patches
     (without ggml's AMX matmul, as ``make install`` builds by default). "bf16": without AMX-BF16 flags, with and
-    without the BF16 patch (and the AMX one, which applies after it); "amx": every patch, with and without the
-    AMX-BF16 flags (the first is the installed build's wheel)."""
+    without the BF16 patch (and those that apply on top of it, FLASH_ATTN_BF16_AND_LATER); "amx": every patch, with
+    and without the AMX-BF16 flags (the first is the installed build's wheel)."""
     flags, patches = cpu_features.cpu_flags(), cpu_features.patches(amx=False)
     no_tiles = cpu_features.cmake_args(flags, amx=False, tiles_permitted=False)
     if products == "amx":
