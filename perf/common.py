@@ -81,14 +81,16 @@ def engine_config(model: Path, projector: Path, config: Path = CPU_CONFIG, kind:
 ENVELOPE_KEYS = ("command", "started", "duration_s", "revision", "machine")
 MACHINE_KEYS = ("cpu_model", "logical_cpus", "usable_cpus", "memory_bytes", "platform", "python", "llama_cpp_python",
                 "llama_cpp_system_info", "load_average_before", "load_average_after")
+# Recorded since 2026-12-07 beside the model name, and shown with it where present (files from before lack it).
+MACHINE_OPTIONAL_KEYS = ("cpu_generation",)
 
 
 def machine() -> dict:
     """The CPU, memory, platform and llama.cpp build a result was measured with (llama.cpp's None where the
     process cannot import it)."""
-    info = {"cpu_model": None, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "memory_bytes": None, "platform": platform.platform(), "python": platform.python_version(),
-            "llama_cpp_python": None, "llama_cpp_system_info": None}
+    info = {"cpu_model": None, "cpu_generation": None, "logical_cpus": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)), "memory_bytes": None, "platform": platform.platform(),
+            "python": platform.python_version(), "llama_cpp_python": None, "llama_cpp_system_info": None}
     with contextlib.suppress(ImportError):
         import llama_cpp
 
@@ -96,6 +98,7 @@ def machine() -> dict:
                  "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
     with contextlib.suppress(OSError):
         info["cpu_model"] = cpu_features.cpu_model()
+        info["cpu_generation"] = cpu_features.cpu_generation()
     with contextlib.suppress(OSError, StopIteration):
         meminfo = Path("/proc/meminfo").read_text().splitlines()
         info["memory_bytes"] = 1024 * next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))

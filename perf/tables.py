@@ -22,13 +22,14 @@ def envelope_line(results: Mapping) -> str:
     duration = f", {results['duration_s']:.0f} s" if results.get("duration_s") is not None else ""
     commit = (f"commit {rev['commit'][:7]}" + (" with uncommitted changes" if rev.get("dirty") else "")
               if rev.get("commit") else "commit not recorded")
+    generation = f" ({m['cpu_generation']})" if m.get("cpu_generation") else ""
     cpus = f", {m['logical_cpus']} logical CPUs" if m.get("logical_cpus") else ""
     gpu = f", GPU {m['gpu']['name']}" if (m.get("gpu") or {}).get("name") else ""
     before, after = m.get("load_average_before"), m.get("load_average_after")
     load = ("load average not recorded" if after is None else f"load average (1 min) {after[0]:.2f} at the end"
             if before is None else f"load average (1 min) {before[0]:.2f} -> {after[0]:.2f}")
     return (f"Measured by `{results['command']}` on {results['started'][:10]}{duration}, {commit}; "
-            f"{m.get('cpu_model') or 'CPU model not recorded'}{cpus}{gpu}; {load}.")
+            f"{m.get('cpu_model') or 'CPU model not recorded'}{generation}{cpus}{gpu}; {load}.")
 
 
 # make bench's paths as its tables name them: the baselines a to d.

@@ -94,6 +94,13 @@ def cpu_model(cpuinfo: str | None = None) -> str | None:
     return _cpuinfo_field("model name", cpuinfo)
 
 
+def cpu_generation(cpuinfo: str | None = None) -> str | None:
+    """"family F, model M" of the first core: what tells CPUs with one model name apart (a VM's "AMD EPYC" is a
+    Zen 3 at family 25 model 1 and a Zen 4 at family 25 model 17); None where /proc/cpuinfo has no such fields."""
+    family, model = _cpuinfo_field("cpu family", cpuinfo), _cpuinfo_field("model", cpuinfo)
+    return f"family {family}, model {model}" if family and model else None
+
+
 def amx_permitted() -> bool:
     """Whether the kernel lets this process use AMX tile data (Linux x86-64 arch_prctl)."""
     try:

@@ -287,3 +287,6 @@ def test_cpuinfo_fields_are_read_by_name():
     assert cpu_features.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Platinum 8480+"
     assert cpu_features.cpu_flags(cpuinfo) == {"fpu", "avx", "amx_tile"}
     assert cpu_features.cpu_model("flags : avx") is None
+    zen4 = "cpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    assert cpu_features.cpu_generation(zen4) == "family 25, model 17"
+    assert cpu_features.cpu_generation(cpuinfo) is None

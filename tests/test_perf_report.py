@@ -10,7 +10,7 @@ import time
 import pytest
 
 from perf import report, tables
-from perf.common import ENVELOPE_KEYS, MACHINE_KEYS, BenchRun, envelope, write_results
+from perf.common import ENVELOPE_KEYS, MACHINE_KEYS, MACHINE_OPTIONAL_KEYS, BenchRun, envelope, write_results
 
 pytestmark = pytest.mark.build
 
@@ -55,7 +55,7 @@ def test_the_envelope_is_what_the_block_says_under_its_figures(tmp_path):
     started = time.time()
     head = envelope("python -m perf.example --mode full", started, (0.5, 0.4, 0.3), more_machine={"gpu": {}})
     assert list(head) == list(ENVELOPE_KEYS)
-    assert set(MACHINE_KEYS) | {"gpu"} <= set(head["machine"])
+    assert set(MACHINE_KEYS) | set(MACHINE_OPTIONAL_KEYS) | {"gpu"} <= set(head["machine"])
     assert head["machine"]["load_average_before"] == [0.5, 0.4, 0.3]
     assert len(head["machine"]["load_average_after"]) == 3
     assert head["revision"]["commit"] is None or len(head["revision"]["commit"]) == 40
@@ -67,6 +67,8 @@ def test_the_envelope_is_what_the_block_says_under_its_figures(tmp_path):
     line = tables.envelope_line(given | {"duration_s": 12.0})
     assert line.startswith(f"Measured by `x` on {head['started'][:10]}, 12 s, commit aaaaaaa; ")
     assert "load average (1 min) 0.50 -> " in tables.envelope_line(head)
+    zen3 = given | {"machine": given["machine"] | {"cpu_model": "AMD EPYC", "cpu_generation": "family 25, model 1"}}
+    assert "; AMD EPYC (family 25, model 1), " in tables.envelope_line(zen3)
 
 
 def test_a_bench_run_writes_its_command_and_figures_under_the_envelope(tmp_path):
