@@ -45,6 +45,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
                           lambda results: tables.bf16_attention_table(results["bf16_attention"])),
     "cpu-peer-amx-attention": ("cpu-peer-amx-attention.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-peer-ubatch-zen4": ("cpu-peer-ubatch-zen4.json", lambda results: tables.peer_table(results["cpu_peer"])),
+    "cpu-peer-avx2": ("cpu-peer-avx2.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-swa": ("cpu-swa.json", lambda results: tables.swa_table(results["swa"])),
     "cpu-swa-xeon": ("cpu-swa-xeon.json", lambda results: tables.swa_table(results["swa"])),
     "aiperf": ("aiperf-latest.json", lambda results: tables.aiperf_table(results["levels"])),
