@@ -95,14 +95,20 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     return np.array([m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1) for h in range(n_head)])
 
 
+def parse(spec: str) -> tuple[tuple[int, ...], str, dict[str, str]]:
+    """A case's sizes (n_q, n_kv, n_head, n_head_kv, DK, DV), its cache type and its options (see the module's
+    docstring): the one reading of the spec, for the kernel's run and for the tests choosing cases."""
+    shape, _, option_text = spec.partition(":")
+    *sizes, cache_type = shape.split("x")
+    options = dict(option.partition("=")[::2] for option in option_text.split(",") if option)
+    return tuple(map(int, sizes)), cache_type, options
+
+
 def case(lib_dir: Path, spec: str, threads: int = THREADS) -> dict:
     """One case (``spec``, see the module's docstring) on the build in ``lib_dir``, on ``threads``: the largest
     error against both references, relative to the largest |V|, the largest score's magnitude (for the error
     bound) and a digest of the output's bytes."""
-    shape, _, option_text = spec.partition(":")
-    options = dict(option.partition("=")[::2] for option in option_text.split(",") if option)
-    n_q, n_kv, n_head, n_head_kv, dk, dv, cache_type = shape.split("x")
-    n_q, n_kv, n_head, n_head_kv, dk, dv = map(int, (n_q, n_kv, n_head, n_head_kv, dk, dv))
+    (n_q, n_kv, n_head, n_head_kv, dk, dv), cache_type, options = parse(spec)
     rng = np.random.default_rng(int(hashlib.sha256(spec.encode()).hexdigest()[:8], 16))
     q = (rng.standard_normal((n_head, n_q, dk)) * 2).astype(np.float32)
     k = (rng.standard_normal((n_head_kv, n_kv, dk)) * 2).astype(np.float32)

@@ -32,7 +32,7 @@ from perf.builds import bf16_attention_comparison
 from perf.common import cosine_rows, engine_config, ensure_standin
 from rerank_engine import RerankRequest
 from stack import cpu_features
-from tests import amx_emulation, q8_repack_builds
+from tests import amx_emulation, flash_attention_kernel, q8_repack_builds
 from tests.conftest import Reference, open_engine
 from tests.test_q8_repack import run_child
 
@@ -115,7 +115,7 @@ def kernel_results(package: Path, *options: str) -> dict:
 def tiles_fill(spec: str) -> bool:
     """Whether stack/patches/ggml-cpu-flash-attn-amx.patch puts a case's products on AMX tiles (where built and
     permitted): DK and DV multiples of 32."""
-    dk, dv = map(int, spec.partition(":")[0].split("x")[4:6])
+    dk, dv = flash_attention_kernel.parse(spec)[0][4:6]
     return dk % 32 == 0 and dv % 32 == 0
 
 
