@@ -28,6 +28,8 @@ import gguf
 import numpy as np
 from safetensors.numpy import save_file
 
+from models.gguf_metadata import read_metadata
+
 EMBED_TOKEN = "<|embed_token|>"
 RERANK_TOKEN = "<|rerank_token|>"
 CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -171,15 +173,8 @@ def qwen2_vocab_path(cache_dir: Path = Path(".cache")) -> Path:
 
 
 def qwen2_vocab() -> tuple[list[str], list[int], list[str]]:
-    reader = gguf.GGUFReader(qwen2_vocab_path())
-
-    def strings(key: str) -> list[str]:
-        field = reader.fields[key]
-        return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-
-    types_field = reader.fields["tokenizer.ggml.token_type"]
-    types = [int(types_field.parts[i][0]) for i in types_field.data]
-    return strings("tokenizer.ggml.tokens"), types, strings("tokenizer.ggml.merges")
+    fields = read_metadata(qwen2_vocab_path())
+    return fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"], fields["tokenizer.ggml.merges"]
 
 
 def build_vocab(spec: ModelSpec) -> tuple[list[str], list[int], list[str]]:
