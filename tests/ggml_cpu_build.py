@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "ggml-cpu-build"
 PATCHES = ROOT / "stack" / "patches"
 VENDOR = "vendor/llama.cpp/"
+# llama-cpp-python's own options (its CMakeLists.txt), which llama.cpp's ignores: left out, so that the wheel's flags
+# (stack/cpu_features.cmake_args) and the same ggml options without them share one build folder. Apart, a fresh
+# clone's make test compiled all of libggml-cpu twice on an AVX2 host (~80 s of a Zen 3 core each).
+WHEEL_ONLY_OPTIONS = ("-DLLAVA_BUILD=",)
 
 
 def installed_sdist() -> Path:
@@ -58,9 +62,15 @@ def package(installed_package: Path, cmake_args: Sequence[str], patches: Sequenc
     tree = CACHE / installed_sdist().name.removesuffix(".tar.gz")
     with locked(tree / ".lock"):  # made with its folder
         source = _sources(tree, patches)
-        build = tree / f"build-{build_key(' '.join(cmake_args), [])}"
-        _configure(source, build, cmake_args)
+        ggml_args = ggml_options(cmake_args)
+        build = tree / f"build-{build_key(' '.join(ggml_args), [])}"
+        _configure(source, build, ggml_args)
         _copy_package(installed_package, _build_cpu_backend(build, installed_package / "lib"), into)
+
+
+def ggml_options(cmake_args: Sequence[str]) -> list[str]:
+    """``cmake_args`` less llama-cpp-python's own options: what llama.cpp's build (and a build folder's key) sees."""
+    return [arg for arg in cmake_args if not arg.startswith(WHEEL_ONLY_OPTIONS)]
 
 
 def _touched(patch: Path) -> set[str]:
