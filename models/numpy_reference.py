@@ -97,12 +97,17 @@ class Qwen3Reference:
             v = (h @ w["attn_v.weight"].T).reshape(n, self.n_head_kv, self.head_dim)
             q = self._rope(self._rms(q, w["attn_q_norm.weight"]))
             k = self._rope(self._rms(k, w["attn_k_norm.weight"]))
-            k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+            # [heads, tokens, head_dim]: matmul runs each head's products on BLAS, where einsum took 7 of the
+            # 12.7 s a 3,900-token prompt cost; the softmax works in place on the [heads, n, n] scores
+            q, k, v = (t.transpose(1, 0, 2) for t in (q, np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)))
             mask = windowed if self.sliding_pattern[i] else causal
-            att = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(self.head_dim) + mask
-            att = np.exp(att - att.max(axis=-1, keepdims=True))
+            att = q @ k.transpose(0, 2, 1)
+            att /= np.sqrt(self.head_dim)
+            att += mask
+            att -= att.max(axis=-1, keepdims=True)
+            np.exp(att, out=att)
             att /= att.sum(axis=-1, keepdims=True)
-            out = np.einsum("hqk,khd->qhd", att, v).reshape(n, self.n_head * self.head_dim)
+            out = (att @ v).transpose(1, 0, 2).reshape(n, self.n_head * self.head_dim)
             x = x + out @ w["attn_output.weight"].T
             h = self._rms(x, w["ffn_norm.weight"])
             gate = h @ w["ffn_gate.weight"].T

@@ -112,7 +112,7 @@ def test_v35_scores_match_reference_q8(make_model, options):
 
 def test_kept_prefix_survives_windows_of_longer_passes(engine_v35):
     """Budgeted rounds reuse the system turn's cache; a pass longer than the window must not spoil it."""
-    long_docs = [" ".join([DOCS[i % len(DOCS)]] * 20) for i in range(6)]
+    long_docs = [" ".join([DOCS[i % len(DOCS)]] * 8) for i in range(6)]  # ~2,000 tokens: 4 ubatches, 160 windows
     prompts = [engine_v35.plan(RerankRequest(QUERY, docs)).prompts[0] for docs in (long_docs, DOCS, long_docs)]
     prefix = engine_v35._prefix
     assert len(prompts[0].ids) > 10 * WINDOW
