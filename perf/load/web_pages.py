@@ -130,9 +130,15 @@ def page(locale: str, key: str, chars: int, query: str) -> str:
     lines += [LANGUAGE_SWITCHER, "", f"# {query.capitalize()}: {_line(fake, rng.randint(2, 5))}", "",
               f"{fake.name()} · {_date(rng)}", ""]
     footer = ["", f"© {rng.randint(2015, 2025)} {fake.company()}", " | ".join(_line(fake, 1) for _ in range(4))]
-    while len(clean_text("\n".join(lines + footer))) < chars:
+    while not _long_enough("\n".join(lines + footer), chars):
         lines += _section(fake, code, rng, query)
     return "\n".join(lines + footer)
+
+
+def _long_enough(text: str, chars: int) -> bool:
+    """Whether ``text`` has ``chars`` characters once cleaned. Cleaning never lengthens a text, so a shorter one is
+    not cleaned at all: cleaning the page anew after each section made the search workload take 8.1 s, not 2.6."""
+    return len(text) >= chars and len(clean_text(text)) >= chars
 
 
 def search(locales: Sequence[str], key: str, chars: Sequence[int]) -> tuple[str, list[list[str]]]:
