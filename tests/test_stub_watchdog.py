@@ -30,11 +30,25 @@ def test_a_reaped_process_is_not():
 
 def test_a_process_that_exits_between_open_and_read_is_not(monkeypatch):
     """/proc/PID/stat opened while the process existed, read after it was gone: ESRCH (seen under make test)."""
-    def vanished(self: Path, *args: object, **kwargs: object) -> str:
+    def vanished(fd: int, size: int) -> bytes:
         raise ProcessLookupError(3, "No such process")
 
-    monkeypatch.setattr(Path, "read_text", vanished)
+    monkeypatch.setattr(os, "read", vanished)
     assert not alive(os.getpid())
+
+
+def test_a_process_named_with_bytes_that_are_not_utf_8_does_not_break_the_scan():
+    """Any process may write any bytes to its comm: the scan once raised UnicodeDecodeError on each pass then."""
+    named = subprocess.Popen([sys.executable, "-c", "open('/proc/self/comm', 'wb').write(b'odd\\xff\\xfename'); "
+                              "print(flush=True); import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        named.stdout.readline()
+        assert live_stubs(os.getpid()) == set()
+        assert alive(named.pid)
+    finally:
+        named.kill()
+        named.wait()
 
 
 # A process that keeps starting and ending threads, with one child renamed as Triton's stub is named and
