@@ -48,7 +48,6 @@ def test_flags_follow_the_cpu():
     assert amx.endswith("-DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON")
 
 
-
 def test_the_wheels_flags_and_a_repack_paths_share_one_scratch_build():
     """The AVX2 host's wheel flags and the repacked path's AVX2 build are the same ggml options, so the scratch builds
     of both (tests/ggml_cpu_build.py) compile in one folder: llama-cpp-python's LLAVA_BUILD must not split them."""
@@ -56,6 +55,7 @@ def test_the_wheels_flags_and_a_repack_paths_share_one_scratch_build():
     assert "-DLLAVA_BUILD=OFF" in wheel
     assert ggml_cpu_build.ggml_options(wheel) == q8_repack_builds.cmake_args("avx2")
     assert ggml_cpu_build.ggml_options(q8_repack_builds.cmake_args("avx2")) == q8_repack_builds.cmake_args("avx2")
+
 
 def test_default_build_gets_the_attention_tiles_without_ggml_amx_matmul():
     """Without --amx an AMX CPU whose kernel grants tiles still gets GGML_AMX_TILE and GGML_AMX_BF16 (the tiled
