@@ -43,6 +43,7 @@ def test_every_node_is_reported_and_the_hidden_states_do_not_change(tiny_q8, opt
     names = [name for _, name, _ in nodes[:first_pass]]
     assert {"MUL_MAT", "RMS_NORM", "GET_ROWS"} <= ops
     assert names.count("result_norm") == 1
+    assert names[-1] == "result_norm"  # the graph stops there: the LM head (result_output) is never computed
     assert any(name.startswith("ffn_up-") for name in names)
     seconds = [s for _, _, s in nodes[:first_pass]]
     assert min(seconds) >= 0

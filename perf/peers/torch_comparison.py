@@ -9,8 +9,9 @@ Both sides compute the same thing from the same weights, on the same token ids, 
               own tensors dequantised with the ``gguf`` package, then held in bfloat16 (perf/peers/qwen3_torch.py)
   torch_fp32  the same model in float32
 
-One forward pass per length and round, no LM head on the torch side (llama.cpp computes logits for the 20
-output rows, ~0.6% of a 1k pass), final-norm hidden states at the probe positions. llama.cpp also skips the
+One forward pass per length and round, no LM head on either side (the engine's runner stops llama.cpp's graph
+at the final norm; results before that change show its logits for the 20 output rows as ``lm_head``, 1-2% of a
+1k pass), final-norm hidden states at the probe positions. llama.cpp also skips the
 last layer's attention output and FFN for rows that are not outputs (~2% of the work); torch computes them.
 The hidden states are compared by cosine: the weights are the same values on both sides (the torch side
 rounds them to bfloat16 in bf16 mode), but llama.cpp quantises activations to Q8_0 for its matrix products
