@@ -44,6 +44,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-amx-attention": ("cpu-amx-attention.json",
                           lambda results: tables.bf16_attention_table(results["bf16_attention"])),
     "cpu-peer-amx-attention": ("cpu-peer-amx-attention.json", lambda results: tables.peer_table(results["cpu_peer"])),
+    "cpu-peer-zen4": ("cpu-peer-zen4.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-peer-ubatch-zen4": ("cpu-peer-ubatch-zen4.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-peer-avx2": ("cpu-peer-avx2.json", lambda results: tables.peer_table(results["cpu_peer"])),
     "cpu-swa": ("cpu-swa.json", lambda results: tables.swa_table(results["swa"])),
