@@ -13,11 +13,11 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUF_MAGIC, GGUFReader, GGUFValueType
 
 # GGUF's fixed-size value types as gguf-py reads them, little-endian
 _SCALARS = {kind: np.dtype(scalar).newbyteorder("<") for kind, scalar in GGUFReader.gguf_scalar_to_np.items()}
-MAGIC = b"GGUF"
+_HEADER = "<IIQQ"  # magic, version, tensor count, key/value count
 
 Value = int | float | bool | str | list
 
@@ -26,10 +26,10 @@ def read_metadata(path: Path) -> dict[str, Value]:
     """Every metadata key of the GGUF file at ``path`` with its value: numbers and bools as Python's, strings
     decoded from UTF-8, arrays as lists (of lists, for arrays of arrays)."""
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        magic, version, _, n_kv = struct.unpack_from("<4sIQQ", data, 0)
-        if magic != MAGIC or version < 2:
-            raise ValueError(f"{path} is not a GGUF file of version 2 or later (magic {magic!r}, version {version})")
-        offset, fields = struct.calcsize("<4sIQQ"), {}
+        magic, version, _, n_kv = struct.unpack_from(_HEADER, data, 0)
+        if magic != GGUF_MAGIC or version < 2:
+            raise ValueError(f"{path} is not a GGUF file of version 2 or later (magic {magic:#x}, version {version})")
+        offset, fields = struct.calcsize(_HEADER), {}
         for _ in range(n_kv):
             key, offset = _string(data, offset)
             (kind,) = struct.unpack_from("<I", data, offset)
