@@ -7,6 +7,7 @@ with: nothing here imports llama.cpp, torch or Triton's client, and no bench mod
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 
 from perf.common import PEER_LENGTH, PROFILE_GROUPS, SWEPT
@@ -180,8 +181,25 @@ def patch_revision_table(result: Mapping) -> str:
         same = "identical" if result["identical"][n] else f"cosine (min) {result['cosine_min'][n]:.6f}"
         lines.append(f"| {n} | {builds['base']['tokens_per_s'][n]:.1f} | {builds['tree']['tokens_per_s'][n]:.1f} | "
                      f"{ratio:.2f} | {result['rounds_won_by_tree'][n]} of {result['rounds']} | {same} |")
+    if "attention_op" in result:
+        lines += ["", attention_op_table(result["attention_op"])]
     if "searches" in result:
         lines += ["", searches_table(result["searches"])]
+    return "\n".join(lines)
+
+
+def attention_op_table(op: Mapping) -> str:
+    """ggml's attention op alone in both builds per length: each build's median over the rounds of its best call,
+    the tree's speed over the base's, and the rounds the tree won."""
+    rounds = op["rounds"]
+    lines = [f"ggml's attention op alone (GGML_OP_FLASH_ATTN_EXT: {op['n_head']} query and {op['n_head_kv']} key/value "
+             f"heads of {op['head_dim']}, {op['cache'].upper()} cache, causal mask, {op['threads']} threads), the best "
+             f"of {op['repeats']} calls per round, builds taking turns (medians over the rounds):", "",
+             "| tokens | base (ms) | tree (ms) | tree / base (speed) | rounds won by the tree |",
+             "|---:|---:|---:|---:|---:|"]
+    for n, ratio in op["tree_vs_base"].items():
+        base, tree = (statistics.median(op["ms"][b][n]) for b in ("base", "tree"))
+        lines.append(f"| {n} | {base:.2f} | {tree:.2f} | {ratio:.3f} | {op['rounds_won_by_tree'][n]} of {rounds} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """ggml's CPU flash attention (GGML_OP_FLASH_ATTN_EXT) on one case, called through ggml's C API
-(tests/ggml_c_api.py), against float64
+(perf/builds/ggml_c_api.py), against float64
 (test support; run in a child process whose PYTHONPATH puts the build to test first).
 
 A case is "n_q x n_kv x n_head x n_head_kv x DK x DV x cache type", then optionally ":" and options separated by
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import ggml_c_api
+from perf.builds import ggml_c_api
 
 THREADS = 2
 
@@ -127,13 +127,11 @@ def case(lib_dir: Path, spec: str, threads: int = THREADS) -> dict:
 
     size = sum(x.nbytes for x in (q, k_stored, v_stored, mask)) + n_q * n_head * dv * 4
     with ggml_c_api.graph(lib_dir, size + 256 * 2**20) as graph:
-        graph.base.ggml_flash_attn_ext.restype = ctypes.c_void_p
-        graph.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float] * 3
         graph.base.ggml_flash_attn_ext_add_sinks.argtypes = [ctypes.c_void_p] * 2
         tensors = [graph.tensor(array, type_name, shape) for array, type_name, shape in (
             (q, "f32", (dk, n_q, n_head)), (k_stored, cache_type, (dk, n_kv, n_head_kv)),
             (v_stored, cache_type, (dv, n_kv, n_head_kv)), (mask, "f16", (n_kv, n_q, 1)))]
-        out = graph.base.ggml_flash_attn_ext(graph.context, *tensors, scale, max_bias, softcap)
+        out = graph.flash_attn_ext(*tensors, scale, max_bias, softcap)
         if sinks is not None:
             graph.base.ggml_flash_attn_ext_add_sinks(out, graph.tensor(sinks, "f32", (n_head,)))
         result = graph.compute(out, (n_q, n_head, dv), threads)

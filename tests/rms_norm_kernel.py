@@ -1,5 +1,5 @@
-"""ggml's CPU rms_norm (GGML_OP_RMS_NORM) on one case, called through ggml's C API (tests/ggml_c_api.py), against
-float64 (test support; run in a child process whose PYTHONPATH puts the build to test first).
+"""ggml's CPU rms_norm (GGML_OP_RMS_NORM) on one case, called through ggml's C API (perf/builds/ggml_c_api.py),
+against float64 (test support; run in a child process whose PYTHONPATH puts the build to test first).
 
 A case is "rows x n x plain|fused": ``rows`` rows of ``n`` F32 values from a fixed seed, each row at its own scale
 (1e-3 to 1e3), normalised alone (plain) or followed by the MUL by a weight row, which ggml's CPU backend fuses
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import ggml_c_api
+from perf.builds import ggml_c_api
 
 EPS = 1e-6  # qwen3's rms_norm_eps
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from models.generate_test_model import ModelSpec
 from perf import tables
 from perf.builds import amx_comparison, patch_revision_bench, patch_revision_comparison
 from rerank_engine import EngineConfig, amx_check
@@ -110,6 +112,35 @@ def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, instal
     assert "against those of 0123456789ab (changed: x.patch)." in table
     assert "| 300 | " in table
     assert "| identical |" in table
+
+
+def test_both_builds_time_the_attention_op_in_turn(tiny_q8, installed_twice):
+    """ggml's attention op as the bench times it, with the installed build's wheel in both seats: each child loads
+    its own copy of the libraries, and times the test model's heads (read from its metadata) at each length."""
+    paths = installed_twice
+    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
+    result = patch_revision_comparison.compare_attention(tiny_q8[0], options, [96, 200], 2, paths, say=lambda _: None)
+    spec = ModelSpec()
+    assert (result["n_head"], result["n_head_kv"], result["head_dim"]) == (spec.n_head, spec.n_head_kv, spec.head_dim)
+    assert result["cache"] == options.kv_cache_type
+    assert result["threads"] >= 1
+    for build, path in paths.items():
+        assert Path(result["libraries"][build]).is_relative_to(path)
+        assert all(len(times) == 2 and min(times) > 0 for times in result["ms"][build].values())
+    for n in ("96", "200"):
+        base, tree = (np.median(result["ms"][b][n]) for b in ("base", "tree"))
+        assert result["tree_vs_base"][n] == round(float(base / tree), 3)
+        assert 0 <= result["rounds_won_by_tree"][n] <= 2
+    table = tables.attention_op_table(result)
+    assert "4 query and 2 key/value heads of 16, F16 cache" in table
+    assert "| 200 | " in table
+
+
+def test_the_attention_op_is_timed_only_with_a_cache_numpy_can_fill(tmp_path):
+    """A cache type the op's timing cannot build (q8_0 blocks) is refused before any child runs."""
+    options = SimpleNamespace(kv_cache_type="q8_0", n_threads=0)
+    with pytest.raises(ValueError, match="not q8_0"):
+        patch_revision_comparison.compare_attention(tmp_path / "absent.gguf", options, [64], 1, {})
 
 
 def test_both_builds_answer_librechat_s_searches_in_turn(tiny_q8, installed_twice):

@@ -37,8 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"patch_revision_bench: {exc}") from None
     model, projector = ensure_standin()
     run = BenchRun(__spec__.name, argv)
-    result = {"base": base, **patch_revision_comparison.compare(model, engine_config(model, projector).llama,
-                                                                LENGTHS[args.mode], args.rounds, paths)}
+    options = engine_config(model, projector).llama
+    result = {"base": base, **patch_revision_comparison.compare(model, options, LENGTHS[args.mode], args.rounds, paths),
+              "attention_op": patch_revision_comparison.compare_attention(model, options, LENGTHS[args.mode],
+                                                                          args.rounds, paths)}
     if args.searches:
         result["searches"] = patch_revision_comparison.compare_searches(model, projector, args.rounds, paths)
     print(patch_revision_table(result))

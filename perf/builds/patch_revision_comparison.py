@@ -15,6 +15,12 @@ which patches differ, each build's tokens/s, how many rounds the working tree's 
 states are bit for bit the same (a change meant to keep the arithmetic, as a reordered kernel loop) or how far
 apart they are (the smallest row cosine).
 
+The builds also take turns on ggml's attention op alone (GGML_OP_FLASH_ATTN_EXT through its C API,
+perf/builds/ggml_c_api.py, in child processes): the model's heads over a causal mask at each length, with the
+CPU config's cache type and threads, the best of a few calls per round. A change to the attention's kernels shows
+there in full, where a whole pass dilutes it with the weight matmuls (a 1% faster op is under this VM's noise in
+passes).
+
 With ``searches`` the builds also take turns on what the change buys LibreChat: the engine alone (the CPU
 config's, no Triton), in child processes, answers the ``librechat-search`` workload's searches as LibreChat sends
 them (each search's five calls at once, the adapter's deadline, top_n 5), and the results count the documents
@@ -24,6 +30,7 @@ the model scored, and the tokens it decoded, in each build's time.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,17 +40,23 @@ from pathlib import Path
 
 import numpy as np
 
+from models.gguf_metadata import read_metadata
 from perf import ROOT
-from perf.builds import amx_comparison
+from perf.builds import amx_comparison, ggml_c_api
 from perf.common import cosine_rows, engine_config, tokens_per_s, turns
 from stack import cpu_features
 
 BUILDS = ("base", "tree")  # the patches at the base revision, the working tree's
 SEARCH_WORKLOAD = "librechat-search"
 PAGES_PER_SEARCH = 5  # the workload's entries 5k to 5k+4 are search k's pages
-# A child's program (python -c) for the searches, run from the repository root: the unpacked build first on its
-# PYTHONPATH.
+# Children's programs (python -c) for the searches and for the attention op, run from the repository root: the
+# unpacked build first on its PYTHONPATH.
 SEARCH_CHILD = "import sys; from perf.builds.patch_revision_comparison import search_child; search_child(sys.argv[1:])"
+ATTENTION_CHILD = ("import sys; from perf.builds.patch_revision_comparison import attention_child; "
+                   "attention_child(sys.argv[1:])")
+ATTENTION_REPEATS = 5  # timed calls per length, round and build (after an untimed one): the best is kept
+# numpy's type for the cache types the op is timed with (ggml_c_api.GGML_TYPES)
+CACHE_DTYPES = {"f32": np.float32, "f16": np.float16}
 
 
 def resolve(revision: str, repository: Path = ROOT) -> tuple[str, str]:
@@ -145,15 +158,8 @@ def compare_searches(model: Path, projector: Path, rounds: int, paths: dict[str,
     tokens: dict[str, list[int]] = {b: [] for b in BUILDS}
     for r, order in turns(BUILDS, rounds):
         for build in order:
-            with tempfile.TemporaryDirectory() as scratch:
-                out = Path(scratch) / "searches.json"
-                argv = [sys.executable, "-c", SEARCH_CHILD, str(out), str(model), str(projector), str(searches or 0),
-                        str(deadline_s)]
-                result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
-                                        env=amx_comparison.child_environment(paths[build]))
-                if result.returncode != 0:
-                    raise RuntimeError(f"searches failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
-                report = json.loads(out.read_text())
+            report = run_child(SEARCH_CHILD, [str(model), str(projector), str(searches or 0), str(deadline_s)],
+                               paths[build], timeout_s)
             scored[build].append(sum(s["scored"] for s in report["searches"]))
             tokens[build].append(sum(s["tokens"] for s in report["searches"]))
             say(f"{build} build, round {r + 1}/{rounds}: {scored[build][-1]} of {report['documents']} documents "
@@ -162,6 +168,85 @@ def compare_searches(model: Path, projector: Path, rounds: int, paths: dict[str,
             "deadline_s": report["deadline_s"], "rounds": rounds, "model_scored": scored, "tokens": tokens,
             "tree_vs_base": round(sum(scored["tree"]) / max(1, sum(scored["base"])), 3),
             "rounds_won_by_tree": sum(t > b for t, b in zip(scored["tree"], scored["base"], strict=True))}
+
+
+def run_child(program: str, args: Sequence[str], build: Path, timeout_s: float) -> dict:
+    """``program`` (python -c) in a child with the build unpacked at ``build`` first on its PYTHONPATH, given the
+    file to write its report to and then ``args``: that report."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "report.json"
+        result = subprocess.run([sys.executable, "-c", program, str(out), *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=timeout_s, env=amx_comparison.child_environment(build))
+        if result.returncode != 0:
+            raise RuntimeError(f"child failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        return json.loads(out.read_text())
+
+
+def attention_shape(model: Path) -> dict[str, int]:
+    """The model's attention as ggml's op sees it: query heads, key/value heads and the head size (its GGUF
+    metadata)."""
+    metadata = read_metadata(model)
+    arch = metadata["general.architecture"]
+    return {name: int(metadata[f"{arch}.attention.{key}"])  # type: ignore[call-overload]
+            for name, key in (("n_head", "head_count"), ("n_head_kv", "head_count_kv"), ("head_dim", "key_length"))}
+
+
+def compare_attention(model: Path, options: object, lengths: Sequence[int], rounds: int, paths: dict[str, Path],
+                      say: Callable[[str], None] = print, timeout_s: float = 3600) -> dict:
+    """ggml's attention op alone in both builds (``paths``), taking turns per round: the model's heads at each
+    length over a causal mask, with the CPU config's cache type and threads (``options``). Milliseconds per build,
+    length and round (the best of ATTENTION_REPEATS calls), the tree's speed over the base's (their medians over the
+    rounds: one slow round of a noisy VM moves a mean of four), and the rounds the tree won."""
+    cache = options.kv_cache_type  # type: ignore[attr-defined]
+    if cache not in CACHE_DTYPES:
+        raise ValueError(f"the attention op is timed with an {' or '.join(CACHE_DTYPES)} cache, not {cache}")
+    spec = {**attention_shape(model), "cache": cache,
+            "threads": options.n_threads or len(os.sched_getaffinity(0))}  # type: ignore[attr-defined]
+    ms: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in BUILDS}
+    libraries = {}
+    for r, order in turns(BUILDS, rounds):
+        for build in order:
+            report = run_child(ATTENTION_CHILD, [",".join(map(str, lengths)), json.dumps(spec)], paths[build],
+                               timeout_s)
+            libraries[build] = report["library"]
+            for n in lengths:
+                ms[build][n].append(report["ms"][str(n)])
+            say(f"{build} build, round {r + 1}/{rounds}: attention op " + ", ".join(
+                f"{n} tokens {ms[build][n][-1]:.2f} ms" for n in lengths))
+    return {**spec, "repeats": ATTENTION_REPEATS, "rounds": rounds, "libraries": libraries,
+            "ms": {b: {str(n): ms[b][n] for n in lengths} for b in BUILDS},
+            "tree_vs_base": {str(n): round(float(np.median(ms["base"][n]) / np.median(ms["tree"][n])), 3)
+                             for n in lengths},
+            "rounds_won_by_tree": {str(n): rounds_won(ms["tree"][n], ms["base"][n]) for n in lengths}}
+
+
+def attention_child(argv: Sequence[str]) -> None:
+    """In the child: ggml's attention op on whichever llama_cpp comes first on the path. ``argv``: the file to write
+    the milliseconds to, the lengths (comma-separated) and compare_attention's spec as JSON."""
+    import llama_cpp
+
+    out, lengths, spec_json = argv
+    spec = json.loads(spec_json)
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    best = {n: round(1e3 * min(attention_op_seconds(lib, int(n), **spec)), 3) for n in lengths.split(",")}
+    Path(out).write_text(json.dumps({"library": str(lib / "libggml-cpu.so"), "ms": best}))
+
+
+def attention_op_seconds(lib: Path, n: int, n_head: int, n_head_kv: int, head_dim: int, cache: str,
+                         threads: int) -> list[float]:
+    """Seconds of each of ATTENTION_REPEATS calls of ggml's op (libraries in ``lib``) on ``n`` tokens attending to
+    themselves under a causal mask: random Q (F32), K and V (in ``cache``), scaled by 1/sqrt(head_dim)."""
+    rng = np.random.default_rng(n)
+    q = rng.standard_normal((n_head, n, head_dim), np.float32)
+    k, v = (rng.standard_normal((n_head_kv, n, head_dim), np.float32).astype(CACHE_DTYPES[cache]) for _ in "kv")
+    mask = np.triu(np.full((n, n), -np.inf, np.float16), 1)
+    # each call allocates its work buffer in the context: per thread at most K and V packed whole, and the tiles
+    work = threads * (8 * n * head_dim + 2**23)
+    size = 2 * q.nbytes + k.nbytes + v.nbytes + mask.nbytes + (ATTENTION_REPEATS + 1) * work + 2**24
+    with ggml_c_api.graph(lib, size) as graph:
+        q_t, k_t, v_t = (graph.tensor(x, t, (head_dim, n, x.shape[0])) for x, t in ((q, "f32"), (k, cache), (v, cache)))
+        out = graph.flash_attn_ext(q_t, k_t, v_t, graph.tensor(mask, "f16", (n, n)), 1 / np.sqrt(head_dim))
+        return graph.seconds(out, threads, ATTENTION_REPEATS)
 
 
 def adapter_deadline_s() -> float:

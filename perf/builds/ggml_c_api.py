@@ -1,14 +1,16 @@
-"""One ggml graph on a build's CPU backend, through ggml's C API (test support: the kernel tests,
-tests/flash_attention_kernel.py and tests/rms_norm_kernel.py, each run in a child process whose PYTHONPATH puts the
-build to test first, so that this process loads that build's libraries and no other).
+"""One ggml graph on a build's CPU backend, through ggml's C API: for the kernel tests
+(tests/flash_attention_kernel.py, tests/rms_norm_kernel.py) and the attention op's timing in the patch revision
+comparison (perf/builds/patch_revision_comparison.py), each run in a child process whose PYTHONPATH puts the build
+in question first, so that the process loads that build's libraries and no other.
 
 The tensors live in one ggml context that owns their memory; the graph is computed with
-``ggml_graph_compute_with_ctx`` on the threads asked for, and its output copied out as float32.
+``ggml_graph_compute_with_ctx`` on the threads asked for, and its output copied out as float32, or timed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +25,8 @@ class _InitParams(ctypes.Structure):
 
 
 class Graph:
-    """Tensors made in one context (``tensor``), an op's result computed from them (``compute``); ``base`` is
+    """Tensors made in one context (``tensor``), an op's result computed from them (``compute``) or timed
+    (``seconds``: each computation allocates its work buffer anew in the context, so size it for all); ``base`` is
     libggml-base, whose op constructors (ggml_rms_norm, ggml_flash_attn_ext, ...) a caller declares and calls
     with ``context``."""
 
@@ -39,11 +42,37 @@ class Graph:
 
     def compute(self, out: int, shape: Sequence[int], threads: int) -> np.ndarray:
         """The F32 tensor ``out`` computed on ``threads``, as an array of ``shape`` (NumPy's order)."""
-        cgraph = self.base.ggml_new_graph(self.context)
-        self.base.ggml_build_forward_expand(cgraph, out)
-        assert self._cpu.ggml_graph_compute_with_ctx(self.context, cgraph, threads) == 0
+        self._run(self._graph_of(out), threads)
         data = ctypes.cast(self.base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float))
         return np.ctypeslib.as_array(data, tuple(shape)).copy()
+
+    def flash_attn_ext(self, q: int, k: int, v: int, mask: int, scale: float, max_bias: float = 0.0,
+                       softcap: float = 0.0) -> int:
+        """GGML_OP_FLASH_ATTN_EXT of these tensors (ggml_flash_attn_ext): the attention the CPU config serves."""
+        self.base.ggml_flash_attn_ext.restype = ctypes.c_void_p
+        self.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float] * 3
+        return self.base.ggml_flash_attn_ext(self.context, q, k, v, mask, scale, max_bias, softcap)
+
+    def seconds(self, out: int, threads: int, repeats: int) -> list[float]:
+        """The wall-clock seconds of each of ``repeats`` computations of ``out`` on ``threads``, after one untimed
+        (which pages in the tensors and the threads' scratch)."""
+        cgraph = self._graph_of(out)
+        self._run(cgraph, threads)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self._run(cgraph, threads)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def _graph_of(self, out: int) -> int:
+        cgraph = self.base.ggml_new_graph(self.context)
+        self.base.ggml_build_forward_expand(cgraph, out)
+        return cgraph
+
+    def _run(self, cgraph: int, threads: int) -> None:
+        if self._cpu.ggml_graph_compute_with_ctx(self.context, cgraph, threads) != 0:
+            raise RuntimeError("ggml_graph_compute_with_ctx failed")
 
 
 @contextmanager
