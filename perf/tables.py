@@ -192,9 +192,12 @@ def attention_op_table(op: Mapping) -> str:
     """ggml's attention op alone in both builds per length: each build's median over the rounds of its best call,
     the tree's speed over the base's, and the rounds the tree won."""
     rounds = op["rounds"]
+    ubatches = (f"one layer of a pass: ubatches of {op['n_ubatch']} queries, each over the cache so far"
+                if "n_ubatch" in op else "the tokens attending to themselves")
     lines = [f"ggml's attention op alone (GGML_OP_FLASH_ATTN_EXT: {op['n_head']} query and {op['n_head_kv']} key/value "
-             f"heads of {op['head_dim']}, {op['cache'].upper()} cache, causal mask, {op['threads']} threads), the best "
-             f"of {op['repeats']} calls per round, builds taking turns (medians over the rounds):", "",
+             f"heads of {op['head_dim']}, {op['cache'].upper()} cache, causal mask, {op['threads']} threads; "
+             f"{ubatches}), the best of {op['repeats']} computations per round, builds taking turns (medians over "
+             "the rounds):", "",
              "| tokens | base (ms) | tree (ms) | tree / base (speed) | rounds won by the tree |",
              "|---:|---:|---:|---:|---:|"]
     for n, ratio in op["tree_vs_base"].items():

@@ -116,13 +116,14 @@ def test_both_builds_run_side_by_side_from_their_unpacked_wheels(tiny_q8, instal
 
 def test_both_builds_time_the_attention_op_in_turn(tiny_q8, installed_twice):
     """ggml's attention op as the bench times it, with the installed build's wheel in both seats: each child loads
-    its own copy of the libraries, and times the test model's heads (read from its metadata) at each length."""
+    its own copy of the libraries, and times the test model's heads (read from its metadata) at each length, in
+    the config's ubatches."""
     paths = installed_twice
-    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512).llama
+    options = EngineConfig.from_options(*map(str, tiny_q8), n_ctx=512, n_ubatch=64).llama
     result = patch_revision_comparison.compare_attention(tiny_q8[0], options, [96, 200], 2, paths, say=lambda _: None)
     spec = ModelSpec()
     assert (result["n_head"], result["n_head_kv"], result["head_dim"]) == (spec.n_head, spec.n_head_kv, spec.head_dim)
-    assert result["cache"] == options.kv_cache_type
+    assert (result["cache"], result["n_ubatch"]) == (options.kv_cache_type, 64)
     assert result["threads"] >= 1
     for build, path in paths.items():
         assert Path(result["libraries"][build]).is_relative_to(path)
@@ -133,7 +134,39 @@ def test_both_builds_time_the_attention_op_in_turn(tiny_q8, installed_twice):
         assert 0 <= result["rounds_won_by_tree"][n] <= 2
     table = tables.attention_op_table(result)
     assert "4 query and 2 key/value heads of 16, F16 cache" in table
+    assert "ubatches of 64 queries" in table
     assert "| 200 | " in table
+
+
+# In a child with a build first on its path: a pass's attention in ubatches (attention_pass) and in one op, on the
+# same operands; writes the ubatches' mask shapes and the largest difference of the two results.
+PASS_IN_UBATCHES = """
+import json, sys
+from pathlib import Path
+import llama_cpp
+import numpy as np
+from perf.builds import ggml_c_api
+from perf.builds.patch_revision_comparison import attention_operands, attention_pass
+out, n, n_ubatch = sys.argv[1], *map(int, sys.argv[2:])
+lib = Path(llama_cpp.__file__).parent / "lib"
+q, k, v, masks = attention_operands(n, 4, 2, 64, "f16", n_ubatch)
+whole = attention_operands(n, 4, 2, 64, "f16", n)[3]
+with ggml_c_api.graph(lib, 2**28) as graph:
+    ops = attention_pass(graph, q, k, v, masks, "f16")
+    parts = [graph.compute(o, (m.shape[0], 4, 64), 2) for o, m in zip(ops, masks)]
+    (one,) = [graph.compute(o, (n, 4, 64), 2) for o in attention_pass(graph, q, k, v, whole, "f16")]
+Path(out).write_text(json.dumps({"shapes": [list(m.shape) for m in masks], "largest": float(np.abs(one).max()),
+                                 "difference": float(np.abs(np.concatenate(parts) - one).max())}))
+"""
+
+
+def test_the_timed_pass_in_ubatches_is_the_pass_in_one_op(installed_twice):
+    """The op timing's pass, ubatches of 96 queries each over the keys so far (views into Q, K and V), gives what
+    one op over all 192 queries under the causal mask gives: every view starts where its ubatch does."""
+    report = patch_revision_comparison.run_child(PASS_IN_UBATCHES, ["192", "96"], installed_twice["tree"], 600)
+    assert report["shapes"] == [[96, 96], [96, 192]]
+    assert report["largest"] > 0
+    assert report["difference"] <= 1e-6 * report["largest"]
 
 
 def test_the_attention_op_is_timed_only_with_a_cache_numpy_can_fill(tmp_path):

@@ -25,8 +25,8 @@ class _InitParams(ctypes.Structure):
 
 
 class Graph:
-    """Tensors made in one context (``tensor``), an op's result computed from them (``compute``) or timed
-    (``seconds``: each computation allocates its work buffer anew in the context, so size it for all); ``base`` is
+    """Tensors made in one context (``tensor``, ``view_3d``), an op's result computed from them (``compute``) or
+    timed (``seconds``: each computation allocates its work buffer anew in the context, so size it for all); ``base`` is
     libggml-base, whose op constructors (ggml_rms_norm, ggml_flash_attn_ext, ...) a caller declares and calls
     with ``context``."""
 
@@ -53,10 +53,17 @@ class Graph:
         self.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float] * 3
         return self.base.ggml_flash_attn_ext(self.context, q, k, v, mask, scale, max_bias, softcap)
 
-    def seconds(self, out: int, threads: int, repeats: int) -> list[float]:
-        """The wall-clock seconds of each of ``repeats`` computations of ``out`` on ``threads``, after one untimed
-        (which pages in the tensors and the threads' scratch)."""
-        cgraph = self._graph_of(out)
+    def view_3d(self, tensor: int, shape: Sequence[int], strides: Sequence[int], offset: int) -> int:
+        """A view into ``tensor`` (ggml_view_3d): three sizes (ggml's order), the byte strides of the second and
+        third dimensions, and the byte offset of its first element."""
+        self.base.ggml_view_3d.restype = ctypes.c_void_p
+        self.base.ggml_view_3d.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_size_t] * 3
+        return self.base.ggml_view_3d(self.context, tensor, *shape, *strides, offset)
+
+    def seconds(self, outs: Sequence[int], threads: int, repeats: int) -> list[float]:
+        """The wall-clock seconds of each of ``repeats`` computations of the tensors ``outs`` (one graph) on
+        ``threads``, after one untimed (which pages in the tensors and the threads' scratch)."""
+        cgraph = self._graph_of(*outs)
         self._run(cgraph, threads)
         times = []
         for _ in range(repeats):
@@ -65,9 +72,10 @@ class Graph:
             times.append(time.perf_counter() - start)
         return times
 
-    def _graph_of(self, out: int) -> int:
+    def _graph_of(self, *outs: int) -> int:
         cgraph = self.base.ggml_new_graph(self.context)
-        self.base.ggml_build_forward_expand(cgraph, out)
+        for out in outs:
+            self.base.ggml_build_forward_expand(cgraph, out)
         return cgraph
 
     def _run(self, cgraph: int, threads: int) -> None:

@@ -16,8 +16,9 @@ states are bit for bit the same (a change meant to keep the arithmetic, as a reo
 apart they are (the smallest row cosine).
 
 The builds also take turns on ggml's attention op alone (GGML_OP_FLASH_ATTN_EXT through its C API,
-perf/builds/ggml_c_api.py, in child processes): the model's heads over a causal mask at each length, with the
-CPU config's cache type and threads, the best of a few calls per round. A change to the attention's kernels shows
+perf/builds/ggml_c_api.py, in child processes): one layer's attention in a pass of each length as the engine runs
+it, the model's heads in the CPU config's ubatches, each over the cache so far under its causal mask, with the
+config's cache type and threads, the best of a few computations per round. A change to the attention's kernels shows
 there in full, where a whole pass dilutes it with the weight matmuls (a 1% faster op is under this VM's noise in
 passes).
 
@@ -193,15 +194,17 @@ def attention_shape(model: Path) -> dict[str, int]:
 
 def compare_attention(model: Path, options: object, lengths: Sequence[int], rounds: int, paths: dict[str, Path],
                       say: Callable[[str], None] = print, timeout_s: float = 3600) -> dict:
-    """ggml's attention op alone in both builds (``paths``), taking turns per round: the model's heads at each
-    length over a causal mask, with the CPU config's cache type and threads (``options``). Milliseconds per build,
-    length and round (the best of ATTENTION_REPEATS calls), the tree's speed over the base's (their medians over the
-    rounds: one slow round of a noisy VM moves a mean of four), and the rounds the tree won."""
+    """ggml's attention op alone in both builds (``paths``), taking turns per round: one layer's attention in a
+    pass of each length, the model's heads in the CPU config's ubatches (``options``: also its cache type and
+    threads; attention_op_seconds). Milliseconds per build, length and round (the best of ATTENTION_REPEATS), the
+    tree's speed over the base's (their medians over the rounds: one slow round of a noisy VM moves a mean of four),
+    and the rounds the tree won."""
     cache = options.kv_cache_type  # type: ignore[attr-defined]
     if cache not in CACHE_DTYPES:
         raise ValueError(f"the attention op is timed with an {' or '.join(CACHE_DTYPES)} cache, not {cache}")
     spec = {**attention_shape(model), "cache": cache,
-            "threads": options.n_threads or len(os.sched_getaffinity(0))}  # type: ignore[attr-defined]
+            "threads": options.n_threads or len(os.sched_getaffinity(0)),  # type: ignore[attr-defined]
+            "n_ubatch": options.n_ubatch}  # type: ignore[attr-defined]
     ms: dict[str, dict[int, list[float]]] = {b: {n: [] for n in lengths} for b in BUILDS}
     libraries = {}
     for r, order in turns(BUILDS, rounds):
@@ -232,21 +235,48 @@ def attention_child(argv: Sequence[str]) -> None:
     Path(out).write_text(json.dumps({"library": str(lib / "libggml-cpu.so"), "ms": best}))
 
 
-def attention_op_seconds(lib: Path, n: int, n_head: int, n_head_kv: int, head_dim: int, cache: str,
-                         threads: int) -> list[float]:
-    """Seconds of each of ATTENTION_REPEATS calls of ggml's op (libraries in ``lib``) on ``n`` tokens attending to
-    themselves under a causal mask: random Q (F32), K and V (in ``cache``), scaled by 1/sqrt(head_dim)."""
+def attention_op_seconds(lib: Path, n: int, n_head: int, n_head_kv: int, head_dim: int, cache: str, threads: int,
+                         n_ubatch: int) -> list[float]:
+    """Seconds of each of ATTENTION_REPEATS computations of attention_pass (libraries in ``lib``) on random Q,
+    K and V: one layer's attention in a pass of ``n`` tokens."""
+    q, k, v, masks = attention_operands(n, n_head, n_head_kv, head_dim, cache, n_ubatch)
+    # each computation allocates its work buffer in the context: per thread at most K and V packed whole, and tiles
+    work = threads * (8 * n * head_dim + 2**23)
+    size = 2 * q.nbytes + k.nbytes + v.nbytes + sum(m.nbytes for m in masks) + (ATTENTION_REPEATS + 1) * work + 2**24
+    with ggml_c_api.graph(lib, size) as graph:
+        return graph.seconds(attention_pass(graph, q, k, v, masks, cache), threads, ATTENTION_REPEATS)
+
+
+def attention_operands(n: int, n_head: int, n_head_kv: int, head_dim: int, cache: str, n_ubatch: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Random Q (F32; heads x tokens x head_dim), K and V (in ``cache``) for a pass of ``n`` tokens, and the causal
+    mask of each ubatch of ``n_ubatch`` queries (F16; its queries x the keys so far)."""
     rng = np.random.default_rng(n)
     q = rng.standard_normal((n_head, n, head_dim), np.float32)
     k, v = (rng.standard_normal((n_head_kv, n, head_dim), np.float32).astype(CACHE_DTYPES[cache]) for _ in "kv")
-    mask = np.triu(np.full((n, n), -np.inf, np.float16), 1)
-    # each call allocates its work buffer in the context: per thread at most K and V packed whole, and the tiles
-    work = threads * (8 * n * head_dim + 2**23)
-    size = 2 * q.nbytes + k.nbytes + v.nbytes + mask.nbytes + (ATTENTION_REPEATS + 1) * work + 2**24
-    with ggml_c_api.graph(lib, size) as graph:
-        q_t, k_t, v_t = (graph.tensor(x, t, (head_dim, n, x.shape[0])) for x, t in ((q, "f32"), (k, cache), (v, cache)))
-        out = graph.flash_attn_ext(q_t, k_t, v_t, graph.tensor(mask, "f16", (n, n)), 1 / np.sqrt(head_dim))
-        return graph.seconds(out, threads, ATTENTION_REPEATS)
+    masks = [np.triu(np.full((min(n_ubatch, n - s), n), -np.inf, np.float16), s + 1)[:, :min(n, s + n_ubatch)]
+             for s in range(0, n, n_ubatch)]
+    return q, k, v, masks
+
+
+def attention_pass(graph: ggml_c_api.Graph, q: np.ndarray, k: np.ndarray, v: np.ndarray, masks: Sequence[np.ndarray],
+                   cache: str) -> list[int]:
+    """One layer's attention in a pass as the engine runs it, as ggml ops in ``graph``: per ubatch (``masks``), its
+    queries (a view of Q) attending to the cache so far (views of the first keys and values) under its mask,
+    scaled by 1/sqrt(head_dim). The ops' results, one per ubatch (head_dim x heads x its queries)."""
+    (n_head, n, head_dim), n_head_kv = q.shape, k.shape[0]
+    q_t, k_t, v_t = (graph.tensor(x, t, (head_dim, n, x.shape[0])) for x, t in ((q, "f32"), (k, cache), (v, cache)))
+    outs, start = [], 0
+    for mask in masks:
+        n_q, n_kv = mask.shape
+        q_view = graph.view_3d(q_t, (head_dim, n_q, n_head), (4 * head_dim, 4 * head_dim * n), 4 * head_dim * start)
+        k_view, v_view = (graph.view_3d(t, (head_dim, n_kv, n_head_kv), (k.itemsize * head_dim,
+                                                                         k.itemsize * head_dim * n), 0)
+                          for t in (k_t, v_t))
+        outs.append(graph.flash_attn_ext(q_view, k_view, v_view, graph.tensor(mask, "f16", (n_kv, n_q)),
+                                         1 / np.sqrt(head_dim)))
+        start += n_q
+    return outs
 
 
 def adapter_deadline_s() -> float:
