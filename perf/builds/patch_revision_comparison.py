@@ -249,11 +249,12 @@ def attention_op_seconds(lib: Path, n: int, n_head: int, n_head_kv: int, head_di
 
 def attention_operands(n: int, n_head: int, n_head_kv: int, head_dim: int, cache: str, n_ubatch: int
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Random Q (F32; heads x tokens x head_dim), K and V (in ``cache``) for a pass of ``n`` tokens, and the causal
-    mask of each ubatch of ``n_ubatch`` queries (F16; its queries x the keys so far)."""
+    """Random Q (F32), K and V (in ``cache``) for a pass of ``n`` tokens, token by token as llama.cpp lays them out
+    (tokens x heads x head_dim: a token's heads side by side, as in its KV cache), and the causal mask of each ubatch
+    of ``n_ubatch`` queries (F16; its queries x the keys so far)."""
     rng = np.random.default_rng(n)
-    q = rng.standard_normal((n_head, n, head_dim), np.float32)
-    k, v = (rng.standard_normal((n_head_kv, n, head_dim), np.float32).astype(CACHE_DTYPES[cache]) for _ in "kv")
+    q = rng.standard_normal((n, n_head, head_dim), np.float32)
+    k, v = (rng.standard_normal((n, n_head_kv, head_dim), np.float32).astype(CACHE_DTYPES[cache]) for _ in "kv")
     masks = [np.triu(np.full((min(n_ubatch, n - s), n), -np.inf, np.float16), s + 1)[:, :min(n, s + n_ubatch)]
              for s in range(0, n, n_ubatch)]
     return q, k, v, masks
@@ -262,16 +263,16 @@ def attention_operands(n: int, n_head: int, n_head_kv: int, head_dim: int, cache
 def attention_pass(graph: ggml_c_api.Graph, q: np.ndarray, k: np.ndarray, v: np.ndarray, masks: Sequence[np.ndarray],
                    cache: str) -> list[int]:
     """One layer's attention in a pass as the engine runs it, as ggml ops in ``graph``: per ubatch (``masks``), its
-    queries (a view of Q) attending to the cache so far (views of the first keys and values) under its mask,
-    scaled by 1/sqrt(head_dim). The ops' results, one per ubatch (head_dim x heads x its queries)."""
-    (n_head, n, head_dim), n_head_kv = q.shape, k.shape[0]
-    q_t, k_t, v_t = (graph.tensor(x, t, (head_dim, n, x.shape[0])) for x, t in ((q, "f32"), (k, cache), (v, cache)))
+    queries (a view of Q: head_dim x queries x heads, strided as llama.cpp's permuted Q) attending to the cache so
+    far (views of the first keys and values, strided as its KV cache's) under its mask, scaled by 1/sqrt(head_dim).
+    The ops' results, one per ubatch (head_dim x heads x its queries)."""
+    (n, n_head, head_dim), n_head_kv = q.shape, k.shape[1]
+    q_t, k_t, v_t = (graph.tensor(x, t, (head_dim, x.shape[1], n)) for x, t in ((q, "f32"), (k, cache), (v, cache)))
     outs, start = [], 0
     for mask in masks:
         n_q, n_kv = mask.shape
-        q_view = graph.view_3d(q_t, (head_dim, n_q, n_head), (4 * head_dim, 4 * head_dim * n), 4 * head_dim * start)
-        k_view, v_view = (graph.view_3d(t, (head_dim, n_kv, n_head_kv), (k.itemsize * head_dim,
-                                                                         k.itemsize * head_dim * n), 0)
+        q_view = graph.view_3d(q_t, (head_dim, n_q, n_head), (q.strides[0], q.strides[1]), q.strides[0] * start)
+        k_view, v_view = (graph.view_3d(t, (head_dim, n_kv, n_head_kv), (k.strides[0], k.strides[1]), 0)
                           for t in (k_t, v_t))
         outs.append(graph.flash_attn_ext(q_view, k_view, v_view, graph.tensor(mask, "f16", (n_kv, n_q)),
                                          1 / np.sqrt(head_dim)))
