@@ -40,11 +40,13 @@ FLASH_ATTN_AMX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-f
 FLASH_ATTN_SOFTMAX_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-softmax-base2.patch"
 # That path's fully masked KV tiles skipped before their mask is converted or their K and V packed (bit-identical).
 FLASH_ATTN_SKIP_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-skip-masked.patch"
+# That path's K packed for the BF16 products 16 rows at a time, transposed in registers (bit-identical).
+FLASH_ATTN_PACK_K16_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-flash-attn-pack-k16.patch"
 # rms_norm's sum of squares in partial sums the compiler vectorizes (was one latency-bound chain of additions).
 RMS_NORM_PATCH = Path(__file__).resolve().parent / "patches" / "ggml-cpu-rms-norm-sum-sq.patch"
 # The BF16 patch and those that apply only on top of it: what a build "without the BF16 products" leaves out.
 FLASH_ATTN_BF16_AND_LATER = (FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH, FLASH_ATTN_SOFTMAX_PATCH,
-                             FLASH_ATTN_SKIP_PATCH)
+                             FLASH_ATTN_SKIP_PATCH, FLASH_ATTN_PACK_K16_PATCH)
 # qwen3 with sliding-window layers (jina-reranker-v3.5): the GGUF's window and per-layer pattern, the iSWA graph.
 QWEN3_SWA_PATCH = Path(__file__).resolve().parent / "patches" / "llama-qwen3-sliding-window.patch"
 # llama-cpp-python's own CMakeLists: llama.cpp's common library only with the mtmd tools (half the build's time).
@@ -127,10 +129,11 @@ def cmake_args(flags: set[str], amx: bool, tiles_permitted: bool | None = None) 
 def ggml_patches(amx: bool) -> list[Path]:
     """The patches to ggml, in order: the Q8_0 repack kernels and their AMX-BF16 GEMM (compiled only with
     GGML_AMX_BF16), the flash-attention fix and its BF16 and AMX-BF16 products always (compiled only with
-    GGML_AVX512_BF16, and GGML_AMX_BF16), their softmax and the skipping of masked tiles, rms_norm's vectorized sum
-    of squares, the AMX fix with AMX (what a build of libggml-cpu alone applies)."""
-    return [Q8_0_REPACK_PATCH, Q8_0_AMX_BF16_PATCH, FLASH_ATTN_PATCH, FLASH_ATTN_BF16_PATCH, FLASH_ATTN_AMX_PATCH,
-            FLASH_ATTN_SOFTMAX_PATCH, FLASH_ATTN_SKIP_PATCH, RMS_NORM_PATCH] + ([AMX_PATCH] if amx else [])
+    GGML_AVX512_BF16, and GGML_AMX_BF16), their softmax, the skipping of masked tiles and the packing of K 16 rows
+    at a time, rms_norm's vectorized sum of squares, the AMX fix with AMX (what a build of libggml-cpu alone
+    applies)."""
+    attention = [FLASH_ATTN_PATCH, *FLASH_ATTN_BF16_AND_LATER]
+    return [Q8_0_REPACK_PATCH, Q8_0_AMX_BF16_PATCH, *attention, RMS_NORM_PATCH] + ([AMX_PATCH] if amx else [])
 
 
 def patches(amx: bool) -> list[Path]:

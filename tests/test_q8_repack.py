@@ -179,7 +179,8 @@ def path_build(request: pytest.FixtureRequest) -> tuple[str, Path]:
 def test_every_build_gets_the_repack_patch_and_amx_builds_the_amx_fix_too():
     always = [cpu_features.Q8_0_REPACK_PATCH, cpu_features.Q8_0_AMX_BF16_PATCH, cpu_features.FLASH_ATTN_PATCH,
               cpu_features.FLASH_ATTN_BF16_PATCH, cpu_features.FLASH_ATTN_AMX_PATCH,
-              cpu_features.FLASH_ATTN_SOFTMAX_PATCH, cpu_features.FLASH_ATTN_SKIP_PATCH, cpu_features.RMS_NORM_PATCH]
+              cpu_features.FLASH_ATTN_SOFTMAX_PATCH, cpu_features.FLASH_ATTN_SKIP_PATCH,
+              cpu_features.FLASH_ATTN_PACK_K16_PATCH, cpu_features.RMS_NORM_PATCH]
     assert cpu_features.ggml_patches(amx=False) == always
     assert cpu_features.ggml_patches(amx=True) == [*always, cpu_features.AMX_PATCH]
     assert cpu_features.patches(amx=True) == [cpu_features.PACKAGE_PATCH, *always, cpu_features.AMX_PATCH,
