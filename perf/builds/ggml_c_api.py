@@ -26,9 +26,9 @@ class _InitParams(ctypes.Structure):
 
 class Graph:
     """Tensors made in one context (``tensor``, ``view_3d``), an op's result computed from them (``compute``) or
-    timed (``seconds``: each computation allocates its work buffer anew in the context, so size it for all); ``base`` is
-    libggml-base, whose op constructors (ggml_rms_norm, ggml_flash_attn_ext, ...) a caller declares and calls
-    with ``context``."""
+    timed (``seconds``: each computation allocates its work buffer anew in the context, so size it for all).
+    ``flash_attn_ext`` is declared with the context (``graph``); ``base`` is libggml-base, whose other op
+    constructors (ggml_rms_norm, ...) a caller declares and calls with ``context``."""
 
     def __init__(self, base: ctypes.CDLL, cpu: ctypes.CDLL, context: int) -> None:
         self.base, self._cpu, self.context = base, cpu, context
@@ -49,15 +49,11 @@ class Graph:
     def flash_attn_ext(self, q: int, k: int, v: int, mask: int, scale: float, max_bias: float = 0.0,
                        softcap: float = 0.0) -> int:
         """GGML_OP_FLASH_ATTN_EXT of these tensors (ggml_flash_attn_ext): the attention the CPU config serves."""
-        self.base.ggml_flash_attn_ext.restype = ctypes.c_void_p
-        self.base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float] * 3
         return self.base.ggml_flash_attn_ext(self.context, q, k, v, mask, scale, max_bias, softcap)
 
     def view_3d(self, tensor: int, shape: Sequence[int], strides: Sequence[int], offset: int) -> int:
         """A view into ``tensor`` (ggml_view_3d): three sizes (ggml's order), the byte strides of the second and
         third dimensions, and the byte offset of its first element."""
-        self.base.ggml_view_3d.restype = ctypes.c_void_p
-        self.base.ggml_view_3d.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_size_t] * 3
         return self.base.ggml_view_3d(self.context, tensor, *shape, *strides, offset)
 
     def seconds(self, outs: Sequence[int], threads: int, repeats: int) -> list[float]:
@@ -92,6 +88,10 @@ def graph(lib_dir: Path, size: int) -> Iterator[Graph]:
     base.ggml_init.argtypes = [_InitParams]
     base.ggml_new_tensor_4d.restype = ctypes.c_void_p
     base.ggml_new_tensor_4d.argtypes = [ctypes.c_void_p, ctypes.c_int, *[ctypes.c_int64] * 4]
+    base.ggml_view_3d.restype = ctypes.c_void_p
+    base.ggml_view_3d.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_size_t] * 3
+    base.ggml_flash_attn_ext.restype = ctypes.c_void_p
+    base.ggml_flash_attn_ext.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float] * 3
     base.ggml_new_graph.restype = ctypes.c_void_p
     base.ggml_new_graph.argtypes = [ctypes.c_void_p]
     base.ggml_build_forward_expand.argtypes = [ctypes.c_void_p, ctypes.c_void_p]

@@ -255,7 +255,7 @@ def attention_operands(n: int, n_head: int, n_head_kv: int, head_dim: int, cache
     rng = np.random.default_rng(n)
     q = rng.standard_normal((n, n_head, head_dim), np.float32)
     k, v = (rng.standard_normal((n, n_head_kv, head_dim), np.float32).astype(CACHE_DTYPES[cache]) for _ in "kv")
-    masks = [np.triu(np.full((min(n_ubatch, n - s), n), -np.inf, np.float16), s + 1)[:, :min(n, s + n_ubatch)]
+    masks = [np.triu(np.full((min(n_ubatch, n - s), min(n, s + n_ubatch)), -np.inf, np.float16), s + 1)
              for s in range(0, n, n_ubatch)]
     return q, k, v, masks
 
