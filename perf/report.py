@@ -40,6 +40,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu-softmax-exp2": ("cpu-softmax-exp2.json",
                          lambda results: tables.patch_revision_table(results["patch_revision"])),
     "cpu-pack-k16": ("cpu-pack-k16.json", lambda results: tables.patch_revision_table(results["patch_revision"])),
+    "cpu-q8-tile-3x4": ("cpu-q8-tile-3x4.json", lambda results: tables.patch_revision_table(results["patch_revision"])),
     "cpu-avx2-patch-chain": ("cpu-avx2-patch-chain.json",
                              lambda results: tables.patch_revision_table(results["patch_revision"])),
     "cpu-bf16-attention": ("cpu-bf16-attention.json",

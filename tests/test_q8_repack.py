@@ -203,8 +203,9 @@ def test_the_installed_build_has_the_kernels():
 
 
 def test_kernels_match_float64(path_build):
-    """N x K x M: an odd number of blocks (K = 96, 160), 4-row activation tiles left over (M = 12, 20, 36), and
-    the qwen3-0.6b stand-in's projections (K = 1024, 2048, 3072)."""
+    """N x K x M: an odd number of blocks (K = 96, 160), 4-row activation tiles left over (M = 12, 20, 36), weight
+    tiles left over after the AVX-512 tile's steps of 3 (N = 48, 3072: none; 80, 2048: two; 1024: one), and the
+    qwen3-0.6b stand-in's projections (K = 1024, 2048, 3072)."""
     _, package = path_build
     for errors in run_child(KERNELS, package, "48x96x12", "80x160x20", "2048x1024x36", "1024x2048x20",
                             "1024x3072x20", "3072x1024x8"):
