@@ -155,6 +155,7 @@ def assert_bf16_products_error(spec: str, errors: dict) -> None:
 
 
 @pytest.mark.build
+@pytest.mark.slow
 def test_builds_without_avx512_bf16_keep_the_f32_path_bit_for_bit():
     """The AVX2 build (libggml-cpu alone, tests/q8_repack_builds.py) with and without the BF16 patch: the same
     output bits on every kernel case, within the F32 path's error."""
@@ -209,6 +210,7 @@ def test_amx_build_falls_back_where_the_kernel_refuses_tiles(no_tiles_build):
 
 
 @pytest.mark.build
+@pytest.mark.slow
 def test_amx_tile_products_under_the_emulator(tmp_path, monkeypatch):
     """Where the CPU has no AMX: the build with the AMX-BF16 flags, its tile instructions carried out by
     tests/amx_emulator (TDPBF16PS included): the tiles run (the emulator counts them), the BF16 products' error
