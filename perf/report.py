@@ -69,6 +69,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
                                        lambda results: tables.librechat_summary(results["summary"])),
     "librechat-search-xeon-f32-attention": ("librechat-search-cpu-xeon-f32-attention.json",
                                             lambda results: tables.librechat_summary(results["summary"])),
+    "librechat-search-zen5": ("librechat-search-cpu-zen5.json",
+                              lambda results: tables.librechat_summary(results["summary"])),
     "librechat-search-swa": ("librechat-search-swa.json",
                              lambda results: tables.librechat_comparison(results["summaries"])),
     "gpu-h200": ("gpu-h200.json", tables.gpu_table),
